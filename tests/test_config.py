@@ -1,0 +1,51 @@
+"""Typed configs: defaults, YAML files, dotted overrides, unknown keys rejected."""
+
+import pytest
+
+from vidmask.config import Config, ConfigError, load_config, save_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(None, ["mask.ratio=0.9", "train.steps=12", "model.text.init=random", "mask.params={knn: 3}"])
+    assert isinstance(cfg, Config)
+    assert cfg.mask.ratio == 0.9 and cfg.train.steps == 12 and cfg.model.text.init == "random"
+    assert cfg.mask.params == {"knn": 3}
+    assert cfg.train.lr == Config().train.lr
+
+
+def test_yaml_with_base_and_roundtrip(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 7\n  lr: 1.0e-3\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  steps: 9\nmask:\n  strategy: tube\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.train.steps == 9 and cfg.train.lr == 1e-3 and cfg.mask.strategy == "tube"
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.stepz=3", ["train.stepz", "steps"]),
+        ("nope.x=1", ["nope"]),
+        ("train.steps=many", ["train.steps", "int"]),
+        ("mask.ratio=1.5", ["mask.ratio"]),
+        ("train.precision=fp8", ["train.precision"]),
+        ("data.size=100", ["data.size", "16"]),
+        ("model.heads=5", ["model.dim", "model.heads"]),
+        ("trainsteps", ["section.key=value"]),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_missing_and_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)

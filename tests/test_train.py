@@ -1,0 +1,99 @@
+"""The real CLI end to end on a tiny set: pretrain, evaluate, exact resume after a kill, 2 processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "data.test_anno=test.json", "data.size=32", "data.num_frames=4", "data.num_workers=0",
+    "model.text.init=random", "model.dim=32", "model.depth=2", "model.heads=2", "model.embed_dim=16",
+    "train.batch_size=4", "train.log_every=1", "train.warmup_steps=2",
+]
+
+
+def vidmask(*args, check=True, env=None, **kw):
+    proc = subprocess.run([sys.executable, "-m", "vidmask", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vidmask {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def losses(run: Path) -> dict[int, float]:
+    with (run / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_pretrain_then_eval(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    p = vidmask("pretrain", f"data.corpus={tiny_set}", *TINY, "train.steps=4", f"run_dir={run}")
+    assert "t2v" in p.stdout and "chance" in p.stdout
+    for name in ("config.yaml", "run.json", "metrics.csv", "loss.png", "eval_retrieval.json", "log.txt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "run.json").read_text())["git"]["commit"]
+    assert list((run / "tb").iterdir())
+    out = tmp_path / "eval.json"
+    vidmask("eval", "retrieval", "--run", str(run), "--json", str(out), "--dsl")
+    res = json.loads(out.read_text())
+    assert set(res["t2v"]) == {"R@1", "R@5", "R@10", "MdR", "MnR"} and "rsum" in res and "dsl" in res
+    # the eval command and the end-of-training evaluation agree (same weights, same data)
+    end = json.loads((run / "eval_retrieval.json").read_text())
+    assert res["t2v"] == end["t2v"] and res["v2t"] == end["v2t"]
+
+
+def test_bad_config_key_is_named(tiny_set, tmp_path):
+    p = vidmask("pretrain", f"data.corpus={tiny_set}", "train.stepz=3", check=False)
+    assert p.returncode == 2 and "train.stepz" in p.stderr
+
+
+def test_kill_and_resume_gives_the_same_losses(tiny_set, tmp_path):
+    common = [f"data.corpus={tiny_set}", *TINY, "train.steps=24", "train.ckpt_every=3"]
+    full = tmp_path / "full"
+    vidmask("pretrain", *common, f"run_dir={full}")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vidmask", "pretrain", *common, f"run_dir={killed}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not pointer.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, as a lost machine would be
+    proc.wait()
+    at = int(pointer.read_text().strip().split("_")[1])
+    assert at < 24, "the run finished before it could be killed; make it longer"
+    vidmask("pretrain", "--resume", str(killed))
+    a, b = losses(full), losses(killed)
+    assert sorted(b) == sorted(a)  # no repeated or missing rows after the resume
+    for step in range(at + 1, 25):
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_gloo(tiny_set, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}",
+           "-m", "vidmask", "pretrain", f"data.corpus={tiny_set}", *TINY, "train.steps=3",
+           "train.device=cpu", f"run_dir={run}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2
+    assert (run / "checkpoints" / "latest").is_file() and (run / "eval_retrieval.json").is_file()

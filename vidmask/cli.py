@@ -1,0 +1,46 @@
+"""The `vidmask` command: one sub-command per job.
+
+Each sub-command lives in `vidmask/commands/` and exposes
+`add_parser(subparsers)`, which registers its arguments and sets
+`func(args) -> int`. Heavy imports (torch, av) happen inside `func`, so
+`vidmask --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Each module registers one top-level sub-command through `add_parser(sub)`.
+COMMAND_MODULES = [
+    "vidmask.commands.corpus",
+    "vidmask.commands.pretrain",
+    "vidmask.commands.evaluate",
+    "vidmask.commands.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    from vidmask import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vidmask",
+        description="Efficient video-language pretraining with semantic masking.",
+    )
+    parser.add_argument("--version", action="version", version=f"vidmask {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Command-line sub-commands; each module exposes `add_parser(subparsers)`."""

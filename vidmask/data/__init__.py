@@ -1,0 +1,49 @@
+"""Video-text data: annotation files, video decoding, transforms, the dataset.
+
+Public API::
+
+    load_annotations(path, root=None) -> list[VideoText]
+    flatten_captions(items) -> (texts, text_to_video)
+    sample_indices(n, T, mode, generator) -> list[int]
+    decode_frames(path, T, mode="middle", generator=None) -> uint8[T,H,W,3]
+    VideoTransform(size, train, ...)(frames, caption, generator) -> (float[T,3,S,S], caption)
+    swap_left_right(caption) -> str
+    VideoTextDataset(items, num_frames, size, train, seed=0, ...)
+    collate_video_text(batch) -> {"video", "caption", "index", "path", "bad"}
+    BadSampleTracker(max_share, min_samples).update(num_good, bad)
+"""
+
+from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions, load_annotations
+from vidmask.data.dataset import (
+    BadSampleTracker,
+    FrameCache,
+    TooManyBadSamples,
+    VideoTextDataset,
+    collate_video_text,
+    sample_generator,
+)
+from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, swap_left_right
+from vidmask.data.video import VideoError, count_frames, decode_all_frames, decode_frames, load_image, sample_indices
+
+__all__ = [
+    "AnnotationError",
+    "BadSampleTracker",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "FrameCache",
+    "TooManyBadSamples",
+    "VideoError",
+    "VideoText",
+    "VideoTextDataset",
+    "VideoTransform",
+    "collate_video_text",
+    "count_frames",
+    "decode_all_frames",
+    "decode_frames",
+    "flatten_captions",
+    "load_annotations",
+    "load_image",
+    "sample_generator",
+    "sample_indices",
+    "swap_left_right",
+]

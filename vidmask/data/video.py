@@ -1,0 +1,268 @@
+"""Reading T frames of a video (or an image) as ``uint8[T,H,W,3]`` RGB.
+
+Frame choice follows UMT/VINDLU's ``get_frame_indices``: the video is cut
+into T uniform segments and one frame is taken from each, a random one for
+training (``rand``) and the middle one for evaluation (``middle``). Two
+deliberate differences from UMT:
+
+* UMT's ``rand`` draws from ``range(start, end - 1)``, so the last frame of a
+  segment is never picked; here every frame of the segment can be.
+* A video with fewer than T frames: UMT pads with copies of the last frame,
+  which over-weights the end. Here the n frames are spread evenly over the T
+  slots (n=3, T=8 -> 0,0,0,1,1,2,2,2), in both modes, so time still runs
+  forward at a uniform rate.
+
+Decoding is sequential (no seeking) and keeps only the frames it needs, then
+stops after the last one, so a long video never sits in memory whole. Every
+failure raises :class:`VideoError` naming the file; nothing is substituted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+import torch
+from torch import Tensor
+
+SampleMode = Literal["rand", "middle"]
+Generator = torch.Generator | np.random.Generator
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+# A container's frame count (mp4 ``stts``) can exceed what the decoder yields
+# by a frame or two (edit lists trim priming frames). A shortfall up to this
+# share is tolerated: sampled indices past the end use the last decoded frame.
+# Anything larger means a truncated or damaged file.
+FRAME_COUNT_SLACK = 0.05
+
+
+class VideoError(RuntimeError):
+    """A video or image that cannot be read; the message names the file."""
+
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None:
+            # one argument: DataLoader re-raising a worker's error as
+            # VideoError(message); keep the type, the message names the file
+            self.path, self.reason = "", str(path)
+            super().__init__(str(path))
+            return
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        # the default reduce would call VideoError(message) and lose `reason`;
+        # DataLoader workers and multiprocessing pickle exceptions
+        return (type(self), (self.path, self.reason))
+
+
+def sample_indices(n: int, T: int, mode: SampleMode, generator: Generator | None = None) -> list[int]:
+    """T frame indices in [0, n), ascending: one per uniform segment.
+
+    ``rand`` picks a uniformly random frame of each segment (training) and
+    needs an explicit ``generator`` (torch or numpy): no global RNG, so a
+    sample is reproducible from its seed. ``middle`` picks each segment's
+    middle frame (evaluation). With n < T, frames repeat evenly (see module
+    docstring).
+    """
+    if n < 1:
+        raise ValueError(f"a video needs at least one frame, got n={n}")
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if mode not in ("rand", "middle"):
+        raise ValueError(f"unknown sampling mode {mode!r}; use 'rand' or 'middle'")
+    if mode == "rand" and generator is None:
+        raise ValueError("mode='rand' needs an explicit generator (no global RNG)")
+    k = np.arange(T)  # (T,)
+    if n < T:
+        # segments are shorter than a frame: take the frame under each
+        # segment's centre, (k + 1/2) * n / T, in exact integer arithmetic
+        return ((2 * k + 1) * n // (2 * T)).tolist()
+    start = k * n // T  # (T,) integer boundaries, as np.linspace(...).astype(int)
+    end = (k + 1) * n // T  # (T,) exclusive; end > start because n >= T
+    if mode == "middle":
+        return ((start + end - 1) // 2).tolist()
+    if isinstance(generator, torch.Generator):
+        u = torch.rand(T, generator=generator, dtype=torch.float64).numpy()  # (T,)
+    else:
+        u = generator.random(T)  # (T,)
+    offset = np.minimum((u * (end - start)).astype(np.int64), end - start - 1)  # (T,)
+    return (start + offset).tolist()
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoError(path, "file not found (check the media root and the annotation's path)")
+    if not path.is_file():
+        raise VideoError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes); re-download or remove it from the annotations")
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True for still-image files, which are read as a 1-frame video."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """One still image as ``uint8[1,H,W,3]`` RGB (greyscale, palette, alpha converted)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            rgb = np.array(im.convert("RGB"))  # (H, W, 3), a writable copy
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise VideoError(path, f"corrupt or unreadable image ({e})") from e
+    return rgb[None]  # (1, H, W, 3)
+
+
+def _open_video(path: Path):
+    _check_file(path)
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as e:
+        raise VideoError(path, f"not a readable video, corrupt or truncated ({e})") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "no video stream in the file")
+    # One decoding thread: DataLoader workers are the parallelism. FFmpeg's
+    # own threads oversubscribe the cores under several workers and, on short
+    # clips, add wake-up latency (median 4 ms vs 0.9 ms for a 16-frame 128px
+    # clip on the 2-core development machine).
+    stream = container.streams.video[0]
+    stream.thread_type = "NONE"
+    stream.thread_count = 1
+    return container
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames in the first video stream: the container's count when it has one
+    (mp4, mov, avi), otherwise (mkv, webm) counted by decoding."""
+    path = Path(path)
+    if is_image_path(path):
+        load_image(path)
+        return 1
+    container = _open_video(path)
+    try:
+        n = container.streams.video[0].frames
+        if n > 0:
+            return n
+        return _decode(container, path, None)[1]
+    finally:
+        container.close()
+
+
+def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
+    """Decode in order; convert to RGB only the frames in ``wanted`` (None: count only).
+
+    Returns (frames by index, number of frames decoded). Stops after the
+    largest wanted index, so a long video is never held whole.
+    """
+    stream = container.streams.video[0]
+    last = max(wanted) if wanted else None
+    frames: dict[int, np.ndarray] = {}
+    n = 0
+    last_frame = None
+    try:
+        for frame in container.decode(stream):
+            if wanted is not None and n in wanted:
+                frames[n] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            last_frame = frame
+            n += 1
+            if last is not None and n > last:
+                break
+    except av.error.FFmpegError as e:
+        raise VideoError(path, f"corrupt or truncated video: decoding failed after {n} frames ({e})") from e
+    if n == 0:
+        raise VideoError(path, "no decodable frames")
+    if wanted is not None and last_frame is not None and (n - 1) not in frames:
+        # kept so that indices past a short container count can fall back to it
+        frames[n - 1] = last_frame.to_ndarray(format="rgb24")  # (H, W, 3)
+    return frames, n
+
+
+def _stack(path: Path, frames: list[np.ndarray]) -> Tensor:
+    """list of uint8[H,W,3] -> uint8[n,H,W,3]; a size change mid-stream is a bad file."""
+    if len({f.shape for f in frames}) > 1:
+        raise VideoError(path, f"frame size changes within the video: {sorted({f.shape[:2] for f in frames})}")
+    return torch.from_numpy(np.stack(frames))  # (n, H, W, 3)
+
+
+def decode_frames(
+    path: str | Path,
+    T: int,
+    mode: SampleMode = "middle",
+    generator: Generator | None = None,
+) -> Tensor:
+    """T frames of a video as ``uint8[T,H,W,3]`` RGB, chosen by :func:`sample_indices`.
+
+    Images (jpg, png, ...) are a 1-frame video: the frame is repeated T times.
+    Raises :class:`VideoError` for a missing, empty, truncated or corrupt
+    file, one with no video stream, or one with no decodable frame.
+    """
+    path = Path(path)
+    if is_image_path(path):
+        image = torch.from_numpy(load_image(path))  # (1, H, W, 3)
+        return image.expand(T, -1, -1, -1).contiguous()  # (T, H, W, 3)
+    container = _open_video(path)
+    try:
+        declared = container.streams.video[0].frames
+        if declared > 0:
+            n = declared
+        else:
+            # no count in the container: count by a first decoding pass that
+            # keeps no pixels, then decode again for the chosen frames
+            # (reopening is simpler and safer than seeking back in every format)
+            n = _decode(container, path, None)[1]
+            container.close()
+            container = _open_video(path)
+        indices = sample_indices(n, T, mode, generator)
+        frames, decoded = _decode(container, path, set(indices))
+    finally:
+        container.close()
+    if decoded <= indices[-1]:
+        # the decoder ran out before the container's count
+        if decoded < declared * (1 - FRAME_COUNT_SLACK):
+            raise VideoError(
+                path,
+                f"truncated or corrupt: the container declares {declared} frames "
+                f"but only {decoded} decode",
+            )
+        indices = [min(i, decoded - 1) for i in indices]
+    return _stack(path, [frames[i] for i in indices])  # (T, H, W, 3)
+
+
+def decode_all_frames(path: str | Path) -> Tensor:
+    """Every frame of a (short) video as ``uint8[n,H,W,3]``; an image gives n=1.
+
+    For the in-memory cache: sampling then happens on this array.
+    """
+    path = Path(path)
+    if is_image_path(path):
+        return torch.from_numpy(load_image(path))  # (1, H, W, 3)
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        out: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                out.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
+        except av.error.FFmpegError as e:
+            raise VideoError(
+                path, f"corrupt or truncated video: decoding failed after {len(out)} frames ({e})"
+            ) from e
+        declared = stream.frames
+    finally:
+        container.close()
+    if not out:
+        raise VideoError(path, "no decodable frames")
+    if declared > 0 and len(out) < declared * (1 - FRAME_COUNT_SLACK):
+        raise VideoError(
+            path, f"truncated or corrupt: the container declares {declared} frames but only {len(out)} decode"
+        )
+    return _stack(path, out)  # (n, H, W, 3)

@@ -1,0 +1,166 @@
+"""The one mask contract every strategy follows.
+
+A masker maps visual tokens ``float[B,T,N,C]`` (N tokens per frame) to a
+:class:`MaskOut` whose ``keep`` is ``bool[B,T,N]``: **True means the encoder
+sees the token**. Nothing in vidmask is named a bare ``mask``, because the
+field disagrees on what True means (MAE: 1 = removed; the ClusterSTM
+pseudocode: True = masked; UMT: ``~mask`` = visible).
+
+Two ways to apply a mask:
+
+* ``drop``: the encoder runs on the kept tokens only. This needs the same
+  number of kept tokens in every clip of the batch (per frame for most
+  strategies), so the tokens can be gathered into a dense ``[B, K, C]``.
+* ``replace``: masked patches are erased (MASCOT fills them with random
+  pixels) and every token is still encoded.
+
+A strategy is a pure function of tensors; the registered object only holds
+hyper-parameters (``StmMasker`` is the exception: it has learnable weights).
+Randomness comes only from the explicit ``generator``; tensors are made on the
+input's device; masks are computed in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+Mode = Literal["drop", "replace"]
+
+
+@dataclass
+class MaskOut:
+    """What a masker returns.
+
+    keep: bool[B,T,N], True = the encoder sees the token.
+    ids_keep: long[B,K], flat indices into L = T*N of the kept tokens, sorted
+        ascending, K identical for every clip (None when the strategy cannot
+        guarantee a fixed count, i.e. ``replace`` only).
+    saliency: optional float[B,T,N] the strategy ranked by (attention,
+        temporal density), for pictures.
+    clusters: optional long[B,T,N] cluster id of every token within its frame.
+    extra: anything else a strategy exposes (e.g. MASCOT's interval).
+    """
+
+    keep: Tensor
+    ids_keep: Tensor | None = None
+    saliency: Tensor | None = None
+    clusters: Tensor | None = None
+    extra: dict | None = None
+
+    @property
+    def num_kept(self) -> int:
+        """Kept tokens per clip (asserted equal across the batch)."""
+        counts = self.keep.flatten(1).sum(1)  # (B,)
+        if counts.numel() and not bool((counts == counts[0]).all()):
+            raise ValueError(f"kept count differs across the batch: {counts.tolist()}")
+        return int(counts[0]) if counts.numel() else 0
+
+
+def keep_to_ids(keep: Tensor) -> Tensor:
+    """Flat, ascending indices of kept tokens: bool[B,T,N] -> long[B,K].
+
+    Asserts that every clip keeps the same number K, instead of trusting
+    ``x[keep].reshape(B, -1, C)`` to line up.
+    """
+    B = keep.shape[0]
+    flat = keep.reshape(B, -1)  # (B, L)
+    counts = flat.sum(1)  # (B,)
+    if B and not bool((counts == counts[0]).all()):
+        raise ValueError(
+            f"drop mode needs the same kept count in every clip, got {counts.tolist()}"
+        )
+    K = int(counts[0]) if B else 0
+    # a stable sort of ~keep puts kept positions first, in ascending order
+    order = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)  # (B, L)
+    return order[:, :K]  # (B, K)
+
+
+def gather_tokens(x: Tensor, ids_keep: Tensor) -> Tensor:
+    """x: [B,L,C], ids_keep: long[B,K] -> [B,K,C]."""
+    C = x.shape[-1]
+    return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, C))  # (B, K, C)
+
+
+def topk_keep(score: Tensor, k: int) -> Tensor:
+    """bool mask of the k highest scores along the last dim; ties to the lowest index.
+
+    score: float[..., N] -> bool[..., N] with exactly k True per row.
+    """
+    N = score.shape[-1]
+    k = max(0, min(int(k), N))
+    # stable descending sort keeps equal scores in index order
+    order = torch.argsort(score, dim=-1, descending=True, stable=True)  # (..., N)
+    keep = torch.zeros_like(score, dtype=torch.bool)  # (..., N)
+    keep.scatter_(-1, order[..., :k], True)
+    return keep
+
+
+def kept_per_frame(num_tokens: int, ratio: float) -> int:
+    """Tokens each frame keeps at mask ratio `ratio`: round(N * (1 - ratio)), at least 1."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    return max(1, int(round(num_tokens * (1.0 - ratio))))
+
+
+class Masker:
+    """Base of registered strategies: holds hyper-parameters, no hidden state.
+
+    Subclasses set ``name``, ``modes`` (the apply modes they support) and
+    ``needs_attn``, and implement ``__call__``.
+    """
+
+    name: str = ""
+    modes: tuple[Mode, ...] = ("drop", "replace")
+    needs_attn: bool = False
+
+    def __init__(self, ratio: float = 0.75):
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"{self.name}: mask ratio must be in [0, 1), got {ratio}")
+        self.ratio = float(ratio)
+
+    def __call__(
+        self, tokens: Tensor, *, attn: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> MaskOut:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, tokens: Tensor, attn: Tensor | None) -> None:
+        if tokens.dim() != 4:
+            raise ValueError(f"{self.name}: tokens must be [B,T,N,C], got {tuple(tokens.shape)}")
+        if self.needs_attn and attn is None:
+            raise ValueError(f"{self.name}: needs `attn` [B,T,N] (a teacher's CLS-to-patch attention)")
+        if attn is not None and attn.shape != tokens.shape[:3]:
+            raise ValueError(f"{self.name}: attn must be {tuple(tokens.shape[:3])}, got {tuple(attn.shape)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ratio={self.ratio})"
+
+
+_REGISTRY: dict[str, Callable[..., Masker]] = {}
+
+
+def register(name: str):
+    """Class decorator: register a strategy under an exact name."""
+
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"masker {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_maskers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_masker(name: str, ratio: float = 0.75, **params) -> Masker:
+    """Look a strategy up by its exact name and build it."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown mask strategy {name!r}; known: {', '.join(list_maskers())}")
+    return _REGISTRY[name](ratio=ratio, **params)

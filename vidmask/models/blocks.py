@@ -1,0 +1,72 @@
+"""The transformer building blocks, written once and reused by every model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (or cross-attention when `context` is given)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        B, M, C = x.shape
+        ctx = x if context is None else context  # (B, S, C)
+        h = self.heads
+        q = self.q(x).reshape(B, M, h, C // h).transpose(1, 2)  # (B, h, M, C/h)
+        k, v = self.kv(ctx).reshape(B, ctx.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, S, C/h)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, M, C/h)
+        return self.proj(out.transpose(1, 2).reshape(B, M, C))  # (B, M, C)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))  # (..., dim)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask)  # (B, M, C)
+        return x + self.mlp(self.norm2(x))  # (B, M, C)
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT-style init: truncated-normal linears, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_params(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+

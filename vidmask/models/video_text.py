@@ -1,0 +1,51 @@
+"""The dual-encoder video-language model: video ViT + BERT, a joint space."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidmask.config import ModelConfig
+from vidmask.models.blocks import init_weights
+from vidmask.models.text import TextEncoder
+from vidmask.models.video_vit import VideoViT
+
+
+class VideoTextModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_frames: int = 8, img_size: int = 128):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VideoViT(
+            img_size=img_size, patch=cfg.patch, frames=num_frames, dim=cfg.dim, depth=cfg.depth,
+            heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing,
+        )
+        self.text = TextEncoder(cfg.text)
+        self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)
+        # a two-layer head: with a frozen tower it is all the text side can learn
+        w = self.text.width
+        self.text_proj = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, cfg.embed_dim))
+        init_weights(self.vision_proj)
+        init_weights(self.text_proj)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+
+    def encode_video(self, video: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
+        """video [B,T,3,H,W] (+ kept-token indices [B,K]) -> unit features [B,E]."""
+        tokens = self.visual.embed(video)  # (B, T, N, C)
+        return self.encode_tokens(tokens, ids_keep, st_weight)
+
+    def encode_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
+        """Embedded tokens [B,T,N,C] -> unit features [B,E]."""
+        feats = self.visual.forward_features(tokens, ids_keep, st_weight)  # (B, K, C)
+        return F.normalize(self.vision_proj(feats.mean(1)).float(), dim=-1)  # (B, E)
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        """captions -> unit features [B,E]."""
+        pooled = self.text(captions)  # (B, W)
+        return F.normalize(self.text_proj(pooled).float(), dim=-1)  # (B, E)
+
+    def temperature_scale(self) -> Tensor:
+        # clamp as CLIP does, so the logits cannot blow up (scale <= 100)
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()

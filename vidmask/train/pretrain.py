@@ -1,0 +1,195 @@
+"""Wiring for `vidmask pretrain`: build everything from a Config, run the loop, save, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from vidmask.config import Config, save_config, to_dict
+from vidmask.data import BadSampleTracker, VideoTextDataset, collate_video_text, load_annotations
+from vidmask.masking import build_masker
+from vidmask.models.video_text import VideoTextModel
+from vidmask.tasks.pretrain import PretrainTask
+from vidmask.train import checkpoint as ckpt
+from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
+from vidmask.train.engine import LoopSpec, train
+from vidmask.train.evaluate import evaluate_retrieval, format_table
+from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
+from vidmask.train.schedule import epoch_batches, steps_per_epoch
+
+log = logging.getLogger("vidmask")
+
+
+def build_model(cfg: Config) -> VideoTextModel:
+    return VideoTextModel(cfg.model, num_frames=cfg.data.num_frames, img_size=cfg.data.size)
+
+
+def build_task(cfg: Config, model: VideoTextModel) -> PretrainTask:
+    params = dict(cfg.mask.params)
+    if cfg.mask.strategy == "stm":
+        params.setdefault("dim", cfg.model.patch * cfg.model.patch * 3)  # it sees pixel patches
+    masker = build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio, **params)
+    return PretrainTask(model, masker)
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No decay on biases, norms, position tables and the temperature."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or "pos_" in name or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_run_dir(cfg: Config, info: DistInfo) -> Path:
+    name = cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if info.enabled:
+        box = [name]
+        dist.broadcast_object_list(box, src=0)  # ranks may disagree on the clock
+        name = box[0]
+    run_dir = Path(name)
+    if info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return run_dir
+
+
+def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
+    """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order."""
+    spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
+    step = start_step
+    while step < cfg.train.steps:
+        epoch, skip = divmod(step, spe)
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world)
+        loader = DataLoader(
+            dataset, batch_sampler=batches[skip:], num_workers=cfg.data.num_workers,
+            collate_fn=collate_video_text, persistent_workers=False,
+        )
+        for batch in loader:
+            yield step, batch
+            step += 1
+            if step >= cfg.train.steps:
+                return
+
+
+def run_pretrain(cfg: Config, resume: bool = False) -> Path:
+    """Train (or resume) a run; returns its folder. Works under torchrun."""
+    info = init_distributed(cfg.train.device)
+    try:
+        run_dir = _pretrain(cfg, info, resume)
+    except BaseException:
+        teardown(clean=False)  # no barrier: the other ranks may never reach it
+        raise
+    # the model and optimiser died with _pretrain's frame, before the group goes
+    teardown()
+    return run_dir
+
+
+def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
+    run_dir = make_run_dir(cfg, info)
+    setup_logging(run_dir, info.main)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+
+    model = build_model(cfg).to(info.device)
+    task = build_task(cfg, model).to(info.device)
+    optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
+
+    start_step = 0
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    tracker = BadSampleTracker(cfg.data.max_bad_share)
+    if latest is not None:
+        ckpt.load_weights(task, latest)
+        state = ckpt.load_state(latest)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and "rng_cuda" in state:
+            torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
+        tracker.load_state_dict(state.get("bad_samples", {}))
+        start_step = int(state["step"])
+        log.info("resumed from %s at step %d", latest, start_step)
+
+    items = load_annotations(cfg.data.path(cfg.data.train_anno))
+    dataset = VideoTextDataset(
+        items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
+        hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames,
+    )
+    # frozen text tower: every caption's features once, before the clock starts
+    model.text.warm_cache([c for it in items for c in it.captions])
+
+    if info.main:
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "run.json", {"git": git_revision(), "world_size": info.world,
+                                          "device": str(info.device), "torch": torch.__version__,
+                                          "train_samples": len(items), "config": to_dict(cfg)})
+        n_params = sum(p.numel() for p in task.parameters() if p.requires_grad)
+        log.info("run folder %s; %d training clips; %.2fM trainable parameters; mask %s @ %.2f",
+                 run_dir, len(items), n_params / 1e6, cfg.mask.strategy, cfg.mask.ratio)
+    metrics = MetricsWriter(run_dir, resume_step=start_step) if info.main else None
+
+    wrapped = task
+    if info.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            task, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+
+    def on_log(step: int, row: dict) -> None:
+        if metrics is not None:
+            metrics.write(step, row)
+
+    def on_checkpoint(step: int) -> None:
+        if info.main:
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "bad_samples": tracker.state_dict(),
+            }
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            if torch.cuda.is_available():
+                state["rng_cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+            path = ckpt.save_checkpoint(run_dir / "checkpoints", step, task, state)
+            metrics.plot()
+            log.info("checkpoint %s", path)
+        barrier()
+
+    def on_eval(step: int) -> None:
+        if info.main:
+            res = evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg.data, info.device)
+            metrics.write(step, {"eval_t2v_R@1": res["t2v"]["R@1"], "eval_rsum": res["rsum"]})
+            log.info("step %d: t2v R@1 %.2f, Rsum %.2f", step, res["t2v"]["R@1"], res["rsum"])
+        barrier()
+
+    def on_batch(batch: dict) -> None:
+        tracker.update(len(batch["caption"]), batch["bad"])
+
+    spec = LoopSpec(
+        total_steps=cfg.train.steps, peak_lr=cfg.train.lr, min_lr=cfg.train.min_lr, warmup=cfg.train.warmup_steps,
+        grad_clip=cfg.train.grad_clip, seed=cfg.train.seed, precision=cfg.train.precision,
+        log_every=cfg.train.log_every, ckpt_every=cfg.train.ckpt_every, eval_every=cfg.train.eval_every,
+        time_limit_s=cfg.train.time_limit_min * 60.0, params=[p for p in task.parameters() if p.requires_grad],
+    )
+    t0 = time.time()
+    last = train(wrapped, optimizer, scaler, batch_stream(dataset, cfg, info, start_step), start_step, spec,
+                 info.device, info.rank, on_log, on_checkpoint, on_eval, on_batch, show_progress=info.main)
+    if info.main:
+        log.info("trained to step %d in %.1f min", last, (time.time() - t0) / 60)
+        if last >= cfg.train.steps and cfg.data.test_anno:
+            res = evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg.data, info.device)
+            res["step"] = last
+            write_json(run_dir / "eval_retrieval.json", res)
+            print(format_table(res), flush=True)
+        metrics.close()
+    return run_dir

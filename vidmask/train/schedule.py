@@ -1,0 +1,50 @@
+"""Deterministic data order and learning-rate schedule: everything a resume must reproduce."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's batches of sample indices for one epoch.
+
+    The permutation depends only on (seed, epoch), so every rank agrees on it
+    and a resumed run can skip exactly the batches it already consumed. Each
+    rank takes a disjoint slice of every global batch (DistributedSampler
+    semantics, last partial global batch dropped).
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    global_bs = batch_size * world
+    batches = []
+    for s in range(0, n - global_bs + 1, global_bs):
+        chunk = perm[s : s + global_bs]
+        batches.append(chunk[rank * batch_size : (rank + 1) * batch_size])
+    return batches
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
+    spe = n // (batch_size * world)
+    if spe < 1:
+        raise ValueError(
+            f"{n} training samples cannot fill one global batch of {batch_size} x {world} processes; "
+            "lower train.batch_size"
+        )
+    return spe
+
+
+def lr_at(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `floor` at `total`."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The mask RNG of one step: a pure function of (seed, step, rank), so resume needs no RNG state."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 7_919 + step) * 131 + rank)
+    return g
