@@ -10,21 +10,25 @@ import torch.multiprocessing as mp
 from vidmask.objectives import vtc_loss
 
 
-def _worker(rank, world, port, v, t, out):
+def _worker(rank, world, port, v, t, out, split):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    b = v.shape[0] // world
-    vl = v[rank * b : (rank + 1) * b].clone().requires_grad_(True)
-    tl = t[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+    lo, hi = split[rank], split[rank + 1]
+    vl = v[lo:hi].clone().requires_grad_(True)
+    tl = t[lo:hi].clone().requires_grad_(True)
     loss = vtc_loss(vl, tl, torch.tensor(5.0))["vtc_loss"]
-    # DDP averages gradients over ranks; the mean of local losses is the global loss
-    (loss / world).backward()
+    # each rank's loss is a mean over its rows; weighting by the row share gives the global mean
+    (loss * (hi - lo) / v.shape[0]).backward()
     out[rank] = torch.cat([loss.detach().view(1), vl.grad.flatten(), tl.grad.flatten()])
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_gathered_vtc_equals_single_process():
+import pytest
+
+
+@pytest.mark.parametrize("split", [(0, 3, 6), (0, 2, 6)])  # equal, and unequal (bad samples dropped) batches
+def test_gathered_vtc_equals_single_process(split):
     torch.manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
     t = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
@@ -32,13 +36,14 @@ def test_gathered_vtc_equals_single_process():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, port, v, t, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, v, t, out, split), nprocs=2, join=True)
     vg, tg = v.clone().requires_grad_(True), t.clone().requires_grad_(True)
     ref = vtc_loss(vg, tg, torch.tensor(5.0))["vtc_loss"]
     ref.backward()
+    sizes = [split[1] - split[0], split[2] - split[1]]
     losses = torch.stack([out[0][0], out[1][0]])
-    assert torch.allclose(losses.mean(), ref, atol=1e-6)
+    assert torch.allclose((losses * torch.tensor(sizes)).sum() / 6, ref, atol=1e-6)
     for r in range(2):
-        g = out[r][1:]
-        assert torch.allclose(g[:12].view(3, 4), vg.grad[3 * r : 3 * r + 3], atol=1e-6)
-        assert torch.allclose(g[12:].view(3, 4), tg.grad[3 * r : 3 * r + 3], atol=1e-6)
+        g, n, lo = out[r][1:], sizes[r], split[r]
+        assert torch.allclose(g[: n * 4].view(n, 4), vg.grad[lo : lo + n], atol=1e-6)
+        assert torch.allclose(g[n * 4 :].view(n, 4), tg.grad[lo : lo + n], atol=1e-6)

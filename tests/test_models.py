@@ -108,3 +108,13 @@ def test_bf16_autocast_forward():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses, _ = task(torch.randn(2, 2, 3, 32, 32), ["a", "b"], torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["vtc_loss"])
+
+
+def test_embed_kept_equals_gathered_embed():
+    torch.manual_seed(0)
+    vit = VideoViT(img_size=48, patch=16, frames=3, dim=24, depth=1, heads=2)
+    video = torch.randn(2, 3, 3, 48, 48)
+    out = build_masker("random", ratio=0.6)(torch.zeros(2, 3, 9, 1), generator=torch.Generator().manual_seed(0))
+    full = vit.embed(video).flatten(1, 2)  # (B, L, C)
+    gathered = torch.stack([full[b, out.ids_keep[b]] for b in range(2)])
+    assert torch.allclose(vit.embed_kept(video, out.ids_keep), gathered, atol=1e-5)

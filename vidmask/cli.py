@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "vidmask.commands.pretrain",
     "vidmask.commands.evaluate",
     "vidmask.commands.demo",
+    "vidmask.commands.masks",
 ]
 
 

@@ -27,6 +27,7 @@ class DataConfig:
     corpus: str = "corpus"  # corpus folder; annotation paths below are relative to it unless absolute
     train_anno: str = "train.json"  # UMT/VINDLU-format training annotations
     test_anno: str = "test_retrieval.json"  # zero-shot retrieval evaluation annotations
+    video_root: str = ""  # folder the annotations' `video` paths are relative to; empty = the annotation file's folder
     num_frames: int = 8  # frames sampled per clip (T)
     size: int = 128  # square input resolution in pixels
     num_workers: int = 2  # DataLoader worker processes
@@ -47,6 +48,10 @@ class DataConfig:
     def path(self, name: str) -> Path:
         p = Path(name)
         return p if p.is_absolute() else Path(self.corpus) / p
+
+    def root(self) -> Path | None:
+        """Media root for load_annotations (None: next to the annotation file)."""
+        return Path(self.video_root) if self.video_root else None
 
 
 @dataclass

@@ -279,4 +279,7 @@ class BadSampleTracker:
         return {"seen": self.seen, "bad": self.bad, "bad_files": dict(self.bad_files)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seen, self.bad, self.bad_files = state["seen"], state["bad"], dict(state["bad_files"])
+        """Restore counts from :meth:`state_dict`; an empty dict (an old checkpoint) starts afresh."""
+        self.seen = int(state.get("seen", 0))
+        self.bad = int(state.get("bad", 0))
+        self.bad_files = dict(state.get("bad_files", {}))

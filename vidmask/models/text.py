@@ -91,10 +91,25 @@ class TextEncoder(nn.Module):
         return {k: v.to(device) for k, v in batch.items()}
 
     def _pooled(self, captions: list[str], device) -> Tensor:
-        batch = self.tokenize(captions, device)
-        hidden = self.bert(**batch).last_hidden_state  # (B, S, W)
-        m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
+        hidden, mask = self.token_states(captions)  # (B, S, W), (B, S)
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, W)
+
+    def token_states(self, captions: list[str], input_ids: Tensor | None = None,
+                     attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-token last-layer states: (hidden float[B,S,W], attention_mask long[B,S]).
+
+        What fusion layers (matching, MLM, QA, captioning) read. Pass
+        `input_ids`/`attention_mask` to encode already tokenized (e.g. MLM-masked)
+        text; a frozen tower runs without gradient.
+        """
+        device = next(self.bert.parameters()).device
+        if input_ids is None:
+            batch = self.tokenize(captions, device)
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, W)
+        return hidden, attention_mask
 
     @torch.no_grad()
     def warm_cache(self, captions: list[str], batch_size: int = 256) -> None:

@@ -33,11 +33,14 @@ class VideoTextModel(nn.Module):
 
     def encode_video(self, video: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] (+ kept-token indices [B,K]) -> unit features [B,E]."""
-        tokens = self.visual.embed(video)  # (B, T, N, C)
-        return self.encode_tokens(tokens, ids_keep, st_weight)
+        if ids_keep is None:
+            tokens = self.visual.embed(video)  # (B, T, N, C)
+        else:
+            tokens = self.visual.embed_kept(video, ids_keep)  # (B, K, C): only kept patches embedded
+        return self.encode_tokens(tokens, None, st_weight)
 
     def encode_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
-        """Embedded tokens [B,T,N,C] -> unit features [B,E]."""
+        """Embedded tokens [B,T,N,C] (or gathered [B,K,C]) -> unit features [B,E]."""
         feats = self.visual.forward_features(tokens, ids_keep, st_weight)  # (B, K, C)
         return F.normalize(self.vision_proj(feats.mean(1)).float(), dim=-1)  # (B, E)
 

@@ -92,17 +92,32 @@ class VideoViT(nn.Module):
         x = rearrange(x, "(b t) c h w -> b t (h w) c", b=B)  # (B, T, N, C)
         return x + self.pos_embed(T, H // self.patch).to(x.dtype)  # (B, T, N, C)
 
+    def embed_kept(self, video: Tensor, ids_keep: Tensor) -> Tensor:
+        """Embed only the kept patches: video [B,T,3,H,W], ids_keep long[B,K] -> [B,K,C].
+
+        Same values as ``gather(embed(video))`` but the patch projection runs
+        on K tokens instead of T*N, which matters at high mask ratios.
+        """
+        B, T, _, H, W = video.shape
+        grid = H // self.patch
+        pixels = gather_tokens(self.patchify(video).flatten(1, 2), ids_keep)  # (B, K, p*p*3)
+        # the conv weight [C, 3, p, p] as a linear map over (p1 p2 c)-ordered pixels
+        w = self.patch_embed.weight.permute(0, 2, 3, 1).reshape(self.dim, -1)  # (C, p*p*3)
+        x = pixels @ w.T.to(pixels.dtype) + self.patch_embed.bias  # (B, K, C)
+        pos = self.pos_embed(T, grid).flatten(0, 1)  # (L, C)
+        return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
+
     def forward_features(
         self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None
     ) -> Tensor:
         """Encode the kept tokens only.
 
-        tokens: [B,T,N,C]; ids_keep: long[B,K] flat indices into T*N (None =
-        all tokens); st_weight: optional float[B,K] straight-through weight
+        tokens: [B,T,N,C], or already gathered [B,K,C] (then ids_keep is None);
+        ids_keep: long[B,K] flat indices into T*N (None = all tokens); st_weight: optional float[B,K] straight-through weight
         from a learnable masker, multiplied onto the kept tokens.
         Returns [B,K,C] after the final norm.
         """
-        x = tokens.flatten(1, 2)  # (B, L, C)
+        x = tokens.flatten(1, 2) if tokens.dim() == 4 else tokens  # (B, L, C)
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (B, K, C)
         if st_weight is not None:

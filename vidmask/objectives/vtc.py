@@ -9,36 +9,49 @@ from torch import Tensor
 
 
 class _AllGather(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for this rank's rows.
+    """all_gather of rows whose count may differ by rank (bad samples are dropped
+    per rank), with a backward that sums every rank's gradient for this rank's rows.
 
     (A plain all_gather cuts the graph; reduce_scatter would do the backward in
     one call but gloo lacks it, so the backward is an all_reduce and a slice.)
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = rank, x.shape[0]
-        return torch.cat(parts, 0)  # (W*B, E)
+    def forward(ctx, x: Tensor, sizes: list[int]) -> Tensor:
+        rank, most = dist.get_rank(), max(sizes)
+        padded = x.new_zeros((most, *x.shape[1:]))  # (Bmax, E)
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rank, ctx.sizes, ctx.most = rank, sizes, most
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)], 0)  # (sum B, E)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # every rank's loss touches every row
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]  # (B, E)
+    def backward(ctx, grad: Tensor):
+        sizes, most = ctx.sizes, ctx.most
+        padded = grad.new_zeros((len(sizes) * most, *grad.shape[1:]))  # (W*Bmax, E)
+        start = 0
+        for r, n in enumerate(sizes):
+            padded[r * most : r * most + n] = grad[start : start + n]
+            start += n
+        dist.all_reduce(padded)  # every rank's loss touches every row
+        own = padded[ctx.rank * most : ctx.rank * most + sizes[ctx.rank]]  # (B, E)
+        return own, None
 
 
 def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
-    """Concatenate x [B,E] from every rank -> ([W*B, E], offset of this rank's rows).
+    """Concatenate x [B,E] from every rank -> ([sum B, E], offset of this rank's rows).
 
-    Every rank must hold the same B (the trainer's batches guarantee it).
+    Ranks may hold different B (after dropping unreadable samples).
     Gradients flow back to each rank's own features.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    return _AllGather.apply(x), dist.get_rank() * x.shape[0]
+    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    return _AllGather.apply(x, sizes), sum(sizes[: dist.get_rank()])
 
 
 def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True) -> dict[str, Tensor]:
@@ -47,8 +60,8 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True) ->
     Each local row is contrasted against the captions / clips of all ranks
     (open_clip's local loss): the same objective as a single big batch.
     """
-    v_all, off = gather_with_grad(video) if gather else (video, 0)  # (W*B, E)
-    t_all, _ = gather_with_grad(text) if gather else (text, 0)  # (W*B, E)
+    v_all, off = gather_with_grad(video) if gather else (video, 0)  # (sum B, E)
+    t_all, _ = gather_with_grad(text) if gather else (text, 0)  # (sum B, E)
     labels = torch.arange(video.shape[0], device=video.device) + off  # (B,)
     logits_v2t = scale * video.float() @ t_all.float().T  # (B, W*B)
     logits_t2v = scale * text.float() @ v_all.float().T  # (B, W*B)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidmask.masking.base import Masker
+from vidmask.masking.saliency import colour_saliency
 from vidmask.models.video_text import VideoTextModel
 from vidmask.objectives.vtc import vtc_loss
 
@@ -34,13 +35,15 @@ class PretrainTask(nn.Module):
             self.add_module("masker_module", masker)
 
     def forward(self, video: Tensor, captions: list[str], generator: torch.Generator | None = None):
-        tokens = self.model.visual.embed(video)  # (B, T, N, C)
         with torch.autocast(video.device.type, enabled=False):
-            out = self.masker(masker_input(self.model, video), generator=generator)
+            # no teacher yet: a colour-contrast stand-in for CLS attention, for
+            # the strategies that rank by it (umt, mascot-*, stm); others ignore it
+            attn = colour_saliency(self.model.visual.patchify(video.float()))  # (B, T, N)
+            out = self.masker(masker_input(self.model, video), attn=attn, generator=generator)
         if out.ids_keep is None:
             raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
         st_weight = (out.extra or {}).get("st_weight")  # (B, K) or None
-        v = self.model.encode_tokens(tokens, out.ids_keep, st_weight)  # (B, E)
+        v = self.model.encode_video(video, out.ids_keep, st_weight)  # (B, E): only kept patches embedded
         t = self.model.encode_text(captions)  # (B, E)
         losses = vtc_loss(v, t, self.model.temperature_scale())
         report = {"kept_tokens": float(out.ids_keep.shape[1]), "scale": float(self.model.temperature_scale().detach())}

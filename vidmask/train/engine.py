@@ -60,6 +60,13 @@ def train(
     step = start_step
     for step, batch in batches:
         on_batch(batch)  # counts bad samples, may stop the run
+        if batch["video"].shape[0] == 0:
+            if torch.distributed.is_initialized():
+                # the other ranks are already inside this step's collectives
+                raise RuntimeError(f"step {step}: every sample of this rank's batch was unreadable (see the log)")
+            step += 1  # nothing to learn from: the step passes without an update
+            bar.update(1)
+            continue
         lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr

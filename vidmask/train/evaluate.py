@@ -63,7 +63,7 @@ def evaluate_retrieval(
     A bad video stops the evaluation with an error naming the file.
     """
     anno_path = Path(anno_path)
-    items = load_annotations(anno_path)
+    items = load_annotations(anno_path, root=data_cfg.root())
     model.eval()
     ds = VideoTextDataset(items, data_cfg.num_frames, data_cfg.size, train=False)
     vfeat = encode_videos(model, ds, device, batch_size, num_workers=min(data_cfg.num_workers, 2))  # (Nv, E)

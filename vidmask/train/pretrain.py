@@ -120,7 +120,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", latest, start_step)
 
-    items = load_annotations(cfg.data.path(cfg.data.train_anno))
+    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
     dataset = VideoTextDataset(
         items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
         hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames,

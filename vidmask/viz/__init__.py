@@ -1,0 +1,1 @@
+"""Pictures of what vidmask computes (masks, clusters, saliency)."""
