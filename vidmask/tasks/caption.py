@@ -1,0 +1,69 @@
+"""Video captioning: the video tower + a caption decoder, teacher forcing, decoding to strings.
+
+Captions are tokenized with the text tower's BERT tokenizer, which already
+frames them as [CLS] words [SEP]: [CLS] is the begin-of-sentence the decoder
+starts from and [SEP] the end-of-sentence it learns to emit. Teacher
+forcing: the decoder reads tokens 0..L-2 and predicts 1..L-1, padding
+ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids
+from vidmask.models.video_text import VideoTextModel
+from vidmask.tasks.qa import video_tokens
+
+
+class CaptionTask(nn.Module):
+    """forward(video, captions) -> ({"caption_loss"}, report); greedy / beam_search -> strings."""
+
+    def __init__(self, model: VideoTextModel, depth: int = 2, heads: int | None = None,
+                 width: int | None = None, max_positions: int = 40):
+        super().__init__()
+        self.model = model
+        self.tokenizer = model.text.tokenizer
+        text_width = model.text.width
+        width = width or text_width
+        words = model.text.bert.get_input_embeddings().weight  # (V, text_width)
+        tok = self.tokenizer
+        self.decoder = CaptionDecoder(
+            vocab_size=words.shape[0], width=width, video_width=model.visual.dim,
+            bos_id=tok.cls_token_id, eos_id=tok.sep_token_id, pad_id=tok.pad_token_id,
+            depth=depth, heads=heads, max_positions=max_positions,
+            # a pretrained tower's word vectors are a better start than noise; only when widths match
+            word_embeddings=words if width == text_width else None,
+        )
+
+    def encode(self, video: Tensor) -> Tensor:
+        """video [B,T,3,H,W] -> video tokens [B,K,C] for the decoder."""
+        return video_tokens(self.model, video)  # (B, K, C)
+
+    def forward(self, video: Tensor, captions: list[str]):
+        tokens = self.encode(video)  # (B, K, C)
+        batch = self.tokenizer(captions, padding=True, truncation=True, max_length=self.decoder.max_positions,
+                               return_tensors="pt")
+        ids = batch["input_ids"].to(tokens.device)  # (B, L): [CLS] w1 .. wn [SEP] [PAD]..
+        valid = batch["attention_mask"].to(tokens.device)  # (B, L)
+        logits = self.decoder(ids[:, :-1], tokens, valid[:, :-1])  # (B, L-1, V)
+        target = ids[:, 1:].masked_fill(valid[:, 1:] == 0, -100)  # (B, L-1): padding is not predicted
+        loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
+        return {"caption_loss": loss}, {"caption_tokens": float((target != -100).sum())}
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """ids long[B,L] -> strings, special tokens ([CLS], [SEP], [PAD]) dropped."""
+        return self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+
+    @torch.no_grad()
+    def greedy(self, video_tokens: Tensor, max_len: int = 20) -> list[str]:
+        """video tokens [B,K,C] (from `encode`) -> B captions."""
+        return self.decode(greedy_ids(self.decoder, video_tokens, max_len))
+
+    @torch.no_grad()
+    def beam_search(self, video_tokens: Tensor, beam: int = 3, max_len: int = 20,
+                    length_penalty: float = 1.0) -> list[str]:
+        """video tokens [B,K,C] -> B captions (batched beam search, see `beam_search_ids`)."""
+        return self.decode(beam_search_ids(self.decoder, video_tokens, beam, max_len, length_penalty))
