@@ -31,7 +31,7 @@ def time_steps(cfg, ratio: float, steps: int, batch: int) -> tuple[float, int]:
     times, kept = [], 0
     for i in range(steps + 2):  # two warm-up steps
         t0 = time.perf_counter()
-        losses, report = task(video, caps, torch.Generator().manual_seed(i))
+        losses, report = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
         opt.zero_grad()
         losses["vtc_loss"].backward()
         opt.step()

@@ -59,8 +59,8 @@ def test_pretrain_task_forward_backward(ratio):
     model = VideoTextModel(tiny_cfg(), num_frames=4, img_size=32)
     task = PretrainTask(model, build_masker("random" if ratio else "none", ratio=ratio))
     video = torch.randn(3, 4, 3, 32, 32)
-    losses, report = task(video, ["a red circle moves left", "a blue square", "two stars"],
-                          torch.Generator().manual_seed(1))
+    batch = {"video": video, "caption": ["a red circle moves left", "a blue square", "two stars"]}
+    losses, report = task(batch, torch.Generator().manual_seed(1))
     assert set(losses) == {"vtc_loss"}
     assert torch.isfinite(losses["vtc_loss"])
     assert report["kept_tokens"] == 4 * max(1, round(4 * (1 - ratio)))  # at least one per frame
@@ -106,7 +106,7 @@ def test_bf16_autocast_forward():
     model = VideoTextModel(tiny_cfg(), num_frames=2, img_size=32)
     task = PretrainTask(model, build_masker("random", ratio=0.5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses, _ = task(torch.randn(2, 2, 3, 32, 32), ["a", "b"], torch.Generator().manual_seed(0))
+        losses, _ = task({"video": torch.randn(2, 2, 3, 32, 32), "caption": ["a", "b"]}, torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["vtc_loss"])
 
 

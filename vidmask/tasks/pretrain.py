@@ -34,7 +34,9 @@ class PretrainTask(nn.Module):
         if isinstance(masker, nn.Module):
             self.add_module("masker_module", masker)
 
-    def forward(self, video: Tensor, captions: list[str], generator: torch.Generator | None = None):
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...}."""
+        video, captions = batch["video"], batch["caption"]  # (B, T, 3, H, W)
         with torch.autocast(video.device.type, enabled=False):
             # no teacher yet: a colour-contrast stand-in for CLS attention, for
             # the strategies that rank by it (umt, mascot-*, stm); others ignore it

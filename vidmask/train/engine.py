@@ -70,10 +70,11 @@ def train(
         lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        video = batch["video"].to(device, non_blocking=True)  # (B, T, 3, H, W)
+        # tensors to the device; strings (captions, questions, paths) stay as they are
+        inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         gen = step_generator(spec.seed, step, rank, device)
         with autocast_ctx(device, spec.precision):
-            losses, report = task(video, batch["caption"], gen)
+            losses, report = task(inputs, gen)
         loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -88,7 +89,7 @@ def train(
         else:
             optimizer.step()
         step += 1
-        clips_window += video.shape[0]
+        clips_window += inputs["video"].shape[0]
         bar.update(1)
         if step % spec.log_every == 0 or step == spec.total_steps:
             dt = max(time.time() - t_window, 1e-9)

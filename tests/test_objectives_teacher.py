@@ -1,0 +1,203 @@
+"""Teacher-driven objectives against slow, obvious references on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidmask.masking.base import gather_tokens, keep_to_ids
+from vidmask.objectives.align import AlignHead, align_loss
+from vidmask.objectives.relevance import (
+    RelevanceDecoder,
+    relevance_loss,
+    relevance_map,
+    scatter_kept,
+    window_tokens,
+)
+from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
+
+
+def _keep(B, T, N, k, seed=0) -> torch.Tensor:
+    """bool[B,T,N] with exactly k kept tokens per frame, random positions."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(B, T, N, generator=g).argsort(-1)  # (B, T, N)
+    return order < k
+
+
+# ---- relevance generation (Algorithm III) --------------------------------
+
+
+def _relevance_loop(tokens, text, W, window):
+    """Explicit windows: clamp (= replicate pad) each neighbour, row-major, flatten, linear pooler, cosine."""
+    B, T, N, C = tokens.shape
+    L = math.isqrt(N)
+    r = window // 2
+    out = torch.zeros(B, T, N)
+    for b in range(B):
+        for t in range(T):
+            for i in range(L):
+                for j in range(L):
+                    parts = []
+                    for di in range(-r, r + 1):  # rows first: row-major order, centre in the middle
+                        for dj in range(-r, r + 1):
+                            ii, jj = min(max(i + di, 0), L - 1), min(max(j + dj, 0), L - 1)
+                            parts.append(tokens[b, t, ii * L + jj])
+                    pooled = torch.cat(parts) @ W  # (D,)
+                    out[b, t, i * L + j] = F.cosine_similarity(pooled, text[b], dim=0)
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_relevance_map_matches_loop(window):
+    torch.manual_seed(0)
+    B, T, N, C, D = 2, 2, 16, 3, 5
+    tokens, text = torch.randn(B, T, N, C), torch.randn(B, D)
+    W = torch.randn(window * window * C, D)  # order-sensitive pooler: a linear map over the flattened window
+
+    def pooler(x):  # (M, w*w, C) -> (M, D)
+        return x.flatten(1) @ W
+
+    got = relevance_map(tokens, text, pooler, window=window, chunk=20)  # chunk forces several pooler calls
+    assert got.shape == (B, T, N)
+    torch.testing.assert_close(got, _relevance_loop(tokens, text, W, window), rtol=1e-5, atol=1e-5)
+
+
+def test_window_centre_is_the_token():
+    frames = torch.randn(3, 25, 4)  # (F, N, C)
+    win = window_tokens(frames, 5)  # (F*N, 25, C)
+    torch.testing.assert_close(win[:, 12], frames.reshape(-1, 4))
+
+
+@pytest.mark.parametrize("N,window", [(15, 3), (65, 3), (16, 2), (16, 0)])
+def test_relevance_map_rejects_bad_shapes(N, window):
+    with pytest.raises(ValueError):
+        relevance_map(torch.randn(1, 1, N, 3), torch.randn(1, 3), lambda x: x.mean(1), window=window)
+
+
+# ---- relevance decoder and loss -------------------------------------------
+
+
+def _relevance_loss_ref(pred, target, keep):
+    num, den = 0.0, 0
+    for b in range(target.shape[0]):
+        t = target[b].flatten()
+        t = (t - t.mean()) / (t.std(unbiased=False) + 1e-6)
+        for l, kept in enumerate(keep[b].flatten().tolist()):
+            if not kept:
+                num += float((pred[b, l] - t[l]) ** 2)
+                den += 1
+    return num / den
+
+
+def test_relevance_loss_matches_reference_and_ignores_kept():
+    torch.manual_seed(1)
+    B, T, N = 2, 3, 16
+    pred, target, keep = torch.randn(B, T * N), torch.rand(B, T, N) * 0.1 + 0.2, _keep(B, T, N, 4)
+    loss = relevance_loss(pred, target, keep)["relevance_loss"]
+    assert loss.item() == pytest.approx(_relevance_loss_ref(pred, target, keep), rel=1e-5)
+    changed = pred.clone()
+    changed[keep.reshape(B, -1)] += 100.0  # predictions at kept positions do not matter
+    torch.testing.assert_close(relevance_loss(changed, target, keep)["relevance_loss"], loss)
+    # the target's per-clip offset and scale do not matter either (standardised)
+    torch.testing.assert_close(relevance_loss(pred, 3 * target + 1, keep)["relevance_loss"], loss, rtol=1e-4, atol=1e-5)
+
+
+def test_scatter_kept_inverts_gather():
+    B, T, N, C = 2, 2, 9, 4
+    keep = _keep(B, T, N, 3)
+    ids = keep_to_ids(keep)  # (B, K)
+    x = torch.randn(B, T * N, C)
+    filler = torch.full((B, T * N, C), -7.0)
+    full = scatter_kept(gather_tokens(x, ids), ids, filler)  # (B, L, C)
+    flat = keep.reshape(B, -1)
+    torch.testing.assert_close(full[flat], x[flat])
+    assert bool((full[~flat] == -7.0).all())
+
+
+def test_relevance_decoder_forward_backward():
+    torch.manual_seed(0)
+    B, T, N, C = 2, 4, 16, 24
+    keep = _keep(B, T, N, 4)
+    ids = keep_to_ids(keep)
+    kept = torch.randn(B, ids.shape[1], C, requires_grad=True)
+    dec = RelevanceDecoder(C, dim=32, depth=1, heads=2, frames=8, grid=8)  # tables resampled to T=4, 4x4
+    pred = dec(kept, ids, T, N)  # (B, L)
+    assert pred.shape == (B, T * N)
+    loss = relevance_loss(pred, torch.rand(B, T, N), keep)["relevance_loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and kept.grad is not None and dec.mask_token.grad.abs().sum() > 0
+
+
+# ---- UMT alignment --------------------------------------------------------
+
+
+def test_align_loss_matches_loop():
+    torch.manual_seed(2)
+    B, T, N, C, D, k = 2, 2, 9, 6, 5, 2
+    keep = _keep(B, T, N, 3)
+    ids = keep_to_ids(keep)  # (B, K)
+    K = ids.shape[1]
+    feats = [torch.randn(B, K, C) for _ in range(k)]
+    teacher = torch.randn(B, T, N, D)
+    heads = AlignHead(C, D, layers=k)
+    got = align_loss(feats, teacher, ids, heads)["align_loss"]
+    total = 0.0
+    for i in range(k):
+        pred = heads.heads[i](feats[i]).detach()  # (B, K, D)
+        for b in range(B):
+            for j in range(K):
+                l = int(ids[b, j])
+                tgt = teacher[b, l // N, l % N]  # the teacher token at the same position
+                total += float(2 - 2 * F.cosine_similarity(pred[b, j], tgt, dim=0))
+    assert got.item() == pytest.approx(total / (k * B * K), rel=1e-5)
+
+
+def test_align_head_mlp_and_layer_count():
+    heads = AlignHead(8, 4, layers=2, hidden=16)
+    out = heads([torch.randn(1, 3, 8), torch.randn(1, 3, 8)])
+    assert [o.shape for o in out] == [(1, 3, 4), (1, 3, 4)]
+    with pytest.raises(ValueError):
+        heads([torch.randn(1, 3, 8)])
+
+
+# ---- STM decoder ----------------------------------------------------------
+
+
+def test_stm_decoder_loss_matches_reference_and_positions():
+    torch.manual_seed(3)
+    B, T, N, D = 2, 2, 9, 5
+    keep = _keep(B, T, N, 2)
+    pred, teacher = torch.randn(B, T * N, D), torch.randn(B, T, N, D)
+    got = stm_decoder_loss(pred, teacher, keep)["stm_loss"]
+    ref_m, ref_all, n_m = 0.0, 0.0, 0
+    for b in range(B):
+        for l in range(T * N):
+            v = float(2 - 2 * F.cosine_similarity(pred[b, l], teacher[b, l // N, l % N], dim=0))
+            ref_all += v
+            if not keep[b, l // N, l % N]:
+                ref_m += v
+                n_m += 1
+    assert got.item() == pytest.approx(ref_m / n_m, rel=1e-5)
+    assert stm_decoder_loss(pred, teacher, keep, "all")["stm_loss"].item() == pytest.approx(ref_all / (B * T * N), rel=1e-5)
+    changed = pred.clone()
+    changed[keep.reshape(B, -1)] = torch.randn_like(changed[keep.reshape(B, -1)])
+    torch.testing.assert_close(stm_decoder_loss(changed, teacher, keep)["stm_loss"], got)
+
+
+def test_stm_decoder_fills_masked_with_text():
+    torch.manual_seed(0)
+    B, T, N, C, E, D = 2, 2, 16, 12, 10, 6
+    keep = _keep(B, T, N, 4)
+    ids = keep_to_ids(keep)
+    kept = torch.randn(B, ids.shape[1], C)
+    text = torch.randn(B, E, requires_grad=True)
+    dec = StmDecoder(C, E, D, dim=16, depth=1, heads=2, frames=T, grid=4)
+    pred = dec(kept, ids, text, T, N)  # (B, L, D)
+    assert pred.shape == (B, T * N, D)
+    stm_decoder_loss(pred, torch.randn(B, T, N, D), keep)["stm_loss"].backward()
+    assert text.grad is not None and text.grad.abs().sum() > 0  # the caption reaches the masked slots
+    with torch.no_grad():  # a different caption changes the prediction
+        assert not torch.allclose(dec(kept, ids, text + 1.0, T, N), pred)

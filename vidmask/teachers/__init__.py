@@ -1,0 +1,36 @@
+"""Frozen teachers: per-token features, CLS-to-patch attention, a pooler, a text tower.
+
+Public API::
+
+    build_teacher(name, **kw) -> Teacher          # exact names: list_teachers()
+    Teacher(video [B,T,3,H,W], grid=None) -> TeacherOut(tokens [B,T,N,D], attn [B,T,N], video [B,E])
+    Teacher.pool(tokens [M,W,D]) -> [M,E]; Teacher.encode_text(captions) -> [B,E]
+    resample_grid(tokens [B,T,n,D], N) -> [B,T,N,D]
+    train_lit_teacher(corpus_dir, out_path, steps, batch_size, lr, ...) -> summary dict
+"""
+
+from vidmask.teachers.base import (
+    Teacher,
+    TeacherOut,
+    build_teacher,
+    list_teachers,
+    register_teacher,
+    resample_attn,
+    resample_grid,
+)
+from vidmask.teachers.hf_clip import HfClipTeacher  # registers hf-clip
+from vidmask.teachers.lit_effnet import LitEffnetConfig, LitEffnetTeacher, train_lit_teacher  # registers lit-effnet
+
+__all__ = [
+    "HfClipTeacher",
+    "LitEffnetConfig",
+    "LitEffnetTeacher",
+    "Teacher",
+    "TeacherOut",
+    "build_teacher",
+    "list_teachers",
+    "register_teacher",
+    "resample_attn",
+    "resample_grid",
+    "train_lit_teacher",
+]

@@ -1,0 +1,148 @@
+"""The frozen-teacher interface every teacher follows.
+
+A teacher is a frozen image-text model run per frame on *all* tokens of a
+clip. UMT distils its per-token features into the student's visible tokens,
+attention-guided maskers (``umt``, ``mascot-*``, ``stm``) rank tokens by its
+CLS-to-patch attention, and ClusterSTM's relevance reconstruction pools its
+tokens with its own pooler and scores them against its text feature.
+
+For a clip ``video`` float[B,T,3,H,W] (CLIP-normalised, as every vidmask
+loader makes it) a teacher returns a :class:`TeacherOut`, computed under
+``torch.no_grad()``:
+
+* ``tokens`` float[B,T,N,D]: per-token features on the **student's** grid
+  (N = grid * grid, grid = H // student_patch unless given);
+* ``attn`` float[B,T,N]: CLS-to-patch attention, each frame sums to 1;
+* ``video`` float[B,E]: unit-norm clip feature in the joint space.
+
+and offers ``pool(tokens [M,W,D]) -> [M,E]`` (unit norm; any set of W tokens
+to the joint space) and ``encode_text(captions) -> [B,E]`` (unit norm).
+
+Teachers are looked up by exact name: ``build_teacher("lit-effnet")``,
+``build_teacher("hf-clip", path=...)``; :func:`list_teachers` names them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TeacherOut:
+    """What a teacher returns for one batch of clips (no gradient)."""
+
+    tokens: Tensor  # float[B,T,N,D] per-token features on the student's grid
+    attn: Tensor  # float[B,T,N] CLS-to-patch attention; every frame's row sums to 1
+    video: Tensor  # float[B,E] unit-norm clip feature in the joint space
+
+
+def resample_grid(tokens: Tensor, N: int) -> Tensor:
+    """Bilinear resampling of per-frame square token grids: [B,T,n,D] -> [B,T,N,D].
+
+    When it runs: a teacher whose own grid already equals the student's
+    (``hf-clip`` with a patch-16 CLIP at the student's resolution: 8x8 at
+    128 px) returns its tokens untouched (n == N is a no-op here). It runs
+    when the grids differ: ``lit-effnet`` always (its stride-32 trunk gives
+    4x4 at 128 px, 7x7 at 224 px, for the student's 8x8 / 14x14), ``hf-clip``
+    with a patch-32 CLIP or at a resolution the patch sizes do not share.
+    Bilinear (``align_corners=False``) keeps each output token a convex mix of
+    its nearest teacher tokens, so features stay on the teacher's scale.
+    """
+    B, T, n, D = tokens.shape
+    if n == N:
+        return tokens
+    g0, g = math.isqrt(n), math.isqrt(N)
+    if g0 * g0 != n or g * g != N:
+        raise ValueError(f"resample_grid needs square grids, got {n} -> {N} tokens per frame")
+    img = tokens.reshape(B * T, g0, g0, D).permute(0, 3, 1, 2)  # (B*T, D, g0, g0)
+    img = F.interpolate(img.float(), size=(g, g), mode="bilinear", align_corners=False)  # (B*T, D, g, g)
+    return img.permute(0, 2, 3, 1).reshape(B, T, N, D).to(tokens.dtype)  # (B, T, N, D)
+
+
+def resample_attn(attn: Tensor, N: int) -> Tensor:
+    """Resample per-frame attention maps [B,T,n] -> [B,T,N], renormalised to sum to 1 per frame."""
+    if attn.shape[-1] == N:
+        return attn
+    out = resample_grid(attn.unsqueeze(-1), N).squeeze(-1).clamp_min(0.0)  # (B, T, N)
+    return out / out.sum(-1, keepdim=True).clamp_min(1e-12)  # (B, T, N)
+
+
+class Teacher(nn.Module):
+    """Base of every teacher: frozen, always in eval mode, no gradient in ``forward``.
+
+    Subclasses set ``token_dim`` (D), ``embed_dim`` (E) and implement
+    :meth:`_encode` (tokens at the target grid), :meth:`pool` and
+    :meth:`encode_text`.
+    """
+
+    name: str = ""
+    token_dim: int = 0  # D: width of `tokens`
+    embed_dim: int = 0  # E: width of the joint video-text space
+    student_patch: int = 16  # default target grid = H // student_patch
+
+    def freeze(self) -> "Teacher":
+        """No parameter trains and no dropout / batch-norm update ever runs."""
+        self.requires_grad_(False)
+        self.eval()
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True):
+        # a frozen teacher stays in eval mode whatever the trainer's model.train() says
+        return super().train(mode and not self.frozen)
+
+    def forward(self, video: Tensor, grid: int | None = None) -> TeacherOut:
+        """video float[B,T,3,H,W] -> TeacherOut on a grid x grid token grid per frame."""
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"{self.name}: video must be [B,T,3,H,W], got {tuple(video.shape)}")
+        grid = grid or video.shape[-1] // self.student_patch
+        with torch.no_grad():
+            return self._encode(video, grid)
+
+    def _encode(self, video: Tensor, grid: int) -> TeacherOut:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pool(self, tokens: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Any token set float[M,W,D] -> unit-norm joint-space features [M,E]."""
+        raise NotImplementedError
+
+    def encode_text(self, captions: list[str]) -> Tensor:  # pragma: no cover - abstract
+        """captions -> unit-norm joint-space features [B,E]."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+
+
+def register_teacher(name: str):
+    """Decorator for a factory ``(**kw) -> Teacher``, registered under an exact name."""
+
+    def deco(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"teacher {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def list_teachers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_teacher(name: str, **kw) -> Teacher:
+    """Build a registered teacher by exact name; it comes back frozen and in eval mode."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown teacher {name!r}; known: {', '.join(list_teachers())}")
+    teacher = _REGISTRY[name](**kw)
+    teacher.name = name
+    return teacher.freeze()

@@ -1,0 +1,124 @@
+"""`hf-clip`: any Hugging Face ``CLIPModel`` folder on local disk as the teacher.
+
+This is UMT's teacher: CLIP's vision tower run per frame on all patches.
+
+* ``tokens``: every patch token of the last layer through the final layer
+  norm (``post_layernorm``) and the visual projection, as UMT's CLIP teacher
+  applies ``ln_post`` and ``proj`` to all tokens, so the student aligns to
+  features in CLIP's joint space (D = E = ``projection_dim``).
+* ``attn``: the CLS query's attention over the patches in the last block,
+  averaged over heads and renormalised over the patches (the CLS-to-CLS
+  share is dropped) so each frame sums to 1. Attention weights are only
+  returned by the eager attention, so the model loads with
+  ``attn_implementation="eager"`` (SDPA / flash return none).
+* ``video``: the projected CLS embedding (CLIP's image embedding) averaged
+  over frames, normalised.
+* ``pool(tokens)``: the mean of the (already normalised-and-projected)
+  tokens, normalised. CLIP has no pooler for an arbitrary token set; since
+  every token already went through CLIP's head (``post_layernorm`` +
+  projection), the mean of projected tokens lies in the joint space.
+* ``encode_text``: CLIP's text tower and text projection, normalised.
+
+Frames arrive CLIP-normalised (vidmask loaders use CLIP's mean/std), so no
+re-normalisation. At a resolution other than the checkpoint's
+``image_size`` the position embeddings are interpolated by transformers
+(``interpolate_pos_encoding=True``). The patch grid is H // patch_size: a
+patch-16 CLIP at the student's 128 px gives 8x8, the student's grid, and is
+used as is; otherwise (patch 32, other sizes) tokens and attention are
+resampled bilinearly to the student's grid (:func:`resample_grid`).
+
+Pointing it at real weights: save or copy a CLIP checkpoint folder
+(``config.json``, ``model.safetensors``, tokenizer files), e.g.
+``openai/clip-vit-base-patch16`` downloaded elsewhere, and pass
+``teacher.name=hf-clip teacher.path=/path/to/clip-vit-base-patch16``, or in
+Python ``build_teacher("hf-clip", path="/path/to/clip-vit-base-patch16")``.
+Nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vidmask.teachers.base import Teacher, TeacherOut, register_teacher, resample_attn, resample_grid
+
+
+class HfClipTeacher(Teacher):
+    """A frozen local Hugging Face CLIP."""
+
+    def __init__(self, path: str | Path, student_patch: int = 16, max_len: int = 77, frame_chunk: int = 64):
+        """
+        path: local folder with a CLIPModel (config.json + weights) and its tokenizer.
+        student_patch: default output grid = H // student_patch.
+        max_len: caption tokens (capped by the text tower's position table).
+        frame_chunk: frames per vision-tower call (bounds memory on long clips).
+        """
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"teacher.path={str(path)!r}: no config.json there; point it at a local Hugging Face "
+                "CLIP folder (config.json, model weights, tokenizer files)"
+            )
+        # eager: the only attention implementation that returns the weights `attn` needs
+        self.model = CLIPModel.from_pretrained(folder, attn_implementation="eager")
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        vc, tc = self.model.config.vision_config, self.model.config.text_config
+        self.image_size, self.clip_patch = int(vc.image_size), int(vc.patch_size)
+        self.token_dim = self.embed_dim = int(self.model.config.projection_dim)
+        self.student_patch = student_patch
+        self.max_len = min(max_len, int(tc.max_position_embeddings))
+        self.frame_chunk = frame_chunk
+
+    def _frames(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """frames float[F,3,H,W] -> (projected tokens [F,1+n,E], CLS-to-patch attention [F,n])."""
+        vm = self.model.vision_model
+        H = frames.shape[-1]
+        out = vm(pixel_values=frames, interpolate_pos_encoding=H != self.image_size, output_attentions=True)
+        hidden = vm.post_layernorm(out.last_hidden_state)  # (F, 1+n, W) the final layer norm on every token
+        proj = self.model.visual_projection(hidden)  # (F, 1+n, E)
+        attn = out.attentions[-1][:, :, 0, 1:].float().mean(1)  # (F, n) last block, CLS query, head mean
+        return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)  # (F, n) rows sum to 1
+
+    def _encode(self, video: Tensor, grid: int) -> TeacherOut:
+        B, T = video.shape[:2]
+        frames = video.flatten(0, 1).to(self.model.dtype)  # (B*T, 3, H, W)
+        parts = [self._frames(frames[s : s + self.frame_chunk]) for s in range(0, frames.shape[0], self.frame_chunk)]
+        proj = torch.cat([p for p, _ in parts])  # (B*T, 1+n, E)
+        attn = torch.cat([a for _, a in parts])  # (B*T, n)
+        n, N = proj.shape[1] - 1, grid * grid
+        tokens = resample_grid(proj[:, 1:].reshape(B, T, n, -1), N)  # (B, T, N, E)
+        attn = resample_attn(attn.reshape(B, T, n), N)  # (B, T, N)
+        clip = F.normalize(proj[:, 0].reshape(B, T, -1).float().mean(1), dim=-1)  # (B, E)
+        return TeacherOut(tokens=tokens, attn=attn, video=clip)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Mean of projected tokens, normalised: [M,W,E] -> [M,E]."""
+        return F.normalize(tokens.float().mean(1), dim=-1)  # (M, E)
+
+    def encode_text(self, captions: list[str]) -> Tensor:
+        device = self.model.logit_scale.device
+        batch = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_len,
+                               return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.get_text_features(input_ids=batch["input_ids"].to(device),
+                                               attention_mask=batch["attention_mask"].to(device))
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5: an output object
+        return F.normalize(feats.float(), dim=-1)  # (B, E)
+
+
+@register_teacher("hf-clip")
+def build_hf_clip(path: str | Path | None = None, **kw) -> HfClipTeacher:
+    if not path:
+        raise ValueError("hf-clip needs teacher.path=/path/to/a/local/CLIP/folder (e.g. clip-vit-base-patch16)")
+    return HfClipTeacher(path, **kw)
