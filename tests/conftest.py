@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (240, 220, 40)}
 MOVES = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -49,3 +50,26 @@ def make_tiny_set(root: Path, size: int = 32, frames: int = 8) -> Path:
 @pytest.fixture(scope="session")
 def tiny_set(tmp_path_factory) -> Path:
     return make_tiny_set(tmp_path_factory.mktemp("tiny_set"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialised CLIPModel (patch 16, 64 px) with the MiniLM tokenizer saved beside it."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+    from vidmask.models.text import packaged_minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(packaged_minilm_dir())
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=40, eos_token_id=tok.sep_token_id,
+                         bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

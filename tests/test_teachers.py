@@ -148,29 +148,6 @@ def test_train_lit_teacher_saves_and_loads(tmp_path):
 # ---- hf-clip --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    """A randomly initialised CLIPModel (patch 16, 64 px) with the MiniLM tokenizer saved beside it."""
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-    from vidmask.models.text import packaged_minilm_dir
-
-    tok = AutoTokenizer.from_pretrained(packaged_minilm_dir())
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=40, eos_token_id=tok.sep_token_id,
-                         bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        projection_dim=24,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_hf_clip_teacher_shapes_and_features(tiny_clip_dir):
     teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
     assert isinstance(teacher, HfClipTeacher)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "vidmask.commands.evaluate",
     "vidmask.commands.demo",
     "vidmask.commands.masks",
+    "vidmask.commands.teacher",
 ]
 
 

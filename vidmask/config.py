@@ -101,6 +101,47 @@ class MaskConfig:
 
 
 @dataclass
+class TeacherConfig:
+    name: str = ""  # "" = no teacher; "lit-effnet" or "hf-clip" (vidmask.teachers.list_teachers())
+    path: str = ""  # lit-effnet: heads .safetensors from `vidmask teacher train`; hf-clip: a local CLIPModel folder
+
+    def __post_init__(self):
+        if self.name and self.name not in ("lit-effnet", "hf-clip"):
+            raise ConfigError(f"teacher.name must be '', 'lit-effnet' or 'hf-clip', got {self.name!r}")
+        if self.name == "hf-clip" and not self.path:
+            raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder")
+
+
+@dataclass
+class LossConfig:
+    vtc: float = 1.0  # video-text contrastive weight
+    vtm: float = 0.0  # video-text matching (fusion layers, one hard negative per sample)
+    mlm: float = 0.0  # masked language modelling through the fusion layers
+    align: float = 0.0  # UMT unmasked-teacher alignment of the last student layers (needs a teacher)
+    relevance: float = 0.0  # ClusterSTM video-text relevance reconstruction (needs a teacher)
+    stm: float = 0.0  # STM decoder: masked teacher tokens from kept tokens + text (needs a teacher)
+    mlm_prob: float = 0.5  # share of caption tokens masked for MLM (UMT uses 0.5)
+    align_layers: int = 1  # last k student blocks aligned to the teacher
+    relevance_window: int = 3  # sliding window of relevance generation (the supplement compares 1 and 3)
+    fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm)
+    decoder_dim: int = 128  # width of the relevance and STM decoders
+
+    def __post_init__(self):
+        for k in ("vtc", "vtm", "mlm", "align", "relevance", "stm"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"loss.{k} must be >= 0")
+        if not 0.0 < self.mlm_prob < 1.0:
+            raise ConfigError("loss.mlm_prob must be in (0, 1)")
+        if self.relevance_window < 1 or self.relevance_window % 2 == 0:
+            raise ConfigError("loss.relevance_window must be odd (1, 3, 5, ...)")
+        if self.align_layers < 1:
+            raise ConfigError("loss.align_layers must be >= 1")
+
+    def needs_teacher(self) -> list[str]:
+        return [k for k in ("align", "relevance", "stm") if getattr(self, k) > 0]
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1500  # optimizer steps in total
     batch_size: int = 32  # clips per step per process
@@ -135,7 +176,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        missing = self.loss.needs_teacher()
+        if missing and not self.teacher.name:
+            raise ConfigError(f"loss.{missing[0]} > 0 needs a teacher: set teacher.name (lit-effnet or hf-clip)")
 
 
 # ---------------------------------------------------------------- loading

@@ -43,7 +43,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from vidmask.train import checkpoint as ckpt
     from vidmask.train.distributed import pick_device
     from vidmask.train.evaluate import evaluate_retrieval, format_table
-    from vidmask.train.pretrain import build_model, build_task
+    from vidmask.train.pretrain import build_model
 
     try:
         run_dir = find_run_dir(args.run)
@@ -53,9 +53,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
         print(f"vidmask eval: {e}", file=sys.stderr)
         return 2
     device = pick_device(args.device, 0)
-    task = build_task(cfg, build_model(cfg))
-    ckpt.load_weights(task, weights)
-    model = task.model.to(device)
+    model = build_model(cfg)
+    ckpt.load_model_weights(model, weights)
+    model = model.to(device)
     anno = Path(args.anno) if args.anno else cfg.data.path(cfg.data.test_anno)
     with torch.no_grad():
         res = evaluate_retrieval(model, anno, cfg.data, device, dsl=args.dsl, batch_size=args.batch_size)

@@ -2,5 +2,19 @@
 
 from vidmask.masking.base import MaskOut, Masker, build_masker, gather_tokens, keep_to_ids, list_maskers, register
 from vidmask.masking import random as _random  # noqa: F401  (registers random, tube, none)
+from vidmask.masking import umt as _umt  # noqa: F401  (registers umt)
+from vidmask.masking import mascot as _mascot  # noqa: F401  (registers mascot-high, mascot-low)
+from vidmask.masking import stm as _stm  # noqa: F401  (registers stm)
+from vidmask.masking import clusterstm as _clusterstm  # noqa: F401  (clusterstm, cluster-random, density-topk)
+from vidmask.masking.mascot import replace_patches
 
-__all__ = ["MaskOut", "Masker", "build_masker", "gather_tokens", "keep_to_ids", "list_maskers", "register"]
+__all__ = [
+    "MaskOut",
+    "Masker",
+    "build_masker",
+    "gather_tokens",
+    "keep_to_ids",
+    "list_maskers",
+    "register",
+    "replace_patches",
+]

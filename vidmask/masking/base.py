@@ -109,13 +109,15 @@ def kept_per_frame(num_tokens: int, ratio: float) -> int:
 class Masker:
     """Base of registered strategies: holds hyper-parameters, no hidden state.
 
-    Subclasses set ``name``, ``modes`` (the apply modes they support) and
-    ``needs_attn``, and implement ``__call__``.
+    Subclasses set ``name``, ``modes`` (the apply modes they support),
+    ``needs_attn`` and ``stochastic`` (False when the mask is a function of the
+    inputs alone and ignores ``generator``), and implement ``__call__``.
     """
 
     name: str = ""
     modes: tuple[Mode, ...] = ("drop", "replace")
     needs_attn: bool = False
+    stochastic: bool = True
 
     def __init__(self, ratio: float = 0.75):
         if not 0.0 <= ratio < 1.0:

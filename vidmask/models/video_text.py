@@ -42,6 +42,10 @@ class VideoTextModel(nn.Module):
     def encode_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
         """Embedded tokens [B,T,N,C] (or gathered [B,K,C]) -> unit features [B,E]."""
         feats = self.visual.forward_features(tokens, ids_keep, st_weight)  # (B, K, C)
+        return self.project_video(feats)
+
+    def project_video(self, feats: Tensor) -> Tensor:
+        """Encoder output [B,K,C] -> unit features [B,E] (mean over the kept tokens)."""
         return F.normalize(self.vision_proj(feats.mean(1)).float(), dim=-1)  # (B, E)
 
     def encode_text(self, captions: list[str]) -> Tensor:

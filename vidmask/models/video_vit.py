@@ -108,26 +108,34 @@ class VideoViT(nn.Module):
         return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
 
     def forward_features(
-        self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None
-    ) -> Tensor:
+        self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None,
+        return_layers: int = 0,
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Encode the kept tokens only.
 
         tokens: [B,T,N,C], or already gathered [B,K,C] (then ids_keep is None);
         ids_keep: long[B,K] flat indices into T*N (None = all tokens); st_weight: optional float[B,K] straight-through weight
         from a learnable masker, multiplied onto the kept tokens.
-        Returns [B,K,C] after the final norm.
+        Returns [B,K,C] after the final norm; with ``return_layers=k`` also the
+        raw outputs of the last k blocks (what UMT's alignment reads), as
+        ``(out, [k x [B,K,C]])``.
         """
         x = tokens.flatten(1, 2) if tokens.dim() == 4 else tokens  # (B, L, C)
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (B, K, C)
         if st_weight is not None:
             x = x * st_weight.unsqueeze(-1).to(x.dtype)  # (B, K, C)
-        for blk in self.blocks:
+        layers = []
+        first_kept = len(self.blocks) - return_layers
+        for i, blk in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)  # (B, K, C)
             else:
                 x = blk(x)  # (B, K, C)
-        return self.norm(x)  # (B, K, C)
+            if i >= first_kept:
+                layers.append(x)
+        out = self.norm(x)  # (B, K, C)
+        return (out, layers) if return_layers else out
 
     def forward(self, video: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> pooled clip feature [B,C] (mean over kept tokens)."""

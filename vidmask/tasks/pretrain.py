@@ -1,15 +1,39 @@
-"""Masked video-text pretraining: mask, encode the kept tokens, align with text."""
+"""Masked video-text pretraining: mask, encode the kept tokens, and sum the paper's objectives.
+
+One task serves every recipe: the loss weights in `LossConfig` pick the
+terms (`vtc`, `vtm`, `mlm`, `align`, `relevance`, `stm`), the masker picks
+the tokens. A frozen teacher, when configured, supplies what the strategies
+and objectives consume from outside:
+
+* ``attn`` for `umt`, `mascot-*` and `stm` (its CLS-to-patch attention);
+* the tokens `clusterstm` clusters (its per-token features, L2-normalised:
+  lit-effnet's projected last EfficientNet-Lite0 feature map, or hf-clip's
+  patch tokens after the final norm and projection);
+* the targets of `align`, `relevance` (Algorithm III) and `stm`.
+
+Without a teacher, strategies see per-patch normalised pixels and a
+colour-contrast stand-in for attention (`vidmask.masking.saliency`).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidmask.config import LossConfig
 from vidmask.masking.base import Masker
 from vidmask.masking.saliency import colour_saliency
+from vidmask.models.fusion import FusionEncoder
 from vidmask.models.video_text import VideoTextModel
+from vidmask.objectives.align import AlignHead, align_loss
+from vidmask.objectives.mlm import MlmHead, mask_tokens, mlm_loss
+from vidmask.objectives.relevance import RelevanceDecoder, relevance_loss, relevance_map
+from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
 from vidmask.objectives.vtc import vtc_loss
+from vidmask.objectives.vtm import VtmHead, vtm_loss
 
 
 def masker_input(model: VideoTextModel, video: Tensor) -> Tensor:
@@ -21,32 +45,113 @@ def masker_input(model: VideoTextModel, video: Tensor) -> Tensor:
 
 
 class PretrainTask(nn.Module):
-    """The pretraining step's forward: returns named `*_loss` terms and a report.
+    """The pretraining step's forward: returns weighted, named `*_loss` terms and a report.
 
     The trainer sums the `*_loss` terms and knows nothing of masking.
     """
 
-    def __init__(self, model: VideoTextModel, masker: Masker):
+    def __init__(self, model: VideoTextModel, masker: Masker, loss: LossConfig | None = None,
+                 teacher: nn.Module | None = None, frames: int = 8, grid: int = 8):
         super().__init__()
         self.model = model
         self.masker = masker
-        # a learnable strategy (stm) is a module and trains with the model
-        if isinstance(masker, nn.Module):
+        self.loss_cfg = cfg = loss or LossConfig()
+        # a list hides the frozen teacher from state_dict, the optimizer and DDP
+        self._teacher = [teacher]
+        if cfg.needs_teacher() and teacher is None:
+            raise ValueError(f"loss.{cfg.needs_teacher()[0]} needs a teacher")
+        if isinstance(masker, nn.Module):  # a learnable strategy (stm) trains with the model
             self.add_module("masker_module", masker)
+        C, W = model.cfg.dim, model.text.width
+        if cfg.vtm > 0 or cfg.mlm > 0:
+            self.fusion = FusionEncoder(W, C, depth=cfg.fusion_depth)
+        if cfg.vtm > 0:
+            self.vtm_head = VtmHead(W)
+        if cfg.mlm > 0:
+            words = model.text.bert.embeddings.word_embeddings
+            self.mlm_head = MlmHead(W, words.num_embeddings, tie_to=words)
+        if cfg.align > 0:
+            self.align_head = AlignHead(C, teacher.token_dim, layers=cfg.align_layers)
+        if cfg.relevance > 0:
+            self.relevance_decoder = RelevanceDecoder(C, dim=cfg.decoder_dim, frames=frames, grid=grid)
+        if cfg.stm > 0:
+            self.stm_decoder = StmDecoder(C, model.cfg.embed_dim, teacher.token_dim, dim=cfg.decoder_dim,
+                                          depth=2, heads=4, frames=frames, grid=grid)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0]
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) reaches the hidden teacher too
+        if self.teacher is not None:
+            self.teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def choose_tokens(self, video: Tensor, generator: torch.Generator | None):
+        """(MaskOut, TeacherOut | None): the mask is computed in float32, outside autocast."""
+        B, T, _, H, _ = video.shape
+        grid = H // self.model.visual.patch
+        teacher_out = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_out = self.teacher(video, grid=grid)  # tokens (B, T, N, D), attn (B, T, N)
+        with torch.autocast(video.device.type, enabled=False):
+            if teacher_out is not None:
+                tokens = F.normalize(teacher_out.tokens.float(), dim=-1)  # (B, T, N, D)
+                attn = teacher_out.attn.float()  # (B, T, N)
+            else:
+                tokens = masker_input(self.model, video)  # (B, T, N, P)
+                attn = colour_saliency(self.model.visual.patchify(video.float()))  # (B, T, N)
+            out = self.masker(tokens, attn=attn, generator=generator)
+        if out.ids_keep is None:
+            raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
+        return out, teacher_out
 
     def forward(self, batch: dict, generator: torch.Generator | None = None):
         """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...}."""
         video, captions = batch["video"], batch["caption"]  # (B, T, 3, H, W)
-        with torch.autocast(video.device.type, enabled=False):
-            # no teacher yet: a colour-contrast stand-in for CLS attention, for
-            # the strategies that rank by it (umt, mascot-*, stm); others ignore it
-            attn = colour_saliency(self.model.visual.patchify(video.float()))  # (B, T, N)
-            out = self.masker(masker_input(self.model, video), attn=attn, generator=generator)
-        if out.ids_keep is None:
-            raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
+        cfg = self.loss_cfg
+        B, T, _, H, _ = video.shape
+        N = (H // self.model.visual.patch) ** 2
+        out, t_out = self.choose_tokens(video, generator)
         st_weight = (out.extra or {}).get("st_weight")  # (B, K) or None
-        v = self.model.encode_video(video, out.ids_keep, st_weight)  # (B, E): only kept patches embedded
+        embedded = self.model.visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
+        feats = self.model.visual.forward_features(embedded, None, st_weight,
+                                                   return_layers=cfg.align_layers if cfg.align > 0 else 0)
+        feats, layers = feats if isinstance(feats, tuple) else (feats, [])  # (B, K, C)
+        v = self.model.project_video(feats)  # (B, E)
         t = self.model.encode_text(captions)  # (B, E)
-        losses = vtc_loss(v, t, self.model.temperature_scale())
-        report = {"kept_tokens": float(out.ids_keep.shape[1]), "scale": float(self.model.temperature_scale().detach())}
+        losses: dict[str, Tensor] = {}
+        if cfg.vtc > 0:
+            losses["vtc_loss"] = cfg.vtc * vtc_loss(v, t, self.model.temperature_scale())["vtc_loss"]
+        if cfg.vtm > 0 or cfg.mlm > 0:
+            tok = self.model.text.tokenize(captions, video.device)
+            if cfg.vtm > 0:
+                states, mask = self.model.text.token_states(captions, tok["input_ids"], tok["attention_mask"])
+                sim = (t @ v.T).detach()  # (B, B): text i against video j
+                losses["vtm_loss"] = cfg.vtm * vtm_loss(self.fusion, self.vtm_head, states, mask, feats, sim,
+                                                        generator)["vtm_loss"]
+            if cfg.mlm > 0:
+                ids, labels = mask_tokens(tok["input_ids"], tok["attention_mask"], self.model.text.tokenizer,
+                                          cfg.mlm_prob, generator)  # (B, S), (B, S)
+                states, mask = self.model.text.token_states(captions, ids, tok["attention_mask"])
+                losses["mlm_loss"] = cfg.mlm * mlm_loss(self.fusion, self.mlm_head, states, mask, feats,
+                                                        labels)["mlm_loss"]
+        if cfg.align > 0:
+            losses["align_loss"] = cfg.align * align_loss(layers, t_out.tokens, out.ids_keep,
+                                                          self.align_head)["align_loss"]
+        if cfg.relevance > 0:
+            with torch.no_grad():
+                text_feat = self.teacher.encode_text(captions)  # (B, E_teacher)
+                target = relevance_map(t_out.tokens, text_feat, self.teacher.pool, cfg.relevance_window)  # (B, T, N)
+            pred = self.relevance_decoder(feats, out.ids_keep, T, N)  # (B, T*N)
+            losses["relevance_loss"] = cfg.relevance * relevance_loss(pred, target, out.keep)["relevance_loss"]
+        if cfg.stm > 0:
+            pred = self.stm_decoder(feats, out.ids_keep, t, T, N)  # (B, T*N, D)
+            losses["stm_loss"] = cfg.stm * stm_decoder_loss(pred, t_out.tokens, out.keep)["stm_loss"]
+        report = {"kept_tokens": float(out.ids_keep.shape[1]),
+                  "scale": float(self.model.temperature_scale().detach())}
         return losses, report
+
+

@@ -83,5 +83,15 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     return list(result.missing_keys) + list(result.unexpected_keys)
 
 
+def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "model.") -> None:
+    """Load only the dual encoder (keys under `prefix`) from a task checkpoint: what
+    evaluation and fine-tuning need, without the pretraining heads or the teacher."""
+    weights = load_file(str(resolve_weights(path)))
+    sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"{path}: no weights under {prefix!r}; is it a vidmask checkpoint?")
+    model.load_state_dict(sub, strict=True)
+
+
 def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)

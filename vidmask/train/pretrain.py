@@ -29,12 +29,28 @@ def build_model(cfg: Config) -> VideoTextModel:
     return VideoTextModel(cfg.model, num_frames=cfg.data.num_frames, img_size=cfg.data.size)
 
 
-def build_task(cfg: Config, model: VideoTextModel) -> PretrainTask:
+def build_teacher_from(cfg: Config):
+    if not cfg.teacher.name:
+        return None
+    from vidmask.teachers import build_teacher
+
+    if cfg.teacher.path and not Path(cfg.teacher.path).exists():
+        raise FileNotFoundError(f"teacher.path={cfg.teacher.path} does not exist "
+                                "(lit-effnet: train one with `vidmask teacher train`; hf-clip: a local CLIPModel folder)")
+    kw = {"path": cfg.teacher.path} if cfg.teacher.path else {}
+    if cfg.teacher.name == "lit-effnet" and not cfg.teacher.path:
+        log.warning("teacher lit-effnet without teacher.path: its heads are untrained (random)")
+    return build_teacher(cfg.teacher.name, **kw)
+
+
+def build_task(cfg: Config, model: VideoTextModel, teacher=None) -> PretrainTask:
     params = dict(cfg.mask.params)
-    if cfg.mask.strategy == "stm":
-        params.setdefault("dim", cfg.model.patch * cfg.model.patch * 3)  # it sees pixel patches
+    if cfg.mask.strategy == "stm" and "dim" not in params:
+        # stm looks at what the masker sees: teacher tokens, or pixel patches
+        params["dim"] = teacher.token_dim if teacher is not None else cfg.model.patch * cfg.model.patch * 3
     masker = build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio, **params)
-    return PretrainTask(model, masker)
+    return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
+                        grid=cfg.data.size // cfg.model.patch)
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -98,7 +114,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
 
     model = build_model(cfg).to(info.device)
-    task = build_task(cfg, model).to(info.device)
+    task = build_task(cfg, model, build_teacher_from(cfg)).to(info.device)
     optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
 

@@ -1,0 +1,69 @@
+"""The pretraining task with every objective switched on, driven by a tiny hf-clip teacher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidmask.config import Config, LossConfig, ModelConfig, TextConfig, load_config
+from vidmask.masking import build_masker, list_maskers
+from vidmask.models import VideoTextModel
+from vidmask.tasks import PretrainTask
+from vidmask.teachers import build_teacher
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=2, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    return VideoTextModel(cfg, num_frames=2, img_size=64)
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return {"video": torch.randn(3, 2, 3, 64, 64, generator=g),
+            "caption": ["a red circle moves left", "a blue square grows", "two stars spin"]}
+
+
+def test_every_objective_with_hf_clip_teacher(tiny_clip_dir):
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    model = tiny_model()
+    loss = LossConfig(vtc=1.0, vtm=1.0, mlm=1.0, align=1.0, relevance=1.0, stm=1.0, align_layers=2)
+    task = PretrainTask(model, build_masker("clusterstm", ratio=0.75), loss, teacher, frames=2, grid=4)
+    losses, report = task(batch(), torch.Generator().manual_seed(1))
+    assert set(losses) == {"vtc_loss", "vtm_loss", "mlm_loss", "align_loss", "relevance_loss", "stm_loss"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name in ("fusion", "vtm_head", "align_head", "relevance_decoder", "stm_decoder"):
+        grads = [p.grad for p in getattr(task, name).parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), name
+    # the frozen teacher is neither saved nor trained
+    assert not any(k.startswith("_teacher") or "teacher" in k for k in task.state_dict())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_attention_drives_attention_strategies(tiny_clip_dir):
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    task = PretrainTask(tiny_model(), build_masker("umt", ratio=0.5), LossConfig(), teacher, frames=2, grid=4)
+    out, t_out = task.choose_tokens(batch()["video"], torch.Generator().manual_seed(0))
+    assert t_out.attn.shape == (3, 2, 16) and out.keep.sum().item() == 3 * 2 * 8
+
+
+@pytest.mark.parametrize("name", list_maskers())
+def test_pretraining_takes_every_strategy(name):
+    """`mask.strategy=<name>` works for every registered strategy (no teacher: pixel tokens, colour saliency)."""
+    ratio = 0.0 if name == "none" else 0.5
+    params = {"dim": 16 * 16 * 3} if name == "stm" else {}
+    task = PretrainTask(tiny_model(), build_masker(name, ratio=ratio, **params), LossConfig(), None, frames=2, grid=4)
+    if "replace" in task.masker.modes and "drop" not in task.masker.modes:
+        pytest.skip(f"{name} only supports replace mode")
+    losses, report = task(batch(), torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["vtc_loss"])
+    losses["vtc_loss"].backward()
+
+
+def test_config_requires_a_teacher_for_teacher_losses():
+    with pytest.raises(ValueError, match="teacher"):
+        load_config(None, ["loss.relevance=1.0"])
+    cfg = load_config(None, ["loss.relevance=1.0", "teacher.name=lit-effnet"])
+    assert isinstance(cfg, Config)

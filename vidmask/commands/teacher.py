@@ -1,0 +1,57 @@
+"""`vidmask teacher train`: align the lit-effnet teacher's heads to MiniLM captions on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("teacher", help="train or inspect frozen teachers",
+                       description="Teachers give the masked student per-token targets and attention.")
+    jobs = p.add_subparsers(dest="job", metavar="JOB", required=True)
+    t = jobs.add_parser(
+        "train",
+        help="train the lit-effnet teacher (packaged EfficientNet-Lite0 trunk + MiniLM text, both frozen)",
+        description="Train the lit-effnet teacher's token projection and attention-pooling head, contrastively "
+        "against the packaged all-MiniLM-L6-v2 caption embeddings, on a corpus's train.json. Pretraining loads "
+        "the result with teacher.name=lit-effnet teacher.path=OUT.",
+    )
+    t.add_argument("--corpus", required=True, help="corpus folder with train.json")
+    t.add_argument("--out", required=True, help="output .safetensors file (a .json with its settings is written beside it)")
+    t.add_argument("--anno", default="train.json", help="annotation file inside the corpus")
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--frames", type=int, default=8)
+    t.add_argument("--size", type=int, default=128)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_train)
+    ls = jobs.add_parser("list", help="list the registered teachers")
+    ls.set_defaults(func=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from vidmask.teachers import list_teachers
+
+    print("\n".join(list_teachers()))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from vidmask.teachers import train_lit_teacher
+
+    corpus = Path(args.corpus)
+    if not (corpus / args.anno).is_file():
+        print(f"vidmask teacher train: {corpus / args.anno} not found; make a corpus with "
+              f"`vidmask corpus make --out {corpus}` or pass --corpus/--anno", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    summary = train_lit_teacher(corpus, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                num_frames=args.frames, size=args.size, seed=args.seed, anno=args.anno, say=print)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in summary.items()))
+    return 0
