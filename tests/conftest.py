@@ -44,6 +44,19 @@ def make_tiny_set(root: Path, size: int = 32, frames: int = 8) -> Path:
             entries.append({"video": name, "caption": [f"a {cname} square moves {mname}", f"the {cname} box goes {mname}"]})
     (root / "train.json").write_text(json.dumps(entries))
     (root / "test.json").write_text(json.dumps([{"video": e["video"], "caption": e["caption"][0]} for e in entries]))
+    # captioning (MSVD style) and QA (MSRVTT-QA style) files of the same clips
+    (root / "train_caption.json").write_text(json.dumps(entries))
+    (root / "test_caption.json").write_text(json.dumps(entries))
+    qa = []
+    for e in entries:
+        colour, move = e["video"].split("/")[1][:-4].split("_")
+        qa.append({"video": e["video"], "question": "what colour is the square", "answer": colour, "type": "colour"})
+        qa.append({"video": e["video"], "question": "which way does the square move", "answer": move, "type": "direction"})
+    for i, q in enumerate(qa):
+        q["question_id"] = i
+    (root / "train_qa.json").write_text(json.dumps(qa))
+    (root / "test_qa.json").write_text(json.dumps(qa))
+    (root / "answer_list.json").write_text(json.dumps(sorted(set(COLOURS) | set(MOVES))))
     return root
 
 

@@ -1,5 +1,7 @@
 """Typed configs: defaults, YAML files, dotted overrides, unknown keys rejected."""
 
+from pathlib import Path
+
 import pytest
 
 from vidmask.config import Config, ConfigError, load_config, save_config
@@ -49,3 +51,20 @@ def test_missing_and_malformed_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_config(bad)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])) if "recipes" in str(p) else p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.name
+    if "recipes" in path.parts:
+        # a recipe's masker and teacher-dependent losses are consistent
+        from vidmask.masking import list_maskers
+
+        assert cfg.mask.strategy in list_maskers()
+        assert not cfg.loss.needs_teacher() or cfg.teacher.name
+    if path.parent.name == "base":
+        assert cfg.model.dim == 768 and cfg.data.size == 224

@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "vidmask.commands.corpus",
     "vidmask.commands.pretrain",
+    "vidmask.commands.finetune",
     "vidmask.commands.evaluate",
     "vidmask.commands.demo",
     "vidmask.commands.masks",

@@ -142,8 +142,26 @@ class LossConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    task: str = ""  # "" = pretraining; retrieval | qa | caption (set by `vidmask finetune TASK`)
+    init: str = ""  # pretrained run folder, checkpoint folder or .safetensors; "" = train from scratch
+    answer_list: str = "answer_list.json"  # QA answer vocabulary, relative to data.corpus unless absolute
+    rerank_k: int = 128  # retrieval: re-rank each query's top-k with the matching head (UMT uses 128)
+    beam: int = 3  # captioning: beam size (1 = greedy)
+    max_len: int = 20  # captioning: longest generated caption in tokens
+    paragraph: bool = False  # retrieval: join all captions of a video into one query (DiDeMo, ActivityNet)
+    dsl: bool = False  # retrieval: also report dual-softmax re-weighted scores
+
+    def __post_init__(self):
+        if self.task not in ("", "retrieval", "qa", "caption"):
+            raise ConfigError(f"finetune.task must be retrieval, qa or caption, got {self.task!r}")
+        if self.rerank_k < 0 or self.beam < 1 or self.max_len < 2:
+            raise ConfigError("finetune.rerank_k >= 0, finetune.beam >= 1 and finetune.max_len >= 2 are required")
+
+
+@dataclass
 class TrainConfig:
-    steps: int = 1500  # optimizer steps in total
+    steps: int = 1000  # optimizer steps in total
     batch_size: int = 32  # clips per step per process
     lr: float = 5e-4  # peak learning rate (AdamW)
     min_lr: float = 1e-5  # floor of the cosine decay
@@ -178,6 +196,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -260,7 +279,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (optional; may `base: other.yaml`) <- dotted overrides."""
+    """Defaults <- YAML file (optional; may `base: other.yaml` or a list of files) <- dotted overrides."""
     tree: dict = {}
     if path is not None:
         tree = _read_yaml(Path(path))
@@ -287,8 +306,11 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("base", None)
     if base is not None:
-        # a recipe names the file it extends, relative to itself
-        data = _deep_merge(_read_yaml((path.parent / base).resolve()), data)
+        # a recipe names the file(s) it extends, relative to itself; later ones win
+        merged: dict = {}
+        for b in [base] if isinstance(base, str) else list(base):
+            merged = _deep_merge(merged, _read_yaml((path.parent / b).resolve()))
+        data = _deep_merge(merged, data)
     return data
 
 

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"making the motion-shapes corpus in {corpus} ({args.videos} videos) ...", flush=True)
         make_corpus(corpus, videos=args.videos, workers=args.workers, overwrite=True)
     try:
-        cfg = load_config(args.config, [f"data.corpus={corpus}", "name=demo", *args.overrides])
+        # a safety net for slow machines: stop (checkpointed, resumable) and evaluate after 11 minutes
+        cfg = load_config(args.config, [f"data.corpus={corpus}", "name=demo", "train.time_limit_min=11",
+                                        *args.overrides])
     except ConfigError as e:
         print(f"vidmask demo: {e}", file=sys.stderr)
         return 2

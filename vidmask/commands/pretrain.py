@@ -21,18 +21,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vidmask.config import ConfigError, load_config
+    from vidmask.commands.runconfig import config_from_args
+    from vidmask.config import ConfigError
 
     try:
-        if args.resume:
-            saved = Path(args.resume) / "config.yaml"
-            if not saved.is_file():
-                raise ConfigError(f"--resume {args.resume}: {saved} not found (is it a run folder?)")
-            cfg = load_config(args.config or saved, [*args.overrides, f"run_dir={args.resume}"])
-        else:
-            cfg = load_config(args.config, args.overrides)
+        cfg = config_from_args(args.config, args.overrides, args.resume)
     except ConfigError as e:
         print(f"vidmask pretrain: {e}", file=sys.stderr)
         return 2

@@ -9,23 +9,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from vidmask.config import DataConfig
+from vidmask.config import Config
 from vidmask.data import VideoTextDataset, collate_video_text, flatten_captions, load_annotations
 from vidmask.metrics import dual_softmax, retrieval_metrics, twin_accuracy
 from vidmask.models.video_text import VideoTextModel
+from vidmask.tasks.rerank import rerank, vtm_score_fn
 
 log = logging.getLogger("vidmask")
-
-
-@torch.no_grad()
-def encode_videos(model: VideoTextModel, dataset, device, batch_size: int = 32, num_workers: int = 0) -> torch.Tensor:
-    """Unit features of every clip, all tokens visible: [num_videos, E]."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_video_text)
-    feats = []
-    for batch in loader:
-        feats.append(model.encode_video(batch["video"].to(device)).float().cpu())  # (b, E)
-    return torch.cat(feats)  # (Nv, E)
 
 
 @torch.no_grad()
@@ -50,40 +40,55 @@ def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
     return pairs
 
 
-def evaluate_retrieval(
-    model: VideoTextModel,
-    anno_path: str | Path,
-    data_cfg: DataConfig,
-    device: torch.device,
-    dsl: bool = False,
-    batch_size: int = 32,
-) -> dict:
-    """Metrics (and twin accuracies) for every caption of every video in `anno_path`.
+@torch.no_grad()
+def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, device, task=None, items=None) -> dict:
+    """Retrieval on every caption of every video in `anno` (or one paragraph per video).
 
-    A bad video stops the evaluation with an error naming the file.
+    Dual-encoder scores; with `task` holding a matching head (loss.vtm > 0), also
+    each query's top-k re-ranked by it; DSL when cfg.finetune.dsl. A bad video
+    stops the evaluation with an error naming the file.
     """
-    anno_path = Path(anno_path)
-    items = load_annotations(anno_path, root=data_cfg.root())
+    anno = Path(anno)
+    items = items if items is not None else load_annotations(anno, root=cfg.data.root())
     model.eval()
-    ds = VideoTextDataset(items, data_cfg.num_frames, data_cfg.size, train=False)
-    vfeat = encode_videos(model, ds, device, batch_size, num_workers=min(data_cfg.num_workers, 2))  # (Nv, E)
-    texts, t2v = flatten_captions(items)
+    toks, feats = [], []
+    keep_tokens = task is not None and hasattr(task, "vtm_head") and cfg.finetune.rerank_k > 0
+    for batch in DataLoader(VideoTextDataset(items, cfg.data.num_frames, cfg.data.size, train=False),
+                            batch_size=32, num_workers=min(cfg.data.num_workers, 2),
+                            collate_fn=collate_video_text):
+        f = model.visual.forward_features(model.visual.embed(batch["video"].to(device)))  # (b, K, C)
+        feats.append(model.project_video(f).cpu())
+        if keep_tokens:
+            toks.append(f)
+    vfeat = torch.cat(feats)  # (Nv, E)
+    if cfg.finetune.paragraph:
+        texts, t2v = [" ".join(it.captions) for it in items], list(range(len(items)))
+    else:
+        texts, t2v = flatten_captions(items)
     tfeat = encode_texts(model, texts, device)  # (Nt, E)
     sim = tfeat @ vfeat.T  # (Nt, Nv)
-    t2v_t = torch.tensor(t2v, dtype=torch.long)
-    result = {
-        "anno": str(anno_path),
-        "num_videos": len(items),
-        "num_texts": len(texts),
-        **retrieval_metrics(sim, t2v_t),
-        "chance_R@1": 100.0 / len(items),
-    }
-    pairs = twin_pairs(anno_path, items)
+    t2v_t = torch.tensor(t2v)
+    res = {"anno": str(anno), "num_videos": len(items), "num_texts": len(texts), **retrieval_metrics(sim, t2v_t),
+           "chance_R@1": 100.0 / len(items)}
+    pairs = twin_pairs(anno, items)
     if pairs:
-        result["twins"] = twin_accuracy(sim, t2v_t, pairs)
-    if dsl:
-        result["dsl"] = retrieval_metrics(dual_softmax(sim), t2v_t)
-    return result
+        res["twins"] = twin_accuracy(sim, t2v_t, pairs)
+    if cfg.finetune.dsl:
+        res["dsl"] = retrieval_metrics(dual_softmax(sim), t2v_t)
+    if keep_tokens:
+        vtok = torch.cat(toks)  # (Nv, K, C)
+        enc = model.text.tokenize(texts, device)  # one padding for all queries
+        states = torch.cat([model.text.token_states(None, enc["input_ids"][s:s + 256],
+                                                    enc["attention_mask"][s:s + 256])[0]
+                            for s in range(0, len(texts), 256)])  # (Nt, S, W)
+        score = vtm_score_fn(task.fusion, task.vtm_head, states, enc["attention_mask"], vtok)
+        k = min(cfg.finetune.rerank_k, len(items))
+        t2v_sim = rerank(sim, score, k=k)  # (Nt, Nv)
+        v2t_sim = rerank(sim.T, lambda v_idx, t_idx: score(t_idx, v_idx), k=min(k, len(texts)))  # (Nv, Nt)
+        a, b = retrieval_metrics(t2v_sim, t2v_t), retrieval_metrics(v2t_sim.T, t2v_t)
+        res["reranked"] = {"k": k, "t2v": a["t2v"], "v2t": b["v2t"],
+                           "rsum": sum(d[m] for d in (a["t2v"], b["v2t"]) for m in ("R@1", "R@5", "R@10"))}
+    return res
 
 
 def format_table(result: dict) -> str:
@@ -96,6 +101,10 @@ def format_table(result: dict) -> str:
         lines.append(f"{side:6s} {m['R@1']:7.2f} {m['R@5']:7.2f} {m['R@10']:7.2f} {m['MdR']:7.1f} {m['MnR']:8.2f}")
     lines.append(f"Rsum {result['rsum']:.2f}; chance R@1 = {result['chance_R@1']:.3f} "
                  f"(t2v R@1 is {result['t2v']['R@1'] / result['chance_R@1']:.1f}x chance)")
+    if "reranked" in result:
+        rr = result["reranked"]
+        lines.append(f"re-ranked top-{rr['k']} with the matching head: t2v R@1 {rr['t2v']['R@1']:.2f}, "
+                     f"R@5 {rr['t2v']['R@5']:.2f}, v2t R@1 {rr['v2t']['R@1']:.2f}, Rsum {rr['rsum']:.2f}")
     if "dsl" in result:
         d = result["dsl"]
         lines.append(f"with DSL: t2v R@1 {d['t2v']['R@1']:.2f}, v2t R@1 {d['v2t']['R@1']:.2f}, Rsum {d['rsum']:.2f}")

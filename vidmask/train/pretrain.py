@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader
 
 from vidmask.config import Config, save_config, to_dict
@@ -95,26 +98,56 @@ def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
                 return
 
 
+@dataclass
+class Job:
+    """What differs between pretraining and each fine-tuning task; the loop is shared."""
+
+    task: nn.Module  # forward(batch, generator) -> (named *_loss terms, report)
+    model: VideoTextModel
+    items: list  # training VideoText items
+    evaluate: Callable[[], dict]  # evaluation on the test split (rank 0)
+    summary: Callable[[dict], str]  # a table for people
+    short: Callable[[dict], dict]  # a few numbers for metrics.csv during training
+    prepare: Callable[[dict], dict] = lambda batch: batch  # adds task fields (e.g. answer ids) to a batch
+    eval_name: str = "eval_retrieval.json"
+
+
+def pretrain_job(cfg: Config, device: torch.device) -> Job:
+    model = build_model(cfg).to(device)
+    task = build_task(cfg, model, build_teacher_from(cfg)).to(device)
+    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
+    return Job(
+        task=task, model=model, items=items,
+        evaluate=lambda: evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg, device, task=task),
+        summary=format_table,
+        short=lambda r: {"eval_t2v_R@1": r["t2v"]["R@1"], "eval_rsum": r["rsum"]},
+    )
+
+
 def run_pretrain(cfg: Config, resume: bool = False) -> Path:
     """Train (or resume) a run; returns its folder. Works under torchrun."""
+    return run_job(cfg, resume, pretrain_job)
+
+
+def run_job(cfg: Config, resume: bool, make_job: Callable[[Config, torch.device], Job]) -> Path:
     info = init_distributed(cfg.train.device)
     try:
-        run_dir = _pretrain(cfg, info, resume)
+        run_dir = _run(cfg, info, resume, make_job)
     except BaseException:
         teardown(clean=False)  # no barrier: the other ranks may never reach it
         raise
-    # the model and optimiser died with _pretrain's frame, before the group goes
+    # the model and optimiser died with _run's frame, before the group goes
     teardown()
     return run_dir
 
 
-def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
+def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
     run_dir = make_run_dir(cfg, info)
     setup_logging(run_dir, info.main)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
 
-    model = build_model(cfg).to(info.device)
-    task = build_task(cfg, model, build_teacher_from(cfg)).to(info.device)
+    job = make_job(cfg, info.device)
+    task, model, items = job.task, job.model, job.items
     optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
 
@@ -136,7 +169,6 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", latest, start_step)
 
-    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
     dataset = VideoTextDataset(
         items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
         hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames,
@@ -150,7 +182,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
                                           "device": str(info.device), "torch": torch.__version__,
                                           "train_samples": len(items), "config": to_dict(cfg)})
         n_params = sum(p.numel() for p in task.parameters() if p.requires_grad)
-        log.info("run folder %s; %d training clips; %.2fM trainable parameters; mask %s @ %.2f",
+        log.info("run folder %s; %d training samples; %.2fM trainable parameters; mask %s @ %.2f",
                  run_dir, len(items), n_params / 1e6, cfg.mask.strategy, cfg.mask.ratio)
     metrics = MetricsWriter(run_dir, resume_step=start_step) if info.main else None
 
@@ -183,13 +215,14 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
 
     def on_eval(step: int) -> None:
         if info.main:
-            res = evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg.data, info.device)
-            metrics.write(step, {"eval_t2v_R@1": res["t2v"]["R@1"], "eval_rsum": res["rsum"]})
-            log.info("step %d: t2v R@1 %.2f, Rsum %.2f", step, res["t2v"]["R@1"], res["rsum"])
+            short = job.short(job.evaluate())
+            metrics.write(step, short)
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.2f}" for k, v in short.items()))
         barrier()
 
     def on_batch(batch: dict) -> None:
         tracker.update(len(batch["caption"]), batch["bad"])
+        job.prepare(batch)
 
     spec = LoopSpec(
         total_steps=cfg.train.steps, peak_lr=cfg.train.lr, min_lr=cfg.train.min_lr, warmup=cfg.train.warmup_steps,
@@ -202,10 +235,14 @@ def _pretrain(cfg: Config, info: DistInfo, resume: bool) -> Path:
                  info.device, info.rank, on_log, on_checkpoint, on_eval, on_batch, show_progress=info.main)
     if info.main:
         log.info("trained to step %d in %.1f min", last, (time.time() - t0) / 60)
-        if last >= cfg.train.steps and cfg.data.test_anno:
-            res = evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg.data, info.device)
+        if last < cfg.train.steps:
+            log.warning("stopped at step %d of %d by train.time_limit_min=%g; `--resume %s` continues it",
+                        last, cfg.train.steps, cfg.train.time_limit_min, run_dir)
+        if cfg.data.test_anno:
+            res = job.evaluate()
             res["step"] = last
-            write_json(run_dir / "eval_retrieval.json", res)
-            print(format_table(res), flush=True)
+            res["complete"] = last >= cfg.train.steps
+            write_json(run_dir / job.eval_name, res)
+            print(job.summary(res), flush=True)
         metrics.close()
     return run_dir
