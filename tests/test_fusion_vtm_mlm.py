@@ -226,3 +226,22 @@ def test_rerank_with_the_vtm_head():
     ref = vtm_scores(fusion, head, states[[0, 0]], mask[[0, 0]], video[top_k_candidates(sim, 2)[0]])
     top = top_k_candidates(sim, 2)[0]
     assert torch.allclose((out[0, top[0]] - out[0, top[1]]).float(), (ref[0] - ref[1]).detach(), atol=1e-5)
+
+
+def test_shared_clip_broadcast_equals_repeated_clip():
+    """One clip against many texts (re-ranking) gives the same scores as the clip repeated per row."""
+    from vidmask.objectives.vtm import VtmHead, vtm_scores
+    from vidmask.tasks.rerank import vtm_score_fn
+
+    torch.manual_seed(0)
+    fusion, head = FusionEncoder(16, 8, depth=2, heads=2).eval(), VtmHead(16)
+    text, mask = torch.randn(5, 4, 16), torch.ones(5, 4, dtype=torch.long)
+    video = torch.randn(3, 6, 8)
+    shared = vtm_scores(fusion, head, text, mask, video[1:2])
+    repeated = vtm_scores(fusion, head, text, mask, video[1:2].expand(5, -1, -1).contiguous())
+    assert torch.allclose(shared, repeated, atol=1e-5)
+    score = vtm_score_fn(fusion, head, text, mask, video)
+    t_idx, v_idx = [0, 1, 2, 3, 4, 0], [2, 0, 2, 1, 0, 1]
+    grouped = score(t_idx, v_idx)
+    one_by_one = torch.stack([vtm_scores(fusion, head, text[[t]], mask[[t]], video[[v]])[0] for t, v in zip(t_idx, v_idx)])
+    assert torch.allclose(grouped, one_by_one, atol=1e-5)

@@ -97,3 +97,22 @@ def test_two_processes_gloo(tiny_set, tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2
     assert (run / "checkpoints" / "latest").is_file() and (run / "eval_retrieval.json").is_file()
+
+
+def test_bad_videos_are_skipped_logged_and_capped(tiny_set, tmp_path):
+    import shutil
+
+    data = tmp_path / "set"
+    shutil.copytree(tiny_set, data)
+    (data / "videos" / "red_left.mp4").write_bytes(b"not a video at all")  # 1 of 16 clips corrupt
+    ok = tmp_path / "ok"
+    vidmask("pretrain", f"data.corpus={data}", *TINY, "train.steps=8", "data.test_anno=", "data.max_bad_share=0.5",
+            f"run_dir={ok}")
+    assert "red_left.mp4" in (ok / "log.txt").read_text()
+    p = vidmask("pretrain", f"data.corpus={data}", *TINY, "train.steps=40", "data.test_anno=",
+                "data.max_bad_share=0.01", f"run_dir={tmp_path / 'capped'}", check=False)
+    assert p.returncode != 0
+    assert "data.max_bad_share" in p.stderr and "red_left.mp4" in p.stderr
+    # evaluation never skips: it names the file
+    e = vidmask("eval", "retrieval", "--run", str(ok), "--anno", str(data / "test.json"), check=False)
+    assert e.returncode != 0 and "red_left.mp4" in e.stderr

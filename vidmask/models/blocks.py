@@ -21,10 +21,13 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
         B, M, C = x.shape
-        ctx = x if context is None else context  # (B, S, C)
-        h = self.heads
+        ctx = x if context is None else context  # (B or 1, S, C)
+        h, Bc = self.heads, ctx.shape[0]
         q = self.q(x).reshape(B, M, h, C // h).transpose(1, 2)  # (B, h, M, C/h)
-        k, v = self.kv(ctx).reshape(B, ctx.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, S, C/h)
+        # a context of batch 1 is shared by every row: keys and values computed once
+        k, v = self.kv(ctx).reshape(Bc, ctx.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (Bc, h, S, C/h)
+        if Bc != B:
+            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)  # (B, h, S, C/h)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, M, C/h)
         return self.proj(out.transpose(1, 2).reshape(B, M, C))  # (B, M, C)
 

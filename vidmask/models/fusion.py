@@ -80,8 +80,9 @@ class FusionEncoder(nn.Module):
     def forward(self, text_states: Tensor, text_mask: Tensor, video_tokens: Tensor,
                 video_mask: Tensor | None = None) -> Tensor:
         """text_states [B,S,W], text_mask [B,S] (1 = token, 0 = padding),
-        video_tokens [B,K,C], video_mask optional [B,K] (1 = real token) -> [B,S,W]."""
-        if text_states.shape[0] != video_tokens.shape[0]:
+        video_tokens [B,K,C] (or [1,K,C]: one clip shared by every text, projected once),
+        video_mask optional [B,K] (1 = real token) -> [B,S,W]."""
+        if video_tokens.shape[0] not in (1, text_states.shape[0]):
             raise ValueError(f"batch mismatch: text {tuple(text_states.shape)} vs video {tuple(video_tokens.shape)}")
         ctx = self.project_video(video_tokens.to(text_states.dtype))  # (B, K, W)
         self_mask = key_padding_mask(text_mask)  # (B, 1, 1, S): padding is never a key

@@ -75,6 +75,12 @@ def vtm_score_fn(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, te
     def score(text_idx: list[int], video_idx: list[int]) -> Tensor:
         t = torch.as_tensor(text_idx, device=text_states.device)  # (n,)
         v = torch.as_tensor(video_idx, device=video_tokens.device)  # (n,)
-        return vtm_scores(fusion, head, text_states[t], text_mask[t], video_tokens[v])  # (n,)
+        out = torch.empty(len(text_idx), device=text_states.device)  # (n,)
+        # one fusion pass per distinct clip: its keys and values are computed once and shared
+        for vid in torch.unique(v):
+            rows = torch.nonzero(v == vid).flatten()  # (m,)
+            out[rows] = vtm_scores(fusion, head, text_states[t[rows]], text_mask[t[rows]],
+                                   video_tokens[vid].unsqueeze(0)).float()  # (m,)
+        return out
 
     return score

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vidmask.config import Config, save_config, to_dict
-from vidmask.data import BadSampleTracker, VideoTextDataset, collate_video_text, load_annotations
+from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text, load_annotations
 from vidmask.masking import build_masker
 from vidmask.models.video_text import VideoTextModel
 from vidmask.tasks.pretrain import PretrainTask
@@ -221,7 +221,11 @@ def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
         barrier()
 
     def on_batch(batch: dict) -> None:
-        tracker.update(len(batch["caption"]), batch["bad"])
+        try:
+            tracker.update(len(batch["caption"]), batch["bad"])
+        except TooManyBadSamples as e:
+            raise TooManyBadSamples(f"{e} The allowed share is the config key data.max_bad_share "
+                                    f"(now {cfg.data.max_bad_share}).") from None
         job.prepare(batch)
 
     spec = LoopSpec(

@@ -1,0 +1,137 @@
+"""Every recipe pretrained on the motion-shapes corpus at one budget, then zero-shot retrieval.
+
+    python bench/leaderboard.py [--recipes full random tube umt stm clusterstm] [--seeds 0 1 2]
+                                [--steps 600] [--minutes 0] [--corpus corpus]
+
+* trains the lit-effnet teacher once (`vidmask teacher train`) when a recipe needs it;
+* pretrains each recipe with each seed for the same number of steps (table 1),
+  and, with --minutes M, again with each recipe's step count set so that it
+  trains for about M minutes at its own measured speed (table 2, same wall-clock);
+* evaluates every caption of every test video as a query (test_retrieval_all.json:
+  about 1,600 queries at the default corpus size), so binomial noise is small;
+* reports mean and 95 % interval (t distribution over seeds) of t2v R@1, R@5,
+  Rsum, the motion and colour twin accuracies, step time and encoder tokens
+  per step; writes bench/results/leaderboard.md and leaderboard.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import RESULTS, table, write
+
+ROOT = Path(__file__).resolve().parents[1]
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def vidmask(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "vidmask", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def mean_ci(xs: list[float]) -> str:
+    """'mean ± half-width of the 95 % interval' (t distribution over seeds)."""
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return f"{m:.2f}"
+    half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return f"{m:.2f} ± {half:.2f}"
+
+
+def step_stats(run: Path) -> tuple[float, float]:
+    """(median seconds per step, encoder tokens per step) from a run's metrics.csv."""
+    with (run / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("clips_per_s")]
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    bs = cfg["train"]["batch_size"]
+    sec = statistics.median(bs / float(r["clips_per_s"]) for r in rows[1:] or rows)
+    return sec, float(rows[-1]["kept_tokens"]) * bs
+
+
+def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str) -> dict:
+    if not (out / "eval_all.json").is_file():
+        vidmask("pretrain", "--config", str(ROOT / f"configs/recipes/{recipe}.yaml"), f"data.corpus={corpus}",
+                f"train.seed={seed}", f"train.steps={steps}", f"run_dir={out}", "data.test_anno=",
+                *([f"teacher.path={teacher}"] if "teacher" in (ROOT / f"configs/recipes/{recipe}.yaml").read_text()
+                  else []))
+        vidmask("eval", "retrieval", "--run", str(out), "--anno", f"{corpus}/test_retrieval_all.json",
+                "--rerank-k", "0", "--json", str(out / "eval_all.json"))
+    res = json.loads((out / "eval_all.json").read_text())
+    sec, tokens = step_stats(out)
+    return {"R@1": res["t2v"]["R@1"], "R@5": res["t2v"]["R@5"], "Rsum": res["rsum"],
+            "motion": res.get("twins", {}).get("motion", float("nan")),
+            "colour": res.get("twins", {}).get("colour", float("nan")),
+            "step_s": sec, "tokens": tokens, "queries": res["num_texts"]}
+
+
+def summarise(results: dict[str, list[dict]]) -> list[list]:
+    rows = []
+    for recipe, runs in results.items():
+        rows.append([recipe, len(runs)] + [mean_ci([r[k] for r in runs]) for k in ("R@1", "R@5", "Rsum", "motion", "colour")]
+                    + [f"{statistics.fmean(r['step_s'] for r in runs):.2f}", f"{runs[0]['tokens']:.0f}"])
+    return rows
+
+
+def chart(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    means = [statistics.fmean(r["R@1"] for r in results[n]) for n in names]
+    errs = [0 if len(results[n]) < 2 else T95.get(len(results[n]) - 1, 1.96)
+            * statistics.stdev(r["R@1"] for r in results[n]) / math.sqrt(len(results[n])) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, means, yerr=errs, capsize=4, color="#4c72b0")
+    ax.set_ylabel("t2v R@1 (%), mean ± 95 % CI")
+    ax.set_title("Zero-shot retrieval on the motion-shapes corpus, same training steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=["full", "random", "tube", "umt", "stm", "clusterstm"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--minutes", type=float, default=0.0, help="also compare at this wall-clock budget per run")
+    ap.add_argument("--corpus", default="corpus")
+    ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained if missing)")
+    ap.add_argument("--out", default="runs/leaderboard")
+    args = ap.parse_args()
+    out = Path(args.out)
+    teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet.safetensors"
+    if not Path(teacher).is_file():
+        Path(teacher).parent.mkdir(parents=True, exist_ok=True)
+        vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher)
+    same_steps = {r: [run_recipe(r, s, args.steps, args.corpus, out / f"{r}-s{s}", teacher) for s in args.seeds]
+                  for r in args.recipes}
+    head = ["recipe", "seeds", "t2v R@1", "t2v R@5", "Rsum", "motion twins %", "colour twins %", "s / step",
+            "encoder tokens / step"]
+    queries = next(iter(same_steps.values()))[0]["queries"]
+    body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test video), "
+            f"seeds {args.seeds}; mean ± 95 % interval over seeds.\n\n## Same training steps ({args.steps})\n\n"
+            + table(head, summarise(same_steps)))
+    if args.minutes:
+        same_time = {}
+        for r, runs in same_steps.items():
+            sec = statistics.fmean(x["step_s"] for x in runs)
+            steps = max(10, int(args.minutes * 60 / sec))
+            same_time[r] = [run_recipe(r, s, steps, args.corpus, out / f"{r}-t{args.minutes:g}-s{s}", teacher)
+                            for s in args.seeds]
+        body += f"\n\n## Same wall-clock ({args.minutes:g} minutes of training per run)\n\n" + table(head, summarise(same_time))
+    chart(same_steps, RESULTS / "leaderboard.png")
+    body += "\n\n![t2v R@1 by recipe](leaderboard.png)\n"
+    write("leaderboard.md", "Recipe leaderboard", body)
+
+
+if __name__ == "__main__":
+    main()
