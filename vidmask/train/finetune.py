@@ -164,13 +164,13 @@ def finetune_job(cfg: Config, device: torch.device) -> Job:
 
         return Job(task=QAStep(qa), model=model, items=items, prepare=prepare, summary=qa_table,
                    evaluate=lambda: eval_qa(qa, test, answers, cfg, device),
-                   short=lambda r: {"eval_qa_acc": r["acc"]}, eval_name="eval_qa.json")
+                   short=lambda r: {"eval_qa_acc": r["acc"]}, eval_name="eval_qa.json", masked=False)
     if task_name == "caption":
         cap = CaptionTask(model).to(device)
         items, test = load_annotations(train_path, root=root), load_annotations(test_path, root=root)
         return Job(task=CaptionStep(cap), model=model, items=items, summary=caption_table,
                    evaluate=lambda: eval_caption(cap, test, cfg, device),
-                   short=lambda r: {"eval_CIDEr": r["CIDEr"]}, eval_name="eval_caption.json")
+                   short=lambda r: {"eval_CIDEr": r["CIDEr"]}, eval_name="eval_caption.json", masked=False)
     raise ValueError(f"unknown fine-tuning task {task_name!r}")
 
 

@@ -110,6 +110,7 @@ class Job:
     short: Callable[[dict], dict]  # a few numbers for metrics.csv during training
     prepare: Callable[[dict], dict] = lambda batch: batch  # adds task fields (e.g. answer ids) to a batch
     eval_name: str = "eval_retrieval.json"
+    masked: bool = True  # whether the task drops tokens by cfg.mask (QA and captioning see them all)
 
 
 def pretrain_job(cfg: Config, device: torch.device) -> Job:
@@ -182,8 +183,9 @@ def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
                                           "device": str(info.device), "torch": torch.__version__,
                                           "train_samples": len(items), "config": to_dict(cfg)})
         n_params = sum(p.numel() for p in task.parameters() if p.requires_grad)
-        log.info("run folder %s; %d training samples; %.2fM trainable parameters; mask %s @ %.2f",
-                 run_dir, len(items), n_params / 1e6, cfg.mask.strategy, cfg.mask.ratio)
+        mask = f"mask {cfg.mask.strategy} @ {cfg.mask.ratio:.2f}" if job.masked else "all tokens"
+        log.info("run folder %s; %d training samples; %.2fM trainable parameters; %s",
+                 run_dir, len(items), n_params / 1e6, mask)
     metrics = MetricsWriter(run_dir, resume_step=start_step) if info.main else None
 
     wrapped = task
