@@ -27,7 +27,7 @@ def test_finetune_and_eval(task, metric_file, keys, pretrained, tiny_set, tmp_pa
     extra += ["finetune.beam=2", "finetune.max_len=8"] if task == "caption" else []
     # the tiny set names its retrieval test file test.json; QA and captioning use the standard names
     overrides = TINY if task == "retrieval" else [o for o in TINY if not o.startswith("data.test_anno")]
-    p = vidmask("finetune", task, "--init", str(pretrained), f"data.corpus={tiny_set}", *overrides,
+    vidmask("finetune", task, "--init", str(pretrained), f"data.corpus={tiny_set}", *overrides,
                 "train.steps=3", f"run_dir={run}", *extra)
     res = json.loads((run / metric_file).read_text())
     assert keys <= set(res), res.keys()

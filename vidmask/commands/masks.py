@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vidmask.data import VideoError, VideoTransform, decode_frames
     from vidmask.masking import build_masker, list_maskers
-    from vidmask.masking.saliency import colour_saliency
+    from vidmask.masking.saliency import colour_saliency, pixel_tokens
+    from vidmask.models.video_vit import patchify
     from vidmask.viz.masks import draw_masks, frames_for_model
 
     if args.strategy not in list_maskers():
@@ -57,10 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     video, _ = VideoTransform(size=args.size, train=False)(raw)  # (T, 3, S, S)
     p = args.patch
-    patches = video.unfold(2, p, p).unfold(3, p, p)  # (T, 3, g, g, p, p)
-    patches = patches.permute(0, 2, 3, 4, 5, 1).reshape(1, args.frames, -1, p * p * 3)  # (1, T, N, p*p*3)
-    tokens = patches - patches.mean(-1, keepdim=True)
-    tokens = torch.nn.functional.normalize(tokens, dim=-1)  # (1, T, N, P)
+    patches = patchify(video.unsqueeze(0), p)  # (1, T, N, p*p*3)
+    tokens = pixel_tokens(patches)  # (1, T, N, P): what the strategy sees without a teacher
     if args.strategy == "stm":
         params.setdefault("dim", tokens.shape[-1])
     ratio = 0.0 if args.strategy == "none" else args.ratio

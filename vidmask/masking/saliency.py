@@ -1,4 +1,7 @@
-"""A teacher-free saliency for attention-driven strategies.
+"""What strategies consume when no teacher is configured: pixel tokens and a saliency.
+
+`pixel_tokens` is what clustering strategies cluster: per-patch normalised
+pixels.
 
 `umt`, `mascot-*` and `stm` rank tokens by a teacher's CLS-to-patch attention.
 When no teacher is configured, pretraining gives them this stand-in instead:
@@ -10,8 +13,14 @@ teacher's attention should be preferred wherever one is available.
 
 from __future__ import annotations
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def pixel_tokens(patches: Tensor) -> Tensor:
+    """patches float[B,T,N,P] -> zero-mean, unit-norm tokens float[B,T,N,P] (float32)."""
+    patches = patches.float()
+    return F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)  # (B, T, N, P)
 
 
 def colour_saliency(patches: Tensor, eps: float = 1e-6) -> Tensor:

@@ -31,18 +31,19 @@ class VideoTextModel(nn.Module):
         init_weights(self.text_proj)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
-    def encode_video(self, video: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
-        """video [B,T,3,H,W] (+ kept-token indices [B,K]) -> unit features [B,E]."""
+    def video_tokens(self, video: Tensor, ids_keep: Tensor | None = None,
+                     st_weight: Tensor | None = None) -> Tensor:
+        """video [B,T,3,H,W] -> encoder output [B,K,C]: the kept tokens only (K = T*N when
+        ids_keep is None). What the fusion layers, QA and captioning heads read."""
         if ids_keep is None:
             tokens = self.visual.embed(video)  # (B, T, N, C)
         else:
             tokens = self.visual.embed_kept(video, ids_keep)  # (B, K, C): only kept patches embedded
-        return self.encode_tokens(tokens, None, st_weight)
+        return self.visual.forward_features(tokens, None, st_weight)  # (B, K, C)
 
-    def encode_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
-        """Embedded tokens [B,T,N,C] (or gathered [B,K,C]) -> unit features [B,E]."""
-        feats = self.visual.forward_features(tokens, ids_keep, st_weight)  # (B, K, C)
-        return self.project_video(feats)
+    def encode_video(self, video: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
+        """video [B,T,3,H,W] (+ kept-token indices [B,K]) -> unit features [B,E]."""
+        return self.project_video(self.video_tokens(video, ids_keep, st_weight))
 
     def project_video(self, feats: Tensor) -> Tensor:
         """Encoder output [B,K,C] -> unit features [B,E] (mean over the kept tokens)."""

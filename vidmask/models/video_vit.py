@@ -41,6 +41,11 @@ def resample_time(pos: Tensor, frames: int) -> Tensor:
     return seq[0].T.to(pos.dtype)  # (T, C)
 
 
+def patchify(video: Tensor, patch: int) -> Tensor:
+    """Pixel patches: video [B,T,3,H,W] -> [B,T,N,p*p*3], each patch in (p1 p2 c) order."""
+    return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=patch, p2=patch)
+
+
 class VideoViT(nn.Module):
     def __init__(
         self,
@@ -74,8 +79,7 @@ class VideoViT(nn.Module):
 
     def patchify(self, video: Tensor) -> Tensor:
         """Pixel patches: video [B,T,3,H,W] -> [B,T,N,p*p*3]."""
-        p = self.patch
-        return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=p, p2=p)
+        return patchify(video, self.patch)
 
     def pos_embed(self, frames: int, grid: int) -> Tensor:
         """Space + time position embeddings: [T, N, C]."""

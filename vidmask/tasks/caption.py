@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids
 from vidmask.models.video_text import VideoTextModel
-from vidmask.tasks.qa import video_tokens
 
 
 class CaptionTask(nn.Module):
@@ -40,7 +39,7 @@ class CaptionTask(nn.Module):
 
     def encode(self, video: Tensor) -> Tensor:
         """video [B,T,3,H,W] -> video tokens [B,K,C] for the decoder."""
-        return video_tokens(self.model, video)  # (B, K, C)
+        return self.model.video_tokens(video)  # (B, K, C)
 
     def forward(self, video: Tensor, captions: list[str]):
         tokens = self.encode(video)  # (B, K, C)

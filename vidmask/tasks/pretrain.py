@@ -17,15 +17,13 @@ colour-contrast stand-in for attention (`vidmask.masking.saliency`).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidmask.config import LossConfig
 from vidmask.masking.base import Masker
-from vidmask.masking.saliency import colour_saliency
+from vidmask.masking.saliency import colour_saliency, pixel_tokens
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.video_text import VideoTextModel
 from vidmask.objectives.align import AlignHead, align_loss
@@ -39,9 +37,7 @@ from vidmask.objectives.vtm import VtmHead, vtm_loss
 def masker_input(model: VideoTextModel, video: Tensor) -> Tensor:
     """What a strategy clusters or ranks when no teacher is configured:
     per-patch normalised pixels (zero mean, unit norm), [B,T,N,p*p*3]."""
-    patches = model.visual.patchify(video.float())  # (B, T, N, P)
-    patches = patches - patches.mean(-1, keepdim=True)  # (B, T, N, P)
-    return F.normalize(patches, dim=-1)  # (B, T, N, P)
+    return pixel_tokens(model.visual.patchify(video.float()))  # (B, T, N, P)
 
 
 class PretrainTask(nn.Module):
@@ -90,8 +86,7 @@ class PretrainTask(nn.Module):
 
     def choose_tokens(self, video: Tensor, generator: torch.Generator | None):
         """(MaskOut, TeacherOut | None): the mask is computed in float32, outside autocast."""
-        B, T, _, H, _ = video.shape
-        grid = H // self.model.visual.patch
+        grid = video.shape[-1] // self.model.visual.patch
         teacher_out = None
         if self.teacher is not None:
             with torch.no_grad():
@@ -101,8 +96,9 @@ class PretrainTask(nn.Module):
                 tokens = F.normalize(teacher_out.tokens.float(), dim=-1)  # (B, T, N, D)
                 attn = teacher_out.attn.float()  # (B, T, N)
             else:
-                tokens = masker_input(self.model, video)  # (B, T, N, P)
-                attn = colour_saliency(self.model.visual.patchify(video.float()))  # (B, T, N)
+                patches = self.model.visual.patchify(video.float())  # (B, T, N, P), once for both
+                tokens = pixel_tokens(patches)  # (B, T, N, P)
+                attn = colour_saliency(patches)  # (B, T, N)
             out = self.masker(tokens, attn=attn, generator=generator)
         if out.ids_keep is None:
             raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
@@ -112,7 +108,7 @@ class PretrainTask(nn.Module):
         """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...}."""
         video, captions = batch["video"], batch["caption"]  # (B, T, 3, H, W)
         cfg = self.loss_cfg
-        B, T, _, H, _ = video.shape
+        T, H = video.shape[1], video.shape[3]
         N = (H // self.model.visual.patch) ** 2
         out, t_out = self.choose_tokens(video, generator)
         st_weight = (out.extra or {}).get("st_weight")  # (B, K) or None
@@ -153,5 +149,3 @@ class PretrainTask(nn.Module):
         report = {"kept_tokens": float(out.ids_keep.shape[1]),
                   "scale": float(self.model.temperature_scale().detach())}
         return losses, report
-
-

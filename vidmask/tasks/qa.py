@@ -17,15 +17,6 @@ from vidmask.models.qa import UNANSWERABLE, AnswerHead, answer_logits
 from vidmask.models.video_text import VideoTextModel
 
 
-def video_tokens(model: VideoTextModel, video: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-    """video [B,T,3,H,W] -> encoder tokens [B,K,C] (all T*N tokens when ids_keep is None)."""
-    if ids_keep is None:
-        tokens = model.visual.embed(video)  # (B, T, N, C)
-    else:
-        tokens = model.visual.embed_kept(video, ids_keep)  # (B, K, C)
-    return model.visual.forward_features(tokens)  # (B, K, C)
-
-
 class QATask(nn.Module):
     """forward(video, questions, answer_ids) -> ({"qa_loss"}, report); predict -> answer index."""
 
@@ -39,7 +30,7 @@ class QATask(nn.Module):
 
     def logits(self, video: Tensor, questions: list[str]) -> Tensor:
         """video [B,T,3,H,W], B questions -> answer logits [B,A]."""
-        tokens = video_tokens(self.model, video)  # (B, K, C)
+        tokens = self.model.video_tokens(video)  # (B, K, C)
         states, mask = self.model.text.token_states(questions)  # (B, S, W), (B, S)
         return answer_logits(self.fusion, self.head, states, mask, tokens)  # (B, A)
 

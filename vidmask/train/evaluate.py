@@ -18,6 +18,13 @@ from vidmask.tasks.rerank import rerank, vtm_score_fn
 log = logging.getLogger("vidmask")
 
 
+def eval_loader(items, cfg: Config) -> DataLoader:
+    """Evaluation clips in order (`middle` frames); a bad file raises, naming it."""
+    ds = VideoTextDataset(items, cfg.data.num_frames, cfg.data.size, train=False)
+    return DataLoader(ds, batch_size=32, shuffle=False, num_workers=min(cfg.data.num_workers, 2),
+                      collate_fn=collate_video_text)
+
+
 @torch.no_grad()
 def encode_texts(model: VideoTextModel, texts: list[str], device, batch_size: int = 256) -> torch.Tensor:
     out = [model.encode_text(texts[s : s + batch_size]).float().cpu() for s in range(0, len(texts), batch_size)]
@@ -53,10 +60,8 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     model.eval()
     toks, feats = [], []
     keep_tokens = task is not None and hasattr(task, "vtm_head") and cfg.finetune.rerank_k > 0
-    for batch in DataLoader(VideoTextDataset(items, cfg.data.num_frames, cfg.data.size, train=False),
-                            batch_size=32, num_workers=min(cfg.data.num_workers, 2),
-                            collate_fn=collate_video_text):
-        f = model.visual.forward_features(model.visual.embed(batch["video"].to(device)))  # (b, K, C)
+    for batch in eval_loader(items, cfg):
+        f = model.video_tokens(batch["video"].to(device))  # (b, K, C)
         feats.append(model.project_video(f).cpu())
         if keep_tokens:
             toks.append(f)

@@ -7,26 +7,24 @@ build its head, what its batches need and how it is evaluated.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from vidmask.config import Config
-from vidmask.data import VideoText, VideoTextDataset, collate_video_text, load_annotations
+from vidmask.data import VideoText, load_annotations
 from vidmask.metrics.caption import caption_metrics
 from vidmask.metrics.qa import qa_accuracy
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.qa import UNANSWERABLE, answer_ids, load_answer_list
 from vidmask.models.video_text import VideoTextModel
 from vidmask.tasks.caption import CaptionTask
-from vidmask.tasks.qa import QATask, video_tokens
+from vidmask.tasks.qa import QATask
 from vidmask.train import checkpoint as ckpt
-from vidmask.train.evaluate import evaluate_retrieval, format_table
-from vidmask.train.pretrain import Job, build_model, build_task, build_teacher_from
+from vidmask.train.evaluate import eval_loader
+from vidmask.train.pretrain import Job, build_model, pretrain_job
 
 log = logging.getLogger("vidmask")
 
@@ -49,12 +47,6 @@ def qa_items(path: Path, root) -> list[VideoText]:
             raise ValueError(f"{path}: entry {i} needs `question` and `answer` keys (MSRVTT-QA format)")
         out.append(VideoText(path=it.path, captions=[str(it.meta["question"])], is_image=it.is_image, meta=it.meta))
     return out
-
-
-def eval_loader(items, cfg: Config) -> DataLoader:
-    ds = VideoTextDataset(items, cfg.data.num_frames, cfg.data.size, train=False)
-    return DataLoader(ds, batch_size=32, shuffle=False, num_workers=min(cfg.data.num_workers, 2),
-                      collate_fn=collate_video_text)
 
 
 # ---------------------------------------------------------------- step adapters
@@ -143,12 +135,7 @@ def finetune_job(cfg: Config, device: torch.device) -> Job:
     train_path, test_path = cfg.data.path(cfg.data.train_anno), cfg.data.path(cfg.data.test_anno)
     root = cfg.data.root()
     if task_name == "retrieval":
-        task = build_task(cfg, model, build_teacher_from(cfg)).to(device)
-        items = load_annotations(train_path, root=root)
-        test = load_annotations(test_path, root=root)
-        return Job(task=task, model=model, items=items, summary=format_table,
-                   evaluate=lambda: evaluate_retrieval(model, test_path, cfg, device, task=task, items=test),
-                   short=lambda r: {"eval_t2v_R@1": r["t2v"]["R@1"]}, eval_name="eval_retrieval.json")
+        return pretrain_job(cfg, device, model)  # the pretraining task, on the fine-tuning data
     if task_name == "qa":
         answers = load_answer_list(cfg.data.path(cfg.finetune.answer_list))
         fusion = FusionEncoder(model.text.width, model.visual.dim, depth=cfg.loss.fusion_depth)
@@ -188,9 +175,3 @@ def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tupl
     job = finetune_job(cfg, device)
     ckpt.load_weights(job.task, weights, strict=True)
     return job.evaluate(), job.summary
-
-
-def write_eval(path: Path, res: dict) -> None:
-    Path(path).write_text(json.dumps(res, indent=2))
-
-

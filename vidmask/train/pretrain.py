@@ -113,13 +113,18 @@ class Job:
     masked: bool = True  # whether the task drops tokens by cfg.mask (QA and captioning see them all)
 
 
-def pretrain_job(cfg: Config, device: torch.device) -> Job:
-    model = build_model(cfg).to(device)
+def pretrain_job(cfg: Config, device: torch.device, model: VideoTextModel | None = None) -> Job:
+    """Pretraining, or retrieval fine-tuning when given an initialised `model`."""
+    model = model if model is not None else build_model(cfg).to(device)
     task = build_task(cfg, model, build_teacher_from(cfg)).to(device)
-    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
+    root = cfg.data.root()
+    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    test_path = cfg.data.path(cfg.data.test_anno)
+    # read before training, so a broken test file stops the run at once, not after it
+    test = load_annotations(test_path, root=root) if cfg.data.test_anno else None
     return Job(
         task=task, model=model, items=items,
-        evaluate=lambda: evaluate_retrieval(model, cfg.data.path(cfg.data.test_anno), cfg, device, task=task),
+        evaluate=lambda: evaluate_retrieval(model, test_path, cfg, device, task=task, items=test),
         summary=format_table,
         short=lambda r: {"eval_t2v_R@1": r["t2v"]["R@1"], "eval_rsum": r["rsum"]},
     )
