@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vidmask.masking import build_masker, list_maskers  # noqa: E402
-from vidmask.masking.clusterstm import DEFAULT_DC_RATIO, DC_MIN, clusterstm_keep, num_clusters  # noqa: E402
+from vidmask.masking.clusterstm import _CHUNK_BYTES, DEFAULT_DC_RATIO, DC_MIN, clusterstm_keep, num_clusters  # noqa: E402
 
 B, N, C, RATIO = 8, 196, 768, 0.85
 FRAMES = (8, 16)
@@ -222,9 +222,10 @@ def peak_extra_mib(kind: str, frames: int) -> float:
 def analytic_mib(frames: int) -> tuple[float, float]:
     """Largest live intermediates by hand (float32): (vidmask, reference)."""
     L = frames * N
-    fc = max(1, min(frames, 16 * MIB // (N * L * 4)))  # frames per chunk of rows, as in clusterstm
+    fc = max(1, min(frames, _CHUNK_BYTES // (N * L * 4)))  # frames per chunk of rows, as in clusterstm
     half_gram = frames * (frames + 1) // 2 * N * N
-    fast = (half_gram + frames * N * C + fc * N * L) * 4 + fc * N * L  # + the comparison mask (bool)
+    one_clip = (half_gram + frames * N * C + fc * N * L) * 4 + fc * N * L  # + the comparison mask (bool)
+    fast = min(B, 2) * one_clip  # two clips at once on a multi-core CPU (clusterstm._map_clips)
     ref = (B * frames * (frames - 1) * N * C + 3 * B * frames * N * (frames - 1) * N) * 4  # token copy, distances + sort + exp
     return fast / MIB, ref / MIB
 
@@ -343,8 +344,9 @@ def main() -> None:
         "Peak extra memory (T=16 only): in a fresh subprocess, with the input made and a warm-up call "
         "on a tiny clip done, the peak resident set is reset (`/proc/self/clear_refs`), the call runs, "
         "and the rise of `VmHWM` over the resident set before the call is reported. By hand: the largest "
-        "intermediates alive at once (vidmask: one clip's upper block triangle of the Gram matrix, its "
-        "normalised tokens, one 16 MiB chunk of similarity rows and its comparison mask; reference: the "
+        "intermediates alive at once (vidmask: for each of the two clips in flight, its upper block triangle "
+        "of the Gram matrix, its normalised tokens, one 8 MiB chunk of similarity rows and its comparison "
+        "mask; reference: the "
         "[B*T, (T-1)*N, C] token copy, the [B*T, N, (T-1)*N] distances and two same-sized temporaries "
         "for the sort and the exp).",
         "",

@@ -250,6 +250,23 @@ def test_clusterstm_matches_reference_on_random_clips(seed):
             assert torch.equal(out.clusters[b, t], ref_ids)
 
 
+def test_clusterstm_same_masks_with_one_or_two_clip_workers():
+    """Two clips at a time on a multi-core CPU (clusterstm._map_clips) changes nothing but speed."""
+    tokens, _ = clip(b=5, t=3, n=49, seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = build_masker("clusterstm", ratio=0.8)(tokens)
+        torch.set_num_threads(1)
+        one = build_masker("clusterstm", ratio=0.8)(tokens)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(two.keep, one.keep) and torch.equal(two.clusters, one.clusters)
+    assert torch.equal(two.saliency, one.saliency)
+    with torch.no_grad():  # the caller's grad mode reaches the worker threads
+        assert not temporal_density(tokens.requires_grad_()).requires_grad
+
+
 def test_clusterstm_dynamics_keeps_lowest_density():
     tokens, _ = clip(t=3, n=30, seed=5)
     out = build_masker("clusterstm", ratio=0.8, select="dynamics")(tokens)

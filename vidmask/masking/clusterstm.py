@@ -33,7 +33,7 @@ a full sort for the quantile):
 * the clip's Gram matrix is symmetric: only its upper block triangle (frame t
   against frames s >= t) is multiplied and stored, about half the
   multiply-adds and half the memory of ``[L, L]``; the rows of similarities
-  ``[N, L]`` of a few frames at a time (at most 16 MiB) are assembled from it,
+  ``[N, L]`` of a few frames at a time (at most 8 MiB) are assembled from it,
   mirroring the blocks s < t. The diagonal blocks are the frames' own Gram
   matrices, which DPC reuses;
 * in those rows a frame's own block is set to ``-inf`` instead of being cut
@@ -46,14 +46,18 @@ a full sort for the quantile):
   arithmetic and the lerp are ``torch.quantile``'s own, so ``dc`` is
   bit-identical to it on the same distances (tested), and
   ``fl(g - 1) = -fl(1 - g)`` keeps ``exp(-(d / dc)^2)`` the pseudocode's value;
-* clips are processed one at a time (DPC included), so the peak extra memory
-  is one clip's half Gram (20 MB at T=16, N=196), its normalised tokens and a
-  16 MiB chunk of rows, whatever the batch size: 60-75 MiB measured at
-  B=8, T=16, against 2.3 GiB for the transcription (``bench/masking.py``).
+* clips are processed one at a time per worker (DPC included), two workers
+  on a multi-core CPU (:func:`_map_clips`), so the peak extra memory is two
+  clips' half Grams (20 MB each at T=16, N=196), their normalised tokens and
+  8 MiB chunks of rows, whatever the batch size: about 100 MiB measured at
+  B=8, T=16, against 2.3 GiB for the transcription (``bench/masking.py``);
+* the selection after the quantile's comparison pass is batched over a
+  chunk's frames (one ``kthvalue`` per rank), not a loop over frames.
 
-Cost: at B=8, T=16, N=196, C=768 on 2 CPU cores, 0.47 s, of which 0.28 s are
-the Gram blocks' multiply-adds at the cores' peak (the floor of an exact
-float32 method); ~7x faster than the transcription, with the same masks.
+Cost: at B=8, T=16, N=196, C=768 on 2 CPU cores, 0.41-0.43 s, of which
+0.26-0.28 s are the Gram blocks' multiply-adds at the cores' peak (the floor
+of an exact float32 method); ~7.5x faster than the transcription, with the
+same masks.
 
 Float32 throughout, whatever the input dtype or autocast state: bf16 distances
 would change the masks.
@@ -62,10 +66,12 @@ would change the masks.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from vidmask.masking.base import Masker, MaskOut, keep_to_ids, register, topk_keep
 from vidmask.masking.dpc import dpc_knn, dpc_knn_from_gram, kmeans_from_gram
@@ -84,7 +90,7 @@ __all__ = [
 DEFAULT_DC_RATIO = 0.02
 DC_MIN = 1e-6  # floor on the cut-off distance: a static clip has dc = 0
 _SAMPLE = 8192  # size of the strided sample that brackets the quantile
-_CHUNK_BYTES = 16 * 2**20  # frames of distance rows processed together (bounds memory)
+_CHUNK_BYTES = 8 * 2**20  # frames of distance rows processed together per clip (bounds memory)
 
 
 def num_clusters(num_tokens: int, ratio: float) -> int:
@@ -109,9 +115,11 @@ def _order_stats(rows: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     A strided sample of each row gives a bound on the far side of the ranks
     (below them when they lie in the upper half, above otherwise); one
     comparison pass gathers every value on the near side of that bound, and
-    ``kthvalue`` runs on those few. A row whose bound misses gets ``kthvalue``
-    on the whole row. Every pass is one op over all rows: few, large ops keep
-    ``torch``'s thread pool efficient.
+    ``kthvalue`` runs on those few. The gathered values are padded to one
+    width W with the value that sorts first on the far side (``-inf`` when
+    gathering from the top, ``+inf`` from the bottom), which puts the wanted
+    ranks in the same column of every row: one ``kthvalue`` per rank for all
+    rows. A row whose bound misses gets ``kthvalue`` on the whole row.
     """
     Fr, R = rows.shape
     step = max(1, R // _SAMPLE)
@@ -127,25 +135,19 @@ def _order_stats(rows: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     near = rows >= bound if upper else rows <= bound  # (F, R)
     # (count_nonzero along a dim would cast the mask to int64 first; per row it does not)
     counts = [int(torch.count_nonzero(m)) for m in near]  # (F,)
-    gathered = rows[near].split(counts)  # F x the values on the near side, unordered
-    v_lo, v_hi = [], []
-    for f in range(Fr):
-        offset = R - counts[f] if upper else 0  # values left out, all smaller than those kept
-        if offset <= lo and hi < offset + counts[f]:
-            values = gathered[f]
-        else:  # the sample misled us: select on the whole row
-            values, offset = rows[f], 0
-        v_lo.append(values.kthvalue(lo - offset + 1).values)
-        v_hi.append(v_lo[-1] if hi == lo else _next_order_stat(values, v_lo[-1], hi - offset))
-    return torch.stack(v_lo), torch.stack(v_hi)  # (F,), (F,)
-
-
-def _next_order_stat(values: Tensor, v: Tensor, rank: int) -> Tensor:
-    """The rank-th smallest (0-based) of `values`, given that the (rank-1)-th is `v`:
-    `v` again if it occurs often enough, else the smallest value above it."""
-    if int(torch.count_nonzero(values <= v)) > rank:
-        return v
-    return values[values > v].min()
+    parts = rows[near].split(counts)  # F x the values on the near side, unordered
+    padded = pad_sequence(parts, batch_first=True, padding_value=float("-inf") if upper else float("inf"),
+                          padding_side="left" if upper else "right")  # (F, W)
+    W = padded.shape[1]
+    # column of rank r: upper rows hold the top c values right-aligned, lower rows the bottom c left-aligned
+    shift = W - R if upper else 0
+    v_lo = padded.kthvalue(lo + shift + 1, dim=1).values  # (F,)
+    v_hi = v_lo if hi == lo else padded.kthvalue(hi + shift + 1, dim=1).values  # (F,)
+    for f, c in enumerate(counts):  # the sample misled us: select on the whole row
+        if (upper and R - c > lo) or (not upper and hi >= c):
+            v_lo[f] = rows[f].kthvalue(lo + 1).values
+            v_hi[f] = rows[f].kthvalue(hi + 1).values
+    return v_lo, v_hi  # (F,), (F,)
 
 
 def _quantile_rank(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, Tensor]:
@@ -251,17 +253,36 @@ def _check_frames(T: int, dc_ratio: float) -> None:
         raise ValueError(f"dc_ratio must be in [0, 1], got {dc_ratio}")
 
 
-def _clips(tokens: Tensor, dc_ratio: float):
-    """Yield (b, temporal density [T,N], frame Grams [T,N,N]) one clip at a time.
+def _map_clips(fn, B: int, device: torch.device) -> list:
+    """``[fn(b) for b in range(B)]``, two clips at a time on a multi-core CPU.
 
-    One clip's half Gram matrix at a time bounds the memory whatever the batch size.
+    One clip's work is a large matrix product (which uses every core) and a
+    tail of selection ops that mostly run on one; two Python threads overlap
+    one clip's tail with the other's product (about 10 % faster on 2 cores,
+    ``bench/masking.py``). The clips are independent, so the result does not
+    depend on the order. On GPU, or with one intra-op thread, it is a loop.
     """
-    B, T, N, C = tokens.shape
-    _check_frames(T, dc_ratio)
-    for b in range(B):
-        x = F.normalize(tokens[b].float(), dim=-1)  # (T, N, C)
-        rho, grams = _clip_density(x, dc_ratio)  # (T, N), (T, N, N)
-        yield b, rho, grams
+    workers = min(B, 2) if device.type == "cpu" and torch.get_num_threads() > 1 else 1
+    if workers == 1:
+        return [fn(b) for b in range(B)]
+    grad = torch.is_grad_enabled()  # grad mode is thread-local: carry the caller's into the workers
+
+    def run(b: int):
+        with torch.set_grad_enabled(grad):
+            return fn(b)
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="clusterstm") as pool:
+        return list(pool.map(run, range(B)))
+
+
+def _clip_density_of(tokens: Tensor, b: int, dc_ratio: float) -> tuple[Tensor, Tensor]:
+    """Clip b of tokens [B,T,N,C] -> (temporal density [T,N], frame Grams [T,N,N]).
+
+    One clip's half Gram matrix at a time (two with :func:`_map_clips`) bounds
+    the memory whatever the batch size.
+    """
+    x = F.normalize(tokens[b].float(), dim=-1)  # (T, N, C)
+    return _clip_density(x, dc_ratio)
 
 
 def temporal_density(tokens: Tensor, dc_ratio: float = DEFAULT_DC_RATIO) -> Tensor:
@@ -272,11 +293,10 @@ def temporal_density(tokens: Tensor, dc_ratio: float = DEFAULT_DC_RATIO) -> Tens
     if tokens.dim() != 4:
         raise ValueError(f"temporal_density: tokens must be [B,T,N,C], got {tuple(tokens.shape)}")
     B, T, N, _ = tokens.shape
-    rho = torch.empty(B, T, N, device=tokens.device)  # (B, T, N)
+    _check_frames(T, dc_ratio)
     with torch.autocast(tokens.device.type, enabled=False):
-        for b, rho_b, _ in _clips(tokens, dc_ratio):
-            rho[b] = rho_b
-    return rho
+        per_clip = _map_clips(lambda b: _clip_density_of(tokens, b, dc_ratio)[0], B, tokens.device)
+    return torch.stack(per_clip)  # (B, T, N)
 
 
 # ----------------------------------------------------------------------------
@@ -334,14 +354,16 @@ def clusterstm_keep(
         raise ValueError(f"cluster must be 'dpc' or 'kmeans', got {cluster!r}")
     B, T, N, _ = tokens.shape
     K = num_clusters(N, ratio)
-    keep = torch.empty(B, T, N, dtype=torch.bool, device=tokens.device)  # (B, T, N)
-    rho = torch.empty(B, T, N, device=tokens.device)  # (B, T, N)
-    clusters = torch.empty(B, T, N, dtype=torch.long, device=tokens.device)  # (B, T, N)
-    for b, rho_b, grams in _clips(tokens, dc_ratio):
-        clusters[b] = _frame_clusters(grams, K, knn, cluster, kmeans_iters)  # (T, N)
-        keep[b] = one_per_cluster(rho_b if select == "density" else -rho_b, clusters[b], K)  # (T, N)
-        rho[b] = rho_b
-    return keep, rho, clusters
+    _check_frames(T, dc_ratio)
+
+    def one_clip(b: int) -> tuple[Tensor, Tensor, Tensor]:
+        rho_b, grams = _clip_density_of(tokens, b, dc_ratio)  # (T, N), (T, N, N)
+        clusters_b = _frame_clusters(grams, K, knn, cluster, kmeans_iters)  # (T, N)
+        keep_b = one_per_cluster(rho_b if select == "density" else -rho_b, clusters_b, K)  # (T, N)
+        return keep_b, rho_b, clusters_b
+
+    keep, rho, clusters = zip(*_map_clips(one_clip, B, tokens.device))
+    return torch.stack(keep), torch.stack(rho), torch.stack(clusters)  # (B, T, N) each
 
 
 class _ClusterBase(Masker):
