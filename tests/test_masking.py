@@ -223,6 +223,11 @@ def test_quantile_linear_when_the_sample_misleads():
     rows[1, :: R // 8192] = 2.0  # ... "all large"
     for q in (0.02, 0.4, 0.6, 0.98):  # ranks in the lower and in the upper half
         assert torch.equal(quantile_linear(rows, q), torch.quantile(rows, q, dim=1))
+    for v in (-1.0, 2.0):  # every row misled the same way (the gathered values miss the rank in all)
+        same = rows[:1].clone().expand(3, -1).contiguous()
+        same[:, :: R // 8192] = v
+        for q in (0.02, 0.4, 0.6, 0.98):
+            assert torch.equal(quantile_linear(same, q), torch.quantile(same, q, dim=1))
 
 
 def test_dpc_knn_matches_reference():

@@ -201,3 +201,19 @@ def test_stm_decoder_fills_masked_with_text():
     assert text.grad is not None and text.grad.abs().sum() > 0  # the caption reaches the masked slots
     with torch.no_grad():  # a different caption changes the prediction
         assert not torch.allclose(dec(kept, ids, text + 1.0, T, N), pred)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_teacher_pool_windows_is_pool_of_windows(window):
+    """lit-effnet's per-token-once fast path gives the pooler's value on every window."""
+    from vidmask.teachers import build_teacher
+
+    torch.manual_seed(0)
+    teacher = build_teacher("lit-effnet", token_dim=32, embed_dim=16, heads=2, text_init="random")
+    frames = torch.randn(3, 16, 32)  # (F, N, D)
+    slow = teacher.pool(window_tokens(frames, window))  # (F*N, E)
+    torch.testing.assert_close(teacher.pool_windows(frames, window), slow, rtol=1e-5, atol=1e-6)
+    tokens, text = frames.reshape(1, 3, 16, 32), torch.randn(1, 16)
+    torch.testing.assert_close(
+        relevance_map(tokens, text, teacher.pool, window, chunk=20, pool_windows=teacher.pool_windows),
+        relevance_map(tokens, text, teacher.pool, window, chunk=20), rtol=1e-5, atol=1e-6)

@@ -104,6 +104,9 @@ class MaskConfig:
 class TeacherConfig:
     name: str = ""  # "" = no teacher; "lit-effnet" or "hf-clip" (vidmask.teachers.list_teachers())
     path: str = ""  # lit-effnet: heads .safetensors from `vidmask teacher train`; hf-clip: a local CLIPModel folder
+    # folder of per-frame teacher features of every training frame, built on first use and reused
+    # (vidmask.teachers.cache); "" = run the teacher's trunk every step. Needs data.hflip_p=0.
+    cache: str = ""
 
     def __post_init__(self):
         if self.name and self.name not in ("lit-effnet", "hf-clip"):
@@ -203,6 +206,9 @@ class Config:
         missing = self.loss.needs_teacher()
         if missing and not self.teacher.name:
             raise ConfigError(f"loss.{missing[0]} > 0 needs a teacher: set teacher.name (lit-effnet or hf-clip)")
+        if self.teacher.cache and self.data.hflip_p > 0:
+            raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0 "
+                              "or teacher.cache='' (run the teacher every step)")
 
 
 # ---------------------------------------------------------------- loading

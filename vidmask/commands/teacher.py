@@ -1,4 +1,4 @@
-"""`vidmask teacher train`: align the lit-effnet teacher's heads to MiniLM captions on a corpus."""
+"""`vidmask teacher train|cache|list`: train the lit-effnet heads, prebuild a run's teacher cache, list teachers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def add_parser(sub) -> None:
     t.add_argument("--size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
+    c = jobs.add_parser(
+        "cache",
+        help="compute a pretraining config's teacher cache (every training frame, once) before training",
+        description="Build the per-frame teacher features that pretraining with teacher.cache=FOLDER reads "
+        "(pretraining builds them on first use too; build them here before a multi-process run, or to "
+        "see the cost). Takes the same config and overrides as `vidmask pretrain`.",
+    )
+    c.add_argument("--config", help="YAML config (e.g. configs/recipes/umt.yaml)")
+    c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.cache=corpus/teacher/cache")
+    c.set_defaults(func=run_cache)
     ls = jobs.add_parser("list", help="list the registered teachers")
     ls.set_defaults(func=run_list)
 
@@ -54,4 +64,32 @@ def run_train(args: argparse.Namespace) -> int:
                                 num_frames=args.frames, size=args.size, seed=args.seed, anno=args.anno, say=print)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in summary.items()))
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    import torch
+
+    from vidmask.commands.runconfig import config_from_args
+    from vidmask.data import load_annotations
+    from vidmask.teachers.cache import cached_or_built
+    from vidmask.train.pretrain import build_teacher_from
+
+    cfg = config_from_args(args.config, args.overrides, None)
+    if not cfg.teacher.name or not cfg.teacher.cache:
+        print("vidmask teacher cache: the config needs teacher.name and teacher.cache "
+              f"(got teacher.name={cfg.teacher.name!r}, teacher.cache={cfg.teacher.cache!r})", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    teacher = build_teacher_from(cfg).to(device)
+    t0 = time.time()
+    cache = cached_or_built(cfg.teacher.cache, teacher, cfg.teacher.path or None, items, cfg.data.size,
+                            device=device, progress=True)
+    print(f"teacher cache in {cfg.teacher.cache}: {len(cache)} videos, {int(cache.counts.sum())} frames, "
+          f"{cache.nbytes / 1e6:.0f} MB, {time.time() - t0:.1f} s")
     return 0

@@ -6,10 +6,12 @@ Public API::
     flatten_captions(items) -> (texts, text_to_video)
     sample_indices(n, T, mode, generator) -> list[int]
     decode_frames(path, T, mode="middle", generator=None) -> uint8[T,H,W,3]
+    decode_sampled(path, T, mode="middle", generator=None) -> (uint8[T,H,W,3], frame indices)
+    decode_all_frames(path) -> uint8[n,H,W,3]
     VideoTransform(size, train, ...)(frames, caption, generator) -> (float[T,3,S,S], caption)
     swap_left_right(caption) -> str
     VideoTextDataset(items, num_frames, size, train, seed=0, ...)
-    collate_video_text(batch) -> {"video", "caption", "index", "path", "bad"}
+    collate_video_text(batch) -> {"video", "caption", "index", "frame_ids", "path", "bad"}
     BadSampleTracker(max_share, min_samples).update(num_good, bad)
 """
 
@@ -23,7 +25,15 @@ from vidmask.data.dataset import (
     sample_generator,
 )
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, swap_left_right
-from vidmask.data.video import VideoError, count_frames, decode_all_frames, decode_frames, load_image, sample_indices
+from vidmask.data.video import (
+    VideoError,
+    count_frames,
+    decode_all_frames,
+    decode_frames,
+    decode_sampled,
+    load_image,
+    sample_indices,
+)
 
 __all__ = [
     "AnnotationError",
@@ -40,6 +50,7 @@ __all__ = [
     "count_frames",
     "decode_all_frames",
     "decode_frames",
+    "decode_sampled",
     "flatten_captions",
     "load_annotations",
     "load_image",

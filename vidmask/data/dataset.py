@@ -30,7 +30,7 @@ from vidmask.data.video import (
     VideoError,
     count_frames,
     decode_all_frames,
-    decode_frames,
+    decode_sampled,
     load_image,
     sample_indices,
 )
@@ -93,7 +93,7 @@ class FrameCache:
 
 
 class VideoTextDataset(Dataset):
-    """``items[i]`` -> ``{"video": float[T,3,S,S], "caption": str, "index": i, "path": str}``.
+    """``items[i]`` -> ``{"video": float[T,3,S,S], "caption": str, "index": i, "path": str, "frame_ids": long[T]}``.
 
     Training (``train=True``): a random caption of the item, ``rand`` frame
     sampling, the training transform, all from the sample's own generator
@@ -168,17 +168,18 @@ class VideoTextDataset(Dataset):
         """Indices into :attr:`texts` of the captions of video i."""
         return [j for j, v in enumerate(self.text_to_video) if v == i]
 
-    def _frames(self, i: int, item: VideoText, generator: torch.Generator) -> Tensor:
+    def _frames(self, i: int, item: VideoText, generator: torch.Generator) -> tuple[Tensor, list[int]]:
+        """(frames uint8[T,H,W,3], their indices in the video)."""
         T = self.num_frames
         if self.cache is not None and i in self.cache.errors:
             raise VideoError(item.path, self.cache.errors[i])
         cached = self.cache.get(i) if self.cache is not None else None
         if cached is not None:
             idx = sample_indices(cached.shape[0], T, self.sample_mode, generator)
-            return torch.from_numpy(cached[idx])  # (T, H, W, 3), fancy indexing copies
+            return torch.from_numpy(cached[idx]), idx  # (T, H, W, 3), fancy indexing copies
         if item.is_image:
-            return torch.from_numpy(load_image(item.path)).expand(T, -1, -1, -1)  # (T, H, W, 3)
-        return decode_frames(item.path, T, self.sample_mode, generator)  # (T, H, W, 3)
+            return torch.from_numpy(load_image(item.path)).expand(T, -1, -1, -1), [0] * T  # (T, H, W, 3)
+        return decode_sampled(item.path, T, self.sample_mode, generator)  # (T, H, W, 3), T indices
 
     def _load(self, i: int) -> dict:
         item = self.items[i]
@@ -190,9 +191,10 @@ class VideoTextDataset(Dataset):
             caption = item.captions[int(torch.randint(len(item.captions), (), generator=g))]
         else:
             caption = item.captions[0]
-        frames = self._frames(i, item, g)  # (T, H, W, 3)
+        frames, frame_ids = self._frames(i, item, g)  # (T, H, W, 3), T indices
         video, caption = self.transform(frames, caption, g)  # (T, 3, S, S)
-        return {"video": video, "caption": caption, "index": i, "path": str(item.path)}
+        return {"video": video, "caption": caption, "index": i, "path": str(item.path),
+                "frame_ids": torch.tensor(frame_ids, dtype=torch.long)}  # (T,)
 
     def __getitem__(self, i: int) -> dict:
         try:
@@ -214,7 +216,8 @@ def collate_video_text(batch: list[dict]) -> dict:
     """Stack the good samples, list the bad ones.
 
     Returns ``video`` float[B,T,3,S,S], ``caption`` list[str], ``index``
-    long[B], ``path`` list[str] and ``bad`` list[(path, error)], where B
+    long[B], ``frame_ids`` long[B,T] (which frames of each video),
+    ``path`` list[str] and ``bad`` list[(path, error)], where B
     counts good samples only. When every sample is bad, B = 0 and ``video``
     is an empty tensor: the trainer skips the step.
     """
@@ -225,6 +228,7 @@ def collate_video_text(batch: list[dict]) -> dict:
         "video": video,
         "caption": [s["caption"] for s in good],
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),  # (B,)
+        "frame_ids": torch.stack([s["frame_ids"] for s in good]) if good else torch.empty(0, dtype=torch.long),  # (B, T)
         "path": [s["path"] for s in good],
         "bad": bad,
     }

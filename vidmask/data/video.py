@@ -205,10 +205,24 @@ def decode_frames(
     Raises :class:`VideoError` for a missing, empty, truncated or corrupt
     file, one with no video stream, or one with no decodable frame.
     """
+    return decode_sampled(path, T, mode, generator)[0]
+
+
+def decode_sampled(
+    path: str | Path,
+    T: int,
+    mode: SampleMode = "middle",
+    generator: Generator | None = None,
+) -> tuple[Tensor, list[int]]:
+    """:func:`decode_frames` and the indices of the frames it returned (an image: all 0).
+
+    The indices are those of :func:`decode_all_frames`' output, so per-frame
+    features computed from that (:mod:`vidmask.teachers.cache`) can be looked up.
+    """
     path = Path(path)
     if is_image_path(path):
         image = torch.from_numpy(load_image(path))  # (1, H, W, 3)
-        return image.expand(T, -1, -1, -1).contiguous()  # (T, H, W, 3)
+        return image.expand(T, -1, -1, -1).contiguous(), [0] * T  # (T, H, W, 3)
     container = _open_video(path)
     try:
         declared = container.streams.video[0].frames
@@ -234,7 +248,7 @@ def decode_frames(
                 f"but only {decoded} decode",
             )
         indices = [min(i, decoded - 1) for i in indices]
-    return _stack(path, [frames[i] for i in indices])  # (T, H, W, 3)
+    return _stack(path, [frames[i] for i in indices]), indices  # (T, H, W, 3)
 
 
 def decode_all_frames(path: str | Path) -> Tensor:

@@ -141,8 +141,9 @@ def _order_stats(rows: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     W = padded.shape[1]
     # column of rank r: upper rows hold the top c values right-aligned, lower rows the bottom c left-aligned
     shift = W - R if upper else 0
-    v_lo = padded.kthvalue(lo + shift + 1, dim=1).values  # (F,)
-    v_hi = v_lo if hi == lo else padded.kthvalue(hi + shift + 1, dim=1).values  # (F,)
+    # (a column outside 1..W means every row was misled; the loop below answers them all)
+    v_lo = padded.kthvalue(min(W, max(1, lo + shift + 1)), dim=1).values  # (F,)
+    v_hi = v_lo if hi == lo else padded.kthvalue(min(W, max(1, hi + shift + 1)), dim=1).values  # (F,)
     for f, c in enumerate(counts):  # the sample misled us: select on the whole row
         if (upper and R - c > lo) or (not upper and hi >= c):
             v_lo[f] = rows[f].kthvalue(lo + 1).values

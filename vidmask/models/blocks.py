@@ -19,12 +19,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        B, M, C = x.shape
         ctx = x if context is None else context  # (B or 1, S, C)
-        h, Bc = self.heads, ctx.shape[0]
+        return self.attend(x, self.kv(ctx), attn_mask)  # (B, M, C)
+
+    def attend(self, x: Tensor, kv: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Queries from x [B,M,C] over already projected keys and values ``kv = self.kv(context)``
+        [B or 1, S, 2C] -> [B,M,C].
+
+        Split from :meth:`forward` for callers that project each context token
+        once and reuse it in many overlapping contexts (sliding windows).
+        """
+        B, M, C = x.shape
+        h, Bc = self.heads, kv.shape[0]
         q = self.q(x).reshape(B, M, h, C // h).transpose(1, 2)  # (B, h, M, C/h)
         # a context of batch 1 is shared by every row: keys and values computed once
-        k, v = self.kv(ctx).reshape(Bc, ctx.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (Bc, h, S, C/h)
+        k, v = kv.reshape(Bc, kv.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (Bc, h, S, C/h)
         if Bc != B:
             k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)  # (B, h, S, C/h)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, M, C/h)

@@ -56,21 +56,25 @@ def relevance_map(
     pooler: Callable[[Tensor], Tensor],
     window: int = 3,
     chunk: int = 8192,
+    pool_windows: Callable[[Tensor, int], Tensor] | None = None,
 ) -> Tensor:
     """Algorithm III: per-token video-text relevance, float[B,T,N].
 
     tokens: teacher tokens float[B,T,N,C] (patch tokens only, N square);
     text: the clip's caption feature float[B,D]; pooler: the teacher's
     pooler mapping windows [M, window*window, C] -> [M, D]; window: odd side
-    of the sliding window; chunk: windows per pooler call (memory bound).
+    of the sliding window; chunk: windows per pooler call (memory bound);
+    pool_windows: optional ``(frames [F,N,C], window) -> [F*N, D]`` equal to
+    ``pooler(window_tokens(frames, window))`` but cheaper
+    (:meth:`vidmask.teachers.base.Teacher.pool_windows`).
     Call it under ``torch.no_grad()``: it is a target.
     """
     B, T, N, C = tokens.shape
     frames = tokens.reshape(B * T, N, C)  # (B*T, N, C)
+    window_tokens(frames[:1], window)  # shape checks (square grid, odd window) whichever path runs
     per = max(1, chunk // N)  # frames per pooler call
-    pooled = torch.cat(
-        [pooler(window_tokens(frames[s : s + per], window)) for s in range(0, B * T, per)]
-    )  # (B*T*N, D)
+    pool = pool_windows or (lambda f, w: pooler(window_tokens(f, w)))
+    pooled = torch.cat([pool(frames[s : s + per], window) for s in range(0, B * T, per)])  # (B*T*N, D)
     x = F.normalize(pooled.float(), dim=-1).reshape(B, T * N, -1)  # (B, L, D)
     y = F.normalize(text.float(), dim=-1)  # (B, D)
     return torch.einsum("bld,bd->bl", x, y).reshape(B, T, N)  # (B, T, N)

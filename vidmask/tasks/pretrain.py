@@ -32,6 +32,7 @@ from vidmask.objectives.relevance import RelevanceDecoder, relevance_loss, relev
 from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
 from vidmask.objectives.vtc import vtc_loss
 from vidmask.objectives.vtm import VtmHead, vtm_loss
+from vidmask.teachers.base import TeacherOut
 
 
 def masker_input(model: VideoTextModel, video: Tensor) -> Tensor:
@@ -47,13 +48,18 @@ class PretrainTask(nn.Module):
     """
 
     def __init__(self, model: VideoTextModel, masker: Masker, loss: LossConfig | None = None,
-                 teacher: nn.Module | None = None, frames: int = 8, grid: int = 8):
+                 teacher: nn.Module | None = None, frames: int = 8, grid: int = 8, teacher_cache=None):
+        """teacher_cache: a :class:`~vidmask.teachers.cache.TeacherCache` of the
+        training videos' per-frame teacher features; batches that carry
+        ``index`` and ``frame_ids`` are looked up there instead of running the
+        teacher's trunk."""
         super().__init__()
         self.model = model
         self.masker = masker
         self.loss_cfg = cfg = loss or LossConfig()
         # a list hides the frozen teacher from state_dict, the optimizer and DDP
         self._teacher = [teacher]
+        self.teacher_cache = teacher_cache
         if cfg.needs_teacher() and teacher is None:
             raise ValueError(f"loss.{cfg.needs_teacher()[0]} needs a teacher")
         if isinstance(masker, nn.Module):  # a learnable strategy (stm) trains with the model
@@ -84,13 +90,25 @@ class PretrainTask(nn.Module):
             self.teacher._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
-    def choose_tokens(self, video: Tensor, generator: torch.Generator | None):
-        """(MaskOut, TeacherOut | None): the mask is computed in float32, outside autocast."""
+    def run_teacher(self, batch: dict) -> TeacherOut | None:
+        """The teacher on a batch: from the cache when there is one, else the whole teacher."""
+        if self.teacher is None:
+            return None
+        video = batch["video"]  # (B, T, 3, H, W)
         grid = video.shape[-1] // self.model.visual.patch
-        teacher_out = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_out = self.teacher(video, grid=grid)  # tokens (B, T, N, D), attn (B, T, N)
+        with torch.no_grad():
+            if self.teacher_cache is not None and "frame_ids" in batch:
+                feats = self.teacher_cache.lookup(batch["index"], batch["frame_ids"]).to(video.device)
+                return self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
+            return self.teacher(video, grid=grid)  # tokens (B, T, N, D), attn (B, T, N)
+
+    def choose_tokens(self, video: Tensor, generator: torch.Generator | None,
+                      teacher_out: TeacherOut | None = None):
+        """(MaskOut, TeacherOut | None): the mask is computed in float32, outside autocast.
+
+        ``teacher_out``: the teacher's output on ``video``, if already computed."""
+        if self.teacher is not None and teacher_out is None:
+            teacher_out = self.run_teacher({"video": video})
         with torch.autocast(video.device.type, enabled=False):
             if teacher_out is not None:
                 tokens = F.normalize(teacher_out.tokens.float(), dim=-1)  # (B, T, N, D)
@@ -110,7 +128,7 @@ class PretrainTask(nn.Module):
         cfg = self.loss_cfg
         T, H = video.shape[1], video.shape[3]
         N = (H // self.model.visual.patch) ** 2
-        out, t_out = self.choose_tokens(video, generator)
+        out, t_out = self.choose_tokens(video, generator, self.run_teacher(batch))
         st_weight = (out.extra or {}).get("st_weight")  # (B, K) or None
         embedded = self.model.visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
         feats = self.model.visual.forward_features(embedded, None, st_weight,
@@ -140,7 +158,8 @@ class PretrainTask(nn.Module):
         if cfg.relevance > 0:
             with torch.no_grad():
                 text_feat = self.teacher.encode_text(captions)  # (B, E_teacher)
-                target = relevance_map(t_out.tokens, text_feat, self.teacher.pool, cfg.relevance_window)  # (B, T, N)
+                target = relevance_map(t_out.tokens, text_feat, self.teacher.pool, cfg.relevance_window,
+                                       pool_windows=self.teacher.pool_windows)  # (B, T, N)
             pred = self.relevance_decoder(feats, out.ids_keep, T, N)  # (B, T*N)
             losses["relevance_loss"] = cfg.relevance * relevance_loss(pred, target, out.keep)["relevance_loss"]
         if cfg.stm > 0:

@@ -10,6 +10,7 @@ Public API::
 """
 
 from vidmask.teachers.base import (
+    FrameFeatures,
     Teacher,
     TeacherOut,
     build_teacher,
@@ -22,6 +23,7 @@ from vidmask.teachers.hf_clip import HfClipTeacher  # registers hf-clip
 from vidmask.teachers.lit_effnet import LitEffnetConfig, LitEffnetTeacher, train_lit_teacher  # registers lit-effnet
 
 __all__ = [
+    "FrameFeatures",
     "HfClipTeacher",
     "LitEffnetConfig",
     "LitEffnetTeacher",

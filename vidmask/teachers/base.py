@@ -18,6 +18,13 @@ loader makes it) a teacher returns a :class:`TeacherOut`, computed under
 and offers ``pool(tokens [M,W,D]) -> [M,E]`` (unit norm; any set of W tokens
 to the joint space) and ``encode_text(captions) -> [B,E]`` (unit norm).
 
+The work is split in two so that the expensive half can be cached
+(:mod:`vidmask.teachers.cache`): :meth:`Teacher.encode_frames` runs the trunk
+on every frame independently and returns :class:`FrameFeatures` on the
+teacher's own grid; :meth:`Teacher.from_frames` (cheap: resampling, attention
+pooling) turns them into the :class:`TeacherOut` above. ``teacher(video)`` is
+``from_frames(encode_frames(video))``.
+
 Teachers are looked up by exact name: ``build_teacher("lit-effnet")``,
 ``build_teacher("hf-clip", path=...)``; :func:`list_teachers` names them.
 """
@@ -40,6 +47,26 @@ class TeacherOut:
     tokens: Tensor  # float[B,T,N,D] per-token features on the student's grid
     attn: Tensor  # float[B,T,N] CLS-to-patch attention; every frame's row sums to 1
     video: Tensor  # float[B,E] unit-norm clip feature in the joint space
+
+
+@dataclass
+class FrameFeatures:
+    """The expensive half of a teacher's output, frame by frame, on the teacher's own grid.
+
+    Each frame's features depend on that frame's pixels only, so they can be
+    computed once per frame of a corpus and gathered per batch.
+    """
+
+    tokens: Tensor  # float[B,T,n,D] per-token features, n = the teacher's grid squared
+    attn: Tensor | None = None  # float[B,T,n] CLS-to-patch attention, for teachers whose trunk gives it
+    cls: Tensor | None = None  # float[B,T,E] per-frame global feature, for teachers that have one
+
+    def fields(self) -> dict[str, Tensor]:
+        """The tensors that are set, by name."""
+        return {k: v for k, v in (("tokens", self.tokens), ("attn", self.attn), ("cls", self.cls)) if v is not None}
+
+    def to(self, device: torch.device | str) -> "FrameFeatures":
+        return FrameFeatures(**{k: v.to(device, non_blocking=True) for k, v in self.fields().items()})
 
 
 def resample_grid(tokens: Tensor, N: int) -> Tensor:
@@ -77,8 +104,8 @@ class Teacher(nn.Module):
     """Base of every teacher: frozen, always in eval mode, no gradient in ``forward``.
 
     Subclasses set ``token_dim`` (D), ``embed_dim`` (E) and implement
-    :meth:`_encode` (tokens at the target grid), :meth:`pool` and
-    :meth:`encode_text`.
+    :meth:`encode_frames` (the trunk, per frame), :meth:`from_frames` (to the
+    target grid), :meth:`pool` and :meth:`encode_text`.
     """
 
     name: str = ""
@@ -106,9 +133,14 @@ class Teacher(nn.Module):
             raise ValueError(f"{self.name}: video must be [B,T,3,H,W], got {tuple(video.shape)}")
         grid = grid or video.shape[-1] // self.student_patch
         with torch.no_grad():
-            return self._encode(video, grid)
+            return self.from_frames(self.encode_frames(video), grid)
 
-    def _encode(self, video: Tensor, grid: int) -> TeacherOut:  # pragma: no cover - abstract
+    def encode_frames(self, video: Tensor) -> FrameFeatures:  # pragma: no cover - abstract
+        """The trunk, frame by frame: video float[B,T,3,H,W] -> FrameFeatures on the teacher's grid."""
+        raise NotImplementedError
+
+    def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:  # pragma: no cover - abstract
+        """FrameFeatures (computed now or cached) -> TeacherOut on a grid x grid token grid per frame."""
         raise NotImplementedError
 
     def pool(self, tokens: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -118,6 +150,13 @@ class Teacher(nn.Module):
     def encode_text(self, captions: list[str]) -> Tensor:  # pragma: no cover - abstract
         """captions -> unit-norm joint-space features [B,E]."""
         raise NotImplementedError
+
+    def pool_windows(self, frames: Tensor, window: int) -> Tensor:
+        """:meth:`pool` of every token's ``window x window`` neighbourhood (replicate padding):
+        frames float[F,N,D] -> [F*N,E]. Teachers whose pooler has per-token work override it."""
+        from vidmask.objectives.relevance import window_tokens
+
+        return self.pool(window_tokens(frames, window))  # (F*N, E)
 
 
 _REGISTRY: dict[str, Callable[..., Teacher]] = {}

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vidmask.teachers.base import Teacher, TeacherOut, register_teacher, resample_attn, resample_grid
+from vidmask.teachers.base import FrameFeatures, Teacher, TeacherOut, register_teacher, resample_attn, resample_grid
 
 
 class HfClipTeacher(Teacher):
@@ -90,16 +90,24 @@ class HfClipTeacher(Teacher):
         attn = out.attentions[-1][:, :, 0, 1:].float().mean(1)  # (F, n) last block, CLS query, head mean
         return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)  # (F, n) rows sum to 1
 
-    def _encode(self, video: Tensor, grid: int) -> TeacherOut:
+    def encode_frames(self, video: Tensor) -> FrameFeatures:
+        """The vision tower per frame: [B,T,3,H,W] -> projected patch tokens [B,T,n,E],
+        CLS attention [B,T,n] and projected CLS [B,T,E], on CLIP's own patch grid."""
         B, T = video.shape[:2]
         frames = video.flatten(0, 1).to(self.model.dtype)  # (B*T, 3, H, W)
-        parts = [self._frames(frames[s : s + self.frame_chunk]) for s in range(0, frames.shape[0], self.frame_chunk)]
+        with torch.no_grad():
+            parts = [self._frames(frames[s : s + self.frame_chunk]) for s in range(0, frames.shape[0], self.frame_chunk)]
         proj = torch.cat([p for p, _ in parts])  # (B*T, 1+n, E)
         attn = torch.cat([a for _, a in parts])  # (B*T, n)
-        n, N = proj.shape[1] - 1, grid * grid
-        tokens = resample_grid(proj[:, 1:].reshape(B, T, n, -1), N)  # (B, T, N, E)
-        attn = resample_attn(attn.reshape(B, T, n), N)  # (B, T, N)
-        clip = F.normalize(proj[:, 0].reshape(B, T, -1).float().mean(1), dim=-1)  # (B, E)
+        n = proj.shape[1] - 1
+        return FrameFeatures(tokens=proj[:, 1:].reshape(B, T, n, -1), attn=attn.reshape(B, T, n),
+                             cls=proj[:, 0].reshape(B, T, -1))  # (B, T, n, E), (B, T, n), (B, T, E)
+
+    def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:
+        N = grid * grid
+        tokens = resample_grid(feats.tokens, N)  # (B, T, N, E)
+        attn = resample_attn(feats.attn, N)  # (B, T, N)
+        clip = F.normalize(feats.cls.float().mean(1), dim=-1)  # (B, E) mean of the frames' CLS features
         return TeacherOut(tokens=tokens, attn=attn, video=clip)
 
     def pool(self, tokens: Tensor) -> Tensor:

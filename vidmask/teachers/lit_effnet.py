@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD
 from vidmask.models.blocks import Attention
-from vidmask.teachers.base import Teacher, TeacherOut, register_teacher, resample_grid
+from vidmask.teachers.base import FrameFeatures, Teacher, TeacherOut, register_teacher, resample_grid
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,26 @@ class AttentionPool(nn.Module):
         self.proj = nn.Linear(dim, out_dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        ctx = self.norm_in(tokens)  # (M, W, D)
-        q = self.query.expand(tokens.shape[0], -1, -1).to(ctx.dtype)  # (M, 1, D)
-        x = self.attn(q, context=ctx)  # (M, 1, D)
+        return self._pool_kv(self.attn.kv(self.norm_in(tokens)))  # (M, E)
+
+    def forward_windows(self, frames: Tensor, window: int) -> Tensor:
+        """``forward(window_tokens(frames, window))`` for every token's window at once:
+        frames float[F,N,D] -> [F*N, E].
+
+        The input norm and the key / value projection act on each token alone,
+        so they run once per token and the projected tokens are windowed,
+        instead of once per (token, window) pair: window*window times fewer
+        multiply-adds in the projection, the bulk of the cost.
+        """
+        from vidmask.objectives.relevance import window_tokens
+
+        kv = self.attn.kv(self.norm_in(frames))  # (F, N, 2D): per token, once
+        return self._pool_kv(window_tokens(kv, window))  # (F*N, E)
+
+    def _pool_kv(self, kv: Tensor) -> Tensor:
+        """The learned query over projected token sets kv [M,W,2D] -> [M,E]."""
+        q = self.query.expand(kv.shape[0], -1, -1).to(kv.dtype)  # (M, 1, D)
+        x = self.attn.attend(q, kv)  # (M, 1, D)
         return self.proj(self.norm_out(x[:, 0]))  # (M, E)
 
     def weights(self, tokens: Tensor) -> Tensor:
@@ -203,6 +220,10 @@ class LitEffnetTeacher(Teacher):
         """Any token set [M,W,D] -> unit-norm joint-space features [M,E] (the attention-pooling head)."""
         return F.normalize(self.pool_head(tokens), dim=-1)  # (M, E)
 
+    def pool_windows(self, frames: Tensor, window: int) -> Tensor:
+        """``pool`` of every token's window: frames [F,N,D] -> [F*N,E], per-token work done once."""
+        return F.normalize(self.pool_head.forward_windows(frames, window), dim=-1)  # (F*N, E)
+
     def text_from_pooled(self, pooled: Tensor) -> Tensor:
         """MiniLM mean-pooled embeddings [B,W] -> unit-norm joint-space features [B,E]."""
         return F.normalize(self.text_proj(F.normalize(pooled.float(), dim=-1)), dim=-1)  # (B, E)
@@ -214,12 +235,18 @@ class LitEffnetTeacher(Teacher):
 
     # ---- the teacher ------------------------------------------------------
 
-    def _encode(self, video: Tensor, grid: int) -> TeacherOut:
-        B, T = video.shape[:2]
-        tokens = self.project(self.trunk_features(video), grid)  # (B, T, N, D)
-        N = tokens.shape[2]
-        attn = self.pool_head.weights(tokens.flatten(0, 1)).reshape(B, T, N)  # (B, T, N)
-        clip = self.pool(tokens.flatten(1, 2))  # (B, E)
+    def encode_frames(self, video: Tensor) -> FrameFeatures:
+        """Trunk and token projection per frame: [B,T,3,H,W] -> tokens [B,T,n,D] on the trunk's grid."""
+        with torch.no_grad():
+            return FrameFeatures(tokens=self.token_proj(self.trunk_features(video).float()))  # (B, T, n, D)
+
+    def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:
+        B, T = feats.tokens.shape[:2]
+        with torch.no_grad():
+            tokens = resample_grid(feats.tokens.float(), grid * grid)  # (B, T, N, D)
+            N = tokens.shape[2]
+            attn = self.pool_head.weights(tokens.flatten(0, 1)).reshape(B, T, N)  # (B, T, N)
+            clip = self.pool(tokens.flatten(1, 2))  # (B, E)
         return TeacherOut(tokens=tokens, attn=attn, video=clip)
 
     # ---- persistence ------------------------------------------------------

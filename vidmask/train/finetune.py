@@ -170,7 +170,7 @@ def run_finetune(cfg: Config, resume: bool = False) -> Path:
 def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tuple[dict, str]:
     """Evaluate a fine-tuned (or pretrained, for retrieval) run's weights on its test file (or `anno`)."""
     if anno is not None:
-        cfg.data.test_anno = str(anno)
+        cfg.data.test_anno = str(Path(anno).resolve())  # a command-line path is relative to the working folder
     cfg.finetune.init = ""
     job = finetune_job(cfg, device)
     ckpt.load_weights(job.task, weights, strict=True)

@@ -46,14 +46,32 @@ def build_teacher_from(cfg: Config):
     return build_teacher(cfg.teacher.name, **kw)
 
 
-def build_task(cfg: Config, model: VideoTextModel, teacher=None) -> PretrainTask:
+def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
+    """The per-frame teacher features of the training videos (`teacher.cache`), or None.
+
+    Built once by rank 0 in `teacher.cache` (a file named by the teacher's
+    weights, the videos and the frame size, so a stale one is never read),
+    then loaded by every rank.
+    """
+    if teacher is None or not cfg.teacher.cache:
+        return None
+    from vidmask.teachers.cache import cached_or_built
+
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    kw = dict(teacher=teacher, teacher_path=cfg.teacher.path or None, items=items, size=cfg.data.size)
+    cache = cached_or_built(cfg.teacher.cache, device=device, progress=True, **kw) if main else None
+    barrier()
+    return cache if main else cached_or_built(cfg.teacher.cache, build=False, **kw)
+
+
+def build_task(cfg: Config, model: VideoTextModel, teacher=None, teacher_cache=None) -> PretrainTask:
     params = dict(cfg.mask.params)
     if cfg.mask.strategy == "stm" and "dim" not in params:
         # stm looks at what the masker sees: teacher tokens, or pixel patches
         params["dim"] = teacher.token_dim if teacher is not None else cfg.model.patch * cfg.model.patch * 3
     masker = build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio, **params)
     return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
-                        grid=cfg.data.size // cfg.model.patch)
+                        grid=cfg.data.size // cfg.model.patch, teacher_cache=teacher_cache)
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -116,9 +134,12 @@ class Job:
 def pretrain_job(cfg: Config, device: torch.device, model: VideoTextModel | None = None) -> Job:
     """Pretraining, or retrieval fine-tuning when given an initialised `model`."""
     model = model if model is not None else build_model(cfg).to(device)
-    task = build_task(cfg, model, build_teacher_from(cfg)).to(device)
     root = cfg.data.root()
     items = load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    teacher = build_teacher_from(cfg)
+    if teacher is not None:
+        teacher.to(device)
+    task = build_task(cfg, model, teacher, teacher_cache_for(cfg, teacher, items, device)).to(device)
     test_path = cfg.data.path(cfg.data.test_anno)
     # read before training, so a broken test file stops the run at once, not after it
     test = load_annotations(test_path, root=root) if cfg.data.test_anno else None
