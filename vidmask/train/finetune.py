@@ -119,19 +119,20 @@ def caption_table(r: dict) -> str:
 
 # ---------------------------------------------------------------- jobs
 
-def init_model(cfg: Config, device) -> VideoTextModel:
+def init_model(cfg: Config, device, evaluating: bool = False) -> VideoTextModel:
     model = build_model(cfg)
     if cfg.finetune.init:
         ckpt.load_model_weights(model, cfg.finetune.init)
         log.info("initialised from %s", cfg.finetune.init)
-    else:
+    elif not evaluating:
         log.info("no finetune.init: training from scratch")
     return model.to(device)
 
 
-def finetune_job(cfg: Config, device: torch.device) -> Job:
+def finetune_job(cfg: Config, device: torch.device, evaluating: bool = False) -> Job:
+    """evaluating: the job only evaluates weights loaded afterwards (no "from scratch" message)."""
     task_name = cfg.finetune.task
-    model = init_model(cfg, device)
+    model = init_model(cfg, device, evaluating)
     train_path, test_path = cfg.data.path(cfg.data.train_anno), cfg.data.path(cfg.data.test_anno)
     root = cfg.data.root()
     if task_name == "retrieval":
@@ -171,7 +172,9 @@ def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tupl
     """Evaluate a fine-tuned (or pretrained, for retrieval) run's weights on its test file (or `anno`)."""
     if anno is not None:
         cfg.data.test_anno = str(Path(anno).resolve())  # a command-line path is relative to the working folder
-    cfg.finetune.init = ""
-    job = finetune_job(cfg, device)
+    cfg.finetune.init = ""  # the weights below replace whatever the model starts from
+    cfg.teacher.cache = ""  # evaluation never runs the teacher on training frames
+    job = finetune_job(cfg, device, evaluating=True)
     ckpt.load_weights(job.task, weights, strict=True)
+    log.info("evaluating the weights of %s", weights)
     return job.evaluate(), job.summary
