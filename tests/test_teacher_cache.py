@@ -125,3 +125,25 @@ def test_teacher_cache_command_prebuilds_what_pretraining_reads(tiny_set, tiny_c
     assert path.stat().st_mtime_ns == stamp  # pretraining found it and did not rebuild it
     p = vidmask("teacher", "cache", f"data.corpus={tiny_set}", check=False)
     assert p.returncode == 2 and "teacher.cache" in p.stderr
+
+
+def test_two_processes_build_the_cache_once_and_both_read_it(tiny_set, tiny_clip_dir, tmp_path):
+    """Under torchrun rank 0 builds the cache while rank 1 waits at a barrier, then both train from it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_train import free_port
+
+    run, cache = tmp_path / "ddp", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "vidmask", "pretrain", f"data.corpus={tiny_set}", *TINY,
+           "data.size=64", "data.test_anno=", "train.steps=2", "train.device=cpu", f"run_dir={run}",
+           "teacher.name=hf-clip", f"teacher.path={tiny_clip_dir}", f"teacher.cache={cache}",
+           "mask.strategy=umt", "mask.ratio=0.5", "loss.align=1.0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert len(list(cache.glob("*.safetensors"))) == 1 and not list(cache.glob("*.tmp*"))
+    assert "align_loss" in first_losses(run)
