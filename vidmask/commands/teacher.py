@@ -71,11 +71,10 @@ def run_cache(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    import torch
-
     from vidmask.commands.runconfig import config_from_args
     from vidmask.data import load_annotations
     from vidmask.teachers.cache import cached_or_built
+    from vidmask.train.distributed import pick_device
     from vidmask.train.pretrain import build_teacher_from
 
     cfg = config_from_args(args.config, args.overrides, None)
@@ -85,7 +84,7 @@ def run_cache(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    device = pick_device(cfg.train.device, 0)
     teacher = build_teacher_from(cfg).to(device)
     t0 = time.time()
     cache = cached_or_built(cfg.teacher.cache, teacher, cfg.teacher.path or None, items, cfg.data.size,

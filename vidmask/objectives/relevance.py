@@ -27,6 +27,16 @@ from vidmask.models.blocks import Block, init_weights
 from vidmask.models.video_vit import resample_space, resample_time
 
 
+def check_window(N: int, window: int) -> int:
+    """The side of a square grid of N tokens, after checking that an odd ``window`` fits it."""
+    L = math.isqrt(N)
+    if L * L != N:
+        raise ValueError(f"relevance needs a square token grid per frame, got N={N} (a CLS token left in?)")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"relevance window must be odd and >= 1 (a centre token), got {window}")
+    return L
+
+
 def window_tokens(frames: Tensor, window: int) -> Tensor:
     """Every token's neighbourhood: frames float[F,N,C] -> [F*N, window*window, C].
 
@@ -36,11 +46,7 @@ def window_tokens(frames: Tensor, window: int) -> Tensor:
     the centre token is at index ``window*window // 2``.
     """
     Fr, N, C = frames.shape
-    L = math.isqrt(N)
-    if L * L != N:
-        raise ValueError(f"relevance needs a square token grid per frame, got N={N} (a CLS token left in?)")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"relevance window must be odd and >= 1 (a centre token), got {window}")
+    L = check_window(N, window)
     x = frames.transpose(1, 2).reshape(Fr, C, L, L)  # (F, C, L, L)
     r = window // 2
     if r:
@@ -71,7 +77,7 @@ def relevance_map(
     """
     B, T, N, C = tokens.shape
     frames = tokens.reshape(B * T, N, C)  # (B*T, N, C)
-    window_tokens(frames[:1], window)  # shape checks (square grid, odd window) whichever path runs
+    check_window(N, window)  # whichever pooling path runs
     per = max(1, chunk // N)  # frames per pooler call
     pool = pool_windows or (lambda f, w: pooler(window_tokens(f, w)))
     pooled = torch.cat([pool(frames[s : s + per], window) for s in range(0, B * T, per)])  # (B*T*N, D)

@@ -218,7 +218,9 @@ def cached_or_built(folder: str | Path, teacher: Teacher, teacher_path: str | Pa
         if not build:
             raise FileNotFoundError(f"teacher cache {path} was not built")
         log.info("building the teacher cache %s (every frame of %d videos, once)", path, len(items))
-        TeacherCache.build(teacher, items, size, **kw).save(path)
-    cache = TeacherCache.load(path)
+        cache = TeacherCache.build(teacher, items, size, **kw)
+        cache.save(path)  # the built cache is used as it is: no second read of what was just written
+    else:
+        cache = TeacherCache.load(path)
     log.info("teacher cache %s: %d frames, %.0f MB", path, int(cache.counts.sum()), cache.nbytes / 1e6)
     return cache
