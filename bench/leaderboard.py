@@ -92,7 +92,7 @@ def summarise(results: dict[str, list[dict]]) -> list[list]:
     return rows
 
 
-def chart(results: dict[str, list[dict]], path: Path) -> None:
+def chart(results: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +105,8 @@ def chart(results: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, means, yerr=errs, capsize=4, color="#4c72b0")
     ax.set_ylabel("t2v R@1 (%), mean ± 95 % CI")
-    ax.set_title("Zero-shot retrieval on the motion-shapes corpus, same training steps")
+    ax.set_title(f"Zero-shot retrieval on the motion-shapes corpus, {title}", fontsize=10)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,9 +144,14 @@ def main() -> None:
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
                 f"## Same training steps ({args.steps})\n\n" + table(head, summarise(same_steps)))
         if same_time:
-            body += (f"\n\n## Same wall-clock ({args.minutes:g} minutes of training per run)\n\n"
-                     + table(head, summarise(same_time)))
-        chart(same_steps, RESULTS / f"{args.name}.png")
+            seeds_done = len(next(iter(same_time.values())))
+            body += (f"\n\n## Same wall-clock ({args.minutes:g} minutes of training per run, {seeds_done} "
+                     f"seed(s) so far)\n\nEach recipe's step count is the budget divided by its mean step "
+                     f"time in the table above.\n\n"
+                     + table(head, summarise(same_time))
+                     + f"\n\n![t2v R@1 at the same wall-clock]({args.name}-wallclock.png)")
+            chart(same_time, RESULTS / f"{args.name}-wallclock.png", f"{args.minutes:g} min per run")
+        chart(same_steps, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
         body += f"\n\n![t2v R@1 by recipe]({args.name}.png)\n"
         write(f"{args.name}.md", "Recipe leaderboard", body)
 
@@ -155,13 +161,15 @@ def main() -> None:
             same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher, extra))
         report(args.seeds[: i + 1])
     if args.minutes:
-        same_time = {}
-        for r, runs in same_steps.items():
-            sec = statistics.fmean(x["step_s"] for x in runs)
-            steps = max(10, int(args.minutes * 60 / sec))
-            same_time[r] = [run_recipe(r, s, steps, args.corpus, out / f"{r}-t{args.minutes:g}-s{s}", teacher, extra)
-                            for s in args.seeds]
-        report(args.seeds, same_time)
+        # each recipe's step count from its measured speed in table 1; seeds outside again
+        steps_for = {r: max(10, int(args.minutes * 60 / statistics.fmean(x["step_s"] for x in runs)))
+                     for r, runs in same_steps.items()}
+        same_time: dict[str, list[dict]] = {f"{r} ({n} steps)": [] for r, n in steps_for.items()}
+        for seed in args.seeds:
+            for r, n in steps_for.items():
+                same_time[f"{r} ({n} steps)"].append(
+                    run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
+            report(args.seeds, same_time)
 
 
 if __name__ == "__main__":
