@@ -68,3 +68,39 @@ def test_every_shipped_config_loads(path):
         assert not cfg.loss.needs_teacher() or cfg.teacher.name
     if path.parent.name == "base":
         assert cfg.model.dim == 768 and cfg.data.size == 224
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):  # an empty dict adds no key
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# the paper's ablation table (and the supplement's window table): what each recipe changes, and only that
+ABLATIONS = {
+    "clusterstm-no-cluster": {"mask.strategy": "random"},
+    "clusterstm-no-density": {"mask.strategy": "cluster-random"},
+    "clusterstm-no-relevance": {"loss.relevance": 0.0},
+    "clusterstm-ratio0.75": {"mask.ratio": 0.75},
+    "clusterstm-ratio0.85": {},
+    "clusterstm-ratio0.9": {"mask.ratio": 0.9},
+    "clusterstm-window1": {"loss.relevance_window": 1},
+    "clusterstm-density-topk": {"mask.strategy": "density-topk"},
+    "clusterstm-dynamics": {"mask.params.select": "dynamics"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_clusterstm_ablation_changes_one_thing(name):
+    from dataclasses import asdict
+
+    recipes = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+    ref = _flat(asdict(load_config(recipes / "clusterstm.yaml")))
+    abl = _flat(asdict(load_config(recipes / f"{name}.yaml")))
+    diff = {k: abl.get(k) for k in set(ref) | set(abl) if k != "name" and ref.get(k) != abl.get(k)}
+    assert diff == ABLATIONS[name]
+    assert abl["name"] == name
