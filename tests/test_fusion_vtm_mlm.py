@@ -59,6 +59,28 @@ def test_fusion_video_mask_equals_dropping_tokens():
     assert not torch.allclose(fusion(states, mask, video), fusion(states, mask, -video), atol=1e-3)
 
 
+def test_fusion_video_index_equals_gathered_clips():
+    # rows that share a clip read its keys and values computed once: same outputs and gradients
+    # as giving every row its own copy of the clip
+    torch.manual_seed(0)
+    fusion, states, mask, video = tiny(B=6)
+    clips = video[:3].clone().requires_grad_(True)  # (3, K, C)
+    index = torch.tensor([0, 2, 2, 1, 0, 2])
+    vmask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    got = fusion(states, mask, clips, vmask, video_index=index)
+    (got ** 2).sum().backward()
+    grads = [p.grad.clone() for p in fusion.parameters()]
+    fusion.zero_grad()
+    clips_ref = video[:3].clone().requires_grad_(True)
+    ref = fusion(states, mask, clips_ref[index], vmask[index])
+    (ref ** 2).sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(clips.grad, clips_ref.grad, atol=1e-4)
+    assert all(torch.allclose(a, p.grad, atol=1e-4) for a, p in zip(grads, fusion.parameters()))
+    with pytest.raises(ValueError, match="video_index"):
+        fusion(states, mask, clips, video_index=index[:4])
+
+
 # ---------------------------------------------------------------- VTM
 
 def test_hard_negatives_never_positive_and_follow_softmax():

@@ -45,10 +45,14 @@ class FusionLayer(nn.Module):
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
     def forward(self, x: Tensor, context: Tensor, self_mask: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        """x [B,S,W], context [B,K,W]; masks are SDPA bool masks (True = attend), broadcastable."""
+                context_mask: Tensor | None = None, context_index: Tensor | None = None) -> Tensor:
+        """x [B,S,W], context [B,K,W] (or [Nc,K,W] with ``context_index`` long[B]: row b reads
+        context ``context_index[b]``); masks are SDPA bool masks (True = attend), broadcastable."""
         x = x + self.self_attn(self.norm1(x), attn_mask=self_mask)  # (B, S, W)
-        x = x + self.cross_attn(self.norm2(x), context=context, attn_mask=context_mask)  # (B, S, W)
+        kv = self.cross_attn.kv(context)  # (Nc, K, 2W): each distinct context projected once
+        if context_index is not None:
+            kv = kv[context_index]  # (B, K, 2W)
+        x = x + self.cross_attn.attend(self.norm2(x), kv, attn_mask=context_mask)  # (B, S, W)
         return x + self.mlp(self.norm3(x))  # (B, S, W)
 
 
@@ -78,16 +82,29 @@ class FusionEncoder(nn.Module):
         return self.video_proj(video_tokens)  # (B, K, W)
 
     def forward(self, text_states: Tensor, text_mask: Tensor, video_tokens: Tensor,
-                video_mask: Tensor | None = None) -> Tensor:
+                video_mask: Tensor | None = None, video_index: Tensor | None = None) -> Tensor:
         """text_states [B,S,W], text_mask [B,S] (1 = token, 0 = padding),
         video_tokens [B,K,C] (or [1,K,C]: one clip shared by every text, projected once),
-        video_mask optional [B,K] (1 = real token) -> [B,S,W]."""
-        if video_tokens.shape[0] not in (1, text_states.shape[0]):
+        video_mask optional [B,K] (1 = real token) -> [B,S,W].
+
+        video_index: optional long[B]; then video_tokens is [Nv,K,C] and text b
+        reads clip ``video_index[b]``. Matching pairs each clip with several
+        texts (its caption and a hard negative): the clip's projection and
+        cross-attention keys and values are computed once per distinct clip,
+        not once per pair, which is most of the fusion's cost.
+        """
+        if video_index is not None:
+            if video_index.shape != text_states.shape[:1]:
+                raise ValueError(f"video_index {tuple(video_index.shape)} needs one entry per text row "
+                                 f"({text_states.shape[0]})")
+        elif video_tokens.shape[0] not in (1, text_states.shape[0]):
             raise ValueError(f"batch mismatch: text {tuple(text_states.shape)} vs video {tuple(video_tokens.shape)}")
-        ctx = self.project_video(video_tokens.to(text_states.dtype))  # (B, K, W)
+        ctx = self.project_video(video_tokens.to(text_states.dtype))  # (Nv, K, W)
         self_mask = key_padding_mask(text_mask)  # (B, 1, 1, S): padding is never a key
-        ctx_mask = key_padding_mask(video_mask)  # (B, 1, 1, K) or None
+        ctx_mask = key_padding_mask(video_mask)  # (Nv, 1, 1, K) or None
+        if ctx_mask is not None and video_index is not None:
+            ctx_mask = ctx_mask[video_index]  # (B, 1, 1, K)
         x = text_states  # (B, S, W)
         for layer in self.layers:
-            x = layer(x, ctx, self_mask, ctx_mask)  # (B, S, W)
+            x = layer(x, ctx, self_mask, ctx_mask, video_index)  # (B, S, W)
         return self.norm(x)  # (B, S, W)

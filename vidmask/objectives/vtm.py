@@ -57,9 +57,10 @@ def sample_hard_negatives(sim: Tensor, generator: torch.Generator | None = None,
 
 
 def match_logits(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, text_mask: Tensor,
-                 video_tokens: Tensor) -> Tensor:
-    """Two-way logits [B,2] (0 = no match, 1 = match) for aligned pairs of rows."""
-    fused = fusion(text_states, text_mask, video_tokens)  # (B, S, W)
+                 video_tokens: Tensor, video_index: Tensor | None = None) -> Tensor:
+    """Two-way logits [B,2] (0 = no match, 1 = match) for aligned pairs of rows
+    (or text b with clip ``video_index[b]``, see `FusionEncoder.forward`)."""
+    fused = fusion(text_states, text_mask, video_tokens, video_index=video_index)  # (B, S, W)
     return head(fused[:, 0])  # (B, 2): the [CLS] state decides
 
 
@@ -79,8 +80,10 @@ def vtm_loss(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, text_m
     # rows: (text i, video i) | (text i, hard video) | (hard text, video j)
     texts = torch.cat([text_states, text_states, text_states[neg_text]])  # (3B, S, W)
     masks = torch.cat([text_mask, text_mask, text_mask[neg_text]])  # (3B, S)
-    videos = torch.cat([video_tokens, video_tokens[neg_video], video_tokens])  # (3B, K, C)
-    logits = match_logits(fusion, head, texts, masks, videos)  # (3B, 2)
+    own = torch.arange(B, device=neg_video.device)  # (B,)
+    # each clip's keys and values are computed once and read by its three rows
+    videos = torch.cat([own, neg_video, own])  # (3B,) index into video_tokens
+    logits = match_logits(fusion, head, texts, masks, video_tokens, videos)  # (3B, 2)
     labels = (torch.arange(3 * B, device=logits.device) < B).long()  # (3B,): the first B rows match
     return {"vtm_loss": F.cross_entropy(logits.float(), labels)}
 
