@@ -12,7 +12,7 @@ from vidmask.config import ModelConfig, TextConfig
 from vidmask.metrics.caption import caption_metrics, java_available, simple_tokenize, tokenize
 from vidmask.metrics.qa import qa_accuracy
 from vidmask.models import VideoTextModel
-from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids
+from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids, start, step
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.qa import UNANSWERABLE, answer_ids, load_answer_list
 from vidmask.tasks.caption import CaptionTask
@@ -105,6 +105,39 @@ def test_decoder_is_causal():
     b = dec(torch.tensor([[1, 5, 6, 9, 3]]), vid)
     assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5)  # a changed future token changes no earlier output
     assert not torch.allclose(a[:, 3:], b[:, 3:], atol=1e-3)
+
+
+@torch.no_grad()
+def test_cached_decoding_equals_full_prefix_recompute():
+    """The key/value-cached step gives next_log_probs of the whole prefix, also after rows
+    are reordered (beam search), and greedy decoding equals a loop over next_log_probs."""
+    torch.manual_seed(0)
+    dec = CaptionDecoder(vocab_size=13, width=16, video_width=8, bos_id=1, eos_id=2, pad_id=0, depth=2,
+                         max_positions=8)
+    vid = torch.randn(3, 5, 8)
+    ctx = dec.context(vid)  # (3, K, W)
+    state = start(dec, ctx, repeat=2)  # rows 0,1 clip 0; 2,3 clip 1; 4,5 clip 2
+    rows_ctx = ctx.repeat_interleave(2, 0)
+    ids = torch.full((6, 1), 1)
+    g = torch.Generator().manual_seed(1)
+    for t in range(6):
+        got = step(dec, ids[:, -1], state)
+        ref = dec.next_log_probs(ids, rows_ctx)
+        assert torch.allclose(got, ref, atol=1e-5), t
+        parents = torch.arange(3).repeat_interleave(2) * 2 + torch.randint(0, 2, (6,), generator=g)
+        ids = torch.cat([ids[parents], torch.randint(3, 13, (6, 1), generator=g)], 1)
+        state.reorder(parents, context=False)
+    # greedy through the cache vs the plain loop
+    ref_ids = torch.full((3, 1), 1)
+    for _ in range(6):
+        ref_ids = torch.cat([ref_ids, dec.next_log_probs(ref_ids, ctx).argmax(-1, keepdim=True)], 1)
+    got_ids = greedy_ids(dec, vid, max_len=6)
+    for b in range(3):  # greedy pads after [SEP]; compare up to and including it
+        n = got_ids.shape[1]
+        assert torch.equal(got_ids[b], ref_ids[b, :n].masked_fill(got_ids[b] == 0, 0))
+    with pytest.raises(ValueError, match="positions"):
+        state.length = 8
+        step(dec, ids[:, -1], state)
 
 
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])

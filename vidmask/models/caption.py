@@ -8,12 +8,16 @@ word embeddings can initialise the decoder's (copied, not shared: the
 decoder trains them while the tower may stay frozen). The output layer is
 tied to the decoder's own token embedding, which halves the largest weight.
 
-Decoding recomputes the whole prefix every step (no key/value cache):
-O(L^2) for captions of L <= ~30 tokens, which is negligible next to the
-video encoder and keeps the decoder one plain forward.
+Decoding is incremental: each layer's cross-attention keys and values over
+the video tokens are computed once per clip, and the self-attention keys and
+values of the caption so far are cached (`DecodeState`), so a step runs the
+layers on one new token per row. `next_log_probs` (the whole prefix again)
+is the plain reference the cached path is tested against.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +85,54 @@ class CaptionDecoder(nn.Module):
         return logp
 
 
+@dataclass
+class DecodeState:
+    """What incremental decoding keeps between steps, for R rows (clips x beams).
+
+    context_kv: per layer, the cross-attention keys and values of the row's
+    video tokens [R,K,2W]; cache: per layer, the self-attention keys and
+    values of the tokens fed so far, 2 x [R,h,l,W/h] (None before the first);
+    length: l, the position of the next token fed.
+    """
+
+    context_kv: list[Tensor]
+    cache: list[tuple[Tensor, Tensor] | None]
+    length: int = 0
+
+    def reorder(self, rows: Tensor, context: bool = True) -> None:
+        """Row r continues the hypothesis of row ``rows[r]``: long[R]. ``context=False`` when
+        every row keeps its own clip (beam search: a parent is a hypothesis of the same clip)."""
+        self.cache = [None if c is None else (c[0][rows], c[1][rows]) for c in self.cache]
+        if context:
+            self.context_kv = [kv[rows] for kv in self.context_kv]
+
+
+def start(decoder: CaptionDecoder, context: Tensor, repeat: int = 1) -> DecodeState:
+    """context [B,K,W] from `CaptionDecoder.context` -> an empty state for R = B * repeat rows
+    (clip b's rows are b*repeat .. b*repeat+repeat-1; the next token fed is BOS).
+    Keys and values are projected once per clip, then repeated."""
+    ctx = context.to(decoder.tok.weight.dtype)  # (B, K, W)
+    kv = [layer.cross_attn.kv(ctx).repeat_interleave(repeat, 0) for layer in decoder.layers]  # L x (R, K, 2W)
+    return DecodeState(kv, [None] * len(decoder.layers))
+
+
+def step(decoder: CaptionDecoder, tokens: Tensor, state: DecodeState) -> Tensor:
+    """Feed one token per row, long[R], at position ``state.length`` -> next-token log-probs [R,V].
+
+    Equal to ``decoder.next_log_probs(prefix + tokens, context)`` (tested), at
+    the cost of one position instead of the whole prefix.
+    """
+    if state.length >= decoder.max_positions:
+        raise ValueError(f"position {state.length} exceeds the decoder's {decoder.max_positions} positions")
+    x = decoder.embed_norm(decoder.tok(tokens)[:, None] + decoder.pos[state.length])  # (R, 1, W)
+    for i, layer in enumerate(decoder.layers):
+        x, state.cache[i] = layer.step(x, state.context_kv[i], state.cache[i])  # (R, 1, W)
+    state.length += 1
+    logp = F.log_softmax(decoder.out(decoder.norm(x))[:, 0].float(), dim=-1)  # (R, V)
+    logp[:, [decoder.pad_id, decoder.bos_id]] = float("-inf")  # as next_log_probs
+    return logp
+
+
 @torch.no_grad()
 def greedy_ids(decoder: CaptionDecoder, video_tokens: Tensor, max_len: int = 20) -> Tensor:
     """video tokens [B,K,C] -> ids long[B, 1 + <=max_len]: BOS, the argmax tokens, EOS, then [PAD]."""
@@ -89,8 +141,9 @@ def greedy_ids(decoder: CaptionDecoder, video_tokens: Tensor, max_len: int = 20)
     B = ctx.shape[0]
     ids = torch.full((B, 1), decoder.bos_id, dtype=torch.long, device=ctx.device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=ctx.device)  # (B,)
+    state = start(decoder, ctx)
     for _ in range(max_len):
-        nxt = decoder.next_log_probs(ids, ctx).argmax(-1)  # (B,)
+        nxt = step(decoder, ids[:, -1], state).argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, decoder.pad_id), nxt)  # (B,)
         ids = torch.cat([ids, nxt[:, None]], 1)  # (B, l+1)
         done |= nxt == decoder.eos_id
@@ -116,15 +169,16 @@ def beam_search_ids(decoder: CaptionDecoder, video_tokens: Tensor, beam: int = 3
         raise ValueError(f"beam must be >= 1, got {beam}")
     _check_len(decoder, max_len)
     B = video_tokens.shape[0]
-    ctx = decoder.context(video_tokens).repeat_interleave(beam, 0)  # (B*beam, K, W)
+    ctx = decoder.context(video_tokens)  # (B, K, W)
     device = ctx.device
     ids = torch.full((B * beam, 1), decoder.bos_id, dtype=torch.long, device=device)  # (B*beam, 1)
     scores = torch.zeros(B, beam, device=device)  # (B, beam): summed log-probabilities
     scores[:, 1:] = float("-inf")  # all hypotheses start equal: expand only the first
     finished = torch.zeros(B * beam, dtype=torch.bool, device=device)  # (B*beam,)
     lengths = torch.zeros(B * beam, device=device)  # (B*beam,)
+    state = start(decoder, ctx, repeat=beam)  # B*beam rows
     for _ in range(max_len):
-        logp = decoder.next_log_probs(ids, ctx)  # (B*beam, V)
+        logp = step(decoder, ids[:, -1], state)  # (B*beam, V)
         pad_only = torch.full_like(logp[:1], float("-inf"))  # (1, V)
         pad_only[0, decoder.pad_id] = 0.0
         logp = torch.where(finished[:, None], pad_only, logp)  # (B*beam, V): a finished one only pads
@@ -137,6 +191,7 @@ def beam_search_ids(decoder: CaptionDecoder, video_tokens: Tensor, beam: int = 3
         src = (torch.arange(B, device=device)[:, None] * beam + flat // r).flatten()  # (B*beam,): parent row
         tok = row_tok.reshape(B, beam * r).gather(1, flat).flatten()  # (B*beam,)
         ids = torch.cat([ids[src], tok[:, None]], 1)  # (B*beam, l+1)
+        state.reorder(src, context=False)  # each row's cache follows its parent, of the same clip
         was_finished = finished[src]  # (B*beam,)
         lengths = lengths[src] + (~was_finished).float()  # (B*beam,)
         finished = was_finished | (tok == decoder.eos_id)  # (B*beam,)

@@ -56,6 +56,16 @@ class FusionLayer(nn.Module):
         return x + self.mlp(self.norm3(x))  # (B, S, W)
 
 
+    def step(self, x: Tensor, context_kv: Tensor, cache: tuple[Tensor, Tensor] | None):
+        """One new causal position per row (incremental decoding): x [B,1,W], the context's
+        keys and values ``cross_attn.kv(context)`` [B,K,2W] (computed once per clip), the
+        self-attention cache (see `Attention.step`) -> ([B,1,W], new cache)."""
+        h, cache = self.self_attn.step(self.norm1(x), cache)  # (B, 1, W)
+        x = x + h  # (B, 1, W)
+        x = x + self.cross_attn.attend(self.norm2(x), context_kv)  # (B, 1, W)
+        return x + self.mlp(self.norm3(x)), cache  # (B, 1, W)
+
+
 class FusionEncoder(nn.Module):
     """(text states [B,S,W], text mask [B,S], video tokens [B,K,C]) -> fused text states [B,S,W].
 
