@@ -8,9 +8,10 @@
 * ``--losses core`` (default) trains each recipe's masking with ``vtc`` and the
   recipe's own teacher terms (``align``, ``relevance``, ``stm``) and switches
   ``vtm`` and ``mlm`` off in every recipe: zero-shot retrieval uses the dual
-  encoder only, and the fusion layers those two terms train cost 1 s of the
-  1.4 s of a masked step on 2 CPU cores. ``--losses paper`` runs the recipe
-  files as they are;
+  encoder only, and the fusion layers those two terms train cost more than the
+  rest of a masked step on 2 CPU cores (bench/loss_terms.py: 0.39 s for a
+  ``vtc`` step, +0.56 s for both). ``--losses paper`` runs the recipe files as
+  they are;
 * pretrains each recipe with each seed for the same number of steps (table 1),
   and, with --minutes M, again with each recipe's step count set so that it
   trains for about M minutes at its own measured speed (table 2, same wall-clock);

@@ -51,7 +51,7 @@ class FusionLayer(nn.Module):
         x = x + self.self_attn(self.norm1(x), attn_mask=self_mask)  # (B, S, W)
         kv = self.cross_attn.kv(context)  # (Nc, K, 2W): each distinct context projected once
         if context_index is not None:
-            kv = kv[context_index]  # (B, K, 2W)
+            kv = kv.index_select(0, context_index)  # (B, K, 2W); backward: index_add, cheap on CPU
         x = x + self.cross_attn.attend(self.norm2(x), kv, attn_mask=context_mask)  # (B, S, W)
         return x + self.mlp(self.norm3(x))  # (B, S, W)
 
