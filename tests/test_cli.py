@@ -59,3 +59,12 @@ def test_masks_errors_are_clear(tmp_path):
     assert p.returncode == 2 and "none.mp4" in p.stderr
     p = run("masks", "--video", str(tmp_path / "none.mp4"), "--strategy", "nope", check=False)
     assert p.returncode == 2 and "nope" in p.stderr and "random" in p.stderr
+
+
+def test_user_errors_print_a_message_not_a_traceback(tmp_path, tiny_set):
+    missing = tmp_path / "no-teacher.safetensors"
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "umt.yaml"
+    p = run("pretrain", "--config", str(recipe), f"teacher.path={missing}", f"data.corpus={tiny_set}",
+            f"run_dir={tmp_path / 'run'}", "train.steps=1", check=False)
+    assert p.returncode == 2 and str(missing) in p.stderr and "vidmask teacher train" in p.stderr
+    assert "Traceback" not in p.stderr

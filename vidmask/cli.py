@@ -9,6 +9,7 @@ Each sub-command lives in `vidmask/commands/` and exposes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # Each module registers one top-level sub-command through `add_parser(sub)`.
@@ -39,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input (a config key, a file, a video, an annotation), not a bug:
+    the CLI prints their message, which names the key or file and what to do, without a traceback."""
+    from vidmask.config import ConfigError
+    from vidmask.corpus.make import CorpusError
+    from vidmask.data.annotations import AnnotationError
+    from vidmask.data.dataset import TooManyBadSamples
+    from vidmask.data.video import VideoError
+
+    return ConfigError, CorpusError, AnnotationError, TooManyBadSamples, VideoError, FileNotFoundError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,3 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # VIDMASK_TRACEBACK=1 shows the full traceback of a user error too
+        if not isinstance(error, user_errors()) or os.environ.get("VIDMASK_TRACEBACK"):
+            raise
+        print(f"vidmask {args.command}: {error}", file=sys.stderr)
+        return 2
