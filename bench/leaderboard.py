@@ -85,11 +85,14 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
             "step_s": sec, "tokens": tokens, "queries": res["num_texts"]}
 
 
-def summarise(results: dict[str, list[dict]]) -> list[list]:
+def summarise(results: dict[str, list[dict]], step_s: dict[str, float] | None = None) -> list[list]:
+    """Table rows; ``step_s`` replaces the measured step time per recipe (the same-wall-clock
+    table shows the table-1 speed its step counts were set from)."""
     rows = []
     for recipe, runs in results.items():
+        sec = step_s[recipe] if step_s else statistics.fmean(r["step_s"] for r in runs)
         rows.append([recipe, len(runs)] + [mean_ci([r[k] for r in runs]) for k in ("R@1", "R@5", "Rsum", "motion", "colour")]
-                    + [f"{statistics.fmean(r['step_s'] for r in runs):.2f}", f"{runs[0]['tokens']:.0f}"])
+                    + [f"{sec:.2f}", f"{runs[0]['tokens']:.0f}"])
     return rows
 
 
@@ -137,6 +140,7 @@ def main() -> None:
     losses = ("vtc plus each recipe's teacher terms (align, relevance, stm); vtm and mlm off in every recipe"
               if args.losses == "core" else "the recipe files as they are")
     same_steps: dict[str, list[dict]] = {r: [] for r in args.recipes}
+    speed: dict[str, float] = {}  # wall-clock row -> its recipe's mean s / step in table 1 (sets its steps)
 
     def report(done_seeds: list[int], same_time: dict | None = None) -> None:
         queries = next(iter(same_steps.values()))[0]["queries"]
@@ -148,8 +152,9 @@ def main() -> None:
             seeds_done = len(next(iter(same_time.values())))
             body += (f"\n\n## Same wall-clock ({args.minutes:g} minutes of training per run, {seeds_done} "
                      f"seed(s) so far)\n\nEach recipe's step count is the budget divided by its mean step "
-                     f"time in the table above.\n\n"
-                     + table(head, summarise(same_time))
+                     f"time in the table above, which `s / step` repeats (these runs' own timings vary with "
+                     f"machine load; their step counts do not).\n\n"
+                     + table(head, summarise(same_time, speed))
                      + f"\n\n![t2v R@1 at the same wall-clock]({args.name}-wallclock.png)")
             chart(same_time, RESULTS / f"{args.name}-wallclock.png", f"{args.minutes:g} min per run")
         chart(same_steps, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
@@ -163,12 +168,16 @@ def main() -> None:
         report(args.seeds[: i + 1])
     if args.minutes:
         # each recipe's step count from its measured speed in table 1; seeds outside again
-        steps_for = {r: max(10, int(args.minutes * 60 / statistics.fmean(x["step_s"] for x in runs)))
-                     for r, runs in same_steps.items()}
-        same_time: dict[str, list[dict]] = {f"{r} ({n} steps)": [] for r, n in steps_for.items()}
+        rows = {}  # recipe -> (row label, steps)
+        for r, runs in same_steps.items():
+            sec = statistics.fmean(x["step_s"] for x in runs)
+            n = max(10, int(args.minutes * 60 / sec))
+            rows[r] = (f"{r} ({n} steps)", n)
+            speed[rows[r][0]] = sec
+        same_time: dict[str, list[dict]] = {label: [] for label, _ in rows.values()}
         for seed in args.seeds:
-            for r, n in steps_for.items():
-                same_time[f"{r} ({n} steps)"].append(
+            for r, (label, n) in rows.items():
+                same_time[label].append(
                     run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
             report(args.seeds, same_time)
 
