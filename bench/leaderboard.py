@@ -128,11 +128,13 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained if missing)")
     ap.add_argument("--out", default="runs/leaderboard")
     ap.add_argument("--name", default="leaderboard", help="results file stem under bench/results/")
+    ap.add_argument("--report-only", action="store_true",
+                    help="tabulate the runs already finished under --out (the seeds column counts them); train nothing")
     args = ap.parse_args()
     out = Path(args.out)
     extra = CORE if args.losses == "core" else []
     teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet.safetensors"
-    if not Path(teacher).is_file():
+    if not Path(teacher).is_file() and not args.report_only:
         Path(teacher).parent.mkdir(parents=True, exist_ok=True)
         vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher)
     head = ["recipe", "seeds", "t2v R@1", "t2v R@5", "Rsum", "motion twins %", "colour twins %", "s / step",
@@ -143,13 +145,15 @@ def main() -> None:
     speed: dict[str, float] = {}  # wall-clock row -> its recipe's mean s / step in table 1 (sets its steps)
 
     def report(done_seeds: list[int], same_time: dict | None = None) -> None:
-        queries = next(iter(same_steps.values()))[0]["queries"]
+        done = {r: runs for r, runs in same_steps.items() if runs}  # --report-only may leave a recipe empty
+        queries = next(iter(done.values()))[0]["queries"]
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
-                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(same_steps)))
+                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done)))
+        same_time = {k: v for k, v in (same_time or {}).items() if v}
         if same_time:
-            seeds_done = len(next(iter(same_time.values())))
+            seeds_done = max(len(v) for v in same_time.values())
             body += (f"\n\n## Same wall-clock ({args.minutes:g} minutes of training per run, {seeds_done} "
                      f"seed(s) so far)\n\nEach recipe's step count is the budget divided by its mean step "
                      f"time in the table above, which `s / step` repeats (these runs' own timings vary with "
@@ -157,15 +161,21 @@ def main() -> None:
                      + table(head, summarise(same_time, speed))
                      + f"\n\n![t2v R@1 at the same wall-clock]({args.name}-wallclock.png)")
             chart(same_time, RESULTS / f"{args.name}-wallclock.png", f"{args.minutes:g} min per run")
-        chart(same_steps, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
+        chart(done, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
         body += f"\n\n![t2v R@1 by recipe]({args.name}.png)\n"
         write(f"{args.name}.md", "Recipe leaderboard", body)
 
     # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
+    def finished(run: Path) -> bool:
+        return not args.report_only or (run / "eval_all.json").is_file()
+
     for i, seed in enumerate(args.seeds):
         for r in args.recipes:
-            same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher, extra))
-        report(args.seeds[: i + 1])
+            if finished(out / f"{r}-s{seed}"):
+                same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher,
+                                                extra))
+        if not args.report_only or i == len(args.seeds) - 1:
+            report(args.seeds[: i + 1])
     if args.minutes:
         # each recipe's step count from its measured speed in table 1; seeds outside again
         rows = {}  # recipe -> (row label, steps)
@@ -177,8 +187,9 @@ def main() -> None:
         same_time: dict[str, list[dict]] = {label: [] for label, _ in rows.values()}
         for seed in args.seeds:
             for r, (label, n) in rows.items():
-                same_time[label].append(
-                    run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
+                if finished(out / f"{r}-t{args.minutes:g}-s{seed}"):
+                    same_time[label].append(
+                        run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
             report(args.seeds, same_time)
 
 
