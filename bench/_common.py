@@ -30,3 +30,28 @@ def write(name: str, title: str, body: str) -> Path:
     path.write_text(f"# {title}\n\n{machine()}\n\n{body}\n")
     print(path.read_text())
     return path
+
+
+def median_pretrain_step(cfg, captions: list[str], steps: int) -> tuple[float, int]:
+    """(median seconds per step, kept tokens per clip): a pretraining task built from ``cfg`` on
+    synthetic clips and the given captions (one per clip), forward + backward of the summed
+    losses + AdamW, after two warm-up steps."""
+    from vidmask.train.pretrain import build_model, build_task, param_groups
+
+    torch.manual_seed(0)
+    task = build_task(cfg, build_model(cfg))
+    opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
+    T, S = cfg.data.num_frames, cfg.data.size
+    video = torch.randn(len(captions), T, 3, S, S)  # (B, T, 3, H, W)
+    task.model.text.warm_cache(captions)
+    times, kept = [], 0
+    for i in range(steps + 2):  # two warm-up steps
+        t0 = time.perf_counter()
+        losses, report = task({"video": video, "caption": captions}, torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        kept = int(report["kept_tokens"])
+    return sorted(times)[len(times) // 2], kept

@@ -165,10 +165,10 @@ def main() -> None:
         body += f"\n\n![t2v R@1 by recipe]({args.name}.png)\n"
         write(f"{args.name}.md", "Recipe leaderboard", body)
 
-    # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
     def finished(run: Path) -> bool:
         return not args.report_only or (run / "eval_all.json").is_file()
 
+    # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
     for i, seed in enumerate(args.seeds):
         for r in args.recipes:
             if finished(out / f"{r}-s{seed}"):

@@ -13,13 +13,10 @@ Writes bench/results/loss_terms.md.
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
 
-from _common import table, write
+from _common import median_pretrain_step, table, write
 from vidmask.config import load_config
-from vidmask.train.pretrain import build_model, build_task, param_groups
 
 SETS = {"vtc": ["loss.vtm=0", "loss.mlm=0"], "vtc + vtm": ["loss.mlm=0"], "vtc + mlm": ["loss.vtm=0"],
         "vtc + vtm + mlm": []}
@@ -27,24 +24,9 @@ SETS = {"vtc": ["loss.vtm=0", "loss.mlm=0"], "vtc + vtm": ["loss.mlm=0"], "vtc +
 
 def median_step(overrides: list[str], steps: int, batch: int) -> float:
     cfg = load_config("configs/recipes/random.yaml", overrides)
-    torch.manual_seed(0)
-    task = build_task(cfg, build_model(cfg))
-    opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
-    T, S = cfg.data.num_frames, cfg.data.size
-    video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
     colours, moves = ["red", "blue", "green", "yellow"], ["left", "up", "right", "down", "in a circle"]
     caps = [f"a small {colours[i % 4]} circle moves {moves[i % 5]} then stops near edge {i}" for i in range(batch)]
-    task.model.text.warm_cache(caps)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps
-        t0 = time.perf_counter()
-        losses, _ = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_pretrain_step(cfg, caps, steps)[0]
 
 
 def main() -> None:

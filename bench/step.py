@@ -10,36 +10,15 @@ bench/results/step.md.
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
 
-from _common import table, write
+from _common import median_pretrain_step, table, write
 from vidmask.config import load_config
-from vidmask.train.pretrain import build_model, build_task, param_groups
 
 
 def time_steps(cfg, ratio: float, steps: int, batch: int) -> tuple[float, int]:
     cfg.mask.strategy, cfg.mask.ratio = ("none", 0.0) if ratio == 0 else ("random", ratio)
-    torch.manual_seed(0)
-    task = build_task(cfg, build_model(cfg))
-    opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
-    T, S = cfg.data.num_frames, cfg.data.size
-    video = torch.randn(batch, T, 3, S, S)
-    caps = [f"a small red circle number {i} moves left" for i in range(batch)]
-    task.model.text.warm_cache(caps)
-    times, kept = [], 0
-    for i in range(steps + 2):  # two warm-up steps
-        t0 = time.perf_counter()
-        losses, report = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
-        opt.zero_grad()
-        losses["vtc_loss"].backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-        kept = int(report["kept_tokens"])
-    times.sort()
-    return times[len(times) // 2], kept
+    return median_pretrain_step(cfg, [f"a small red circle number {i} moves left" for i in range(batch)], steps)
 
 
 def main() -> None:

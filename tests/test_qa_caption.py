@@ -126,7 +126,7 @@ def test_cached_decoding_equals_full_prefix_recompute():
         assert torch.allclose(got, ref, atol=1e-5), t
         parents = torch.arange(3).repeat_interleave(2) * 2 + torch.randint(0, 2, (6,), generator=g)
         ids = torch.cat([ids[parents], torch.randint(3, 13, (6, 1), generator=g)], 1)
-        state.reorder(parents, context=False)
+        state.reorder(parents)
     # greedy through the cache vs the plain loop
     ref_ids = torch.full((3, 1), 1)
     for _ in range(6):

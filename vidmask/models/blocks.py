@@ -41,25 +41,19 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, M, C))  # (B, M, C)
 
 
-    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def step(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
         """Causal self-attention for one new position per row, with a key/value cache.
 
-        x [B,1,C] is the newest position; ``cache`` holds the keys and values of
-        the earlier positions, 2 x [B,h,l,C/h] (None at the first position).
+        x [B,1,C] is the newest position; ``cache`` holds the projected keys and
+        values ``self.kv`` of the earlier positions [B,l,2C] (None at the first).
         The new position attends to all of them and to itself, which is what a
-        causal mask gives it in a full forward. Returns ([B,1,C], cache with
-        l+1 positions).
+        causal mask gives it in a full forward. Returns ([B,1,C], cache [B,l+1,2C]).
         """
-        B, M, C = x.shape
-        if M != 1:
-            raise ValueError(f"Attention.step takes one position per row, got {M}")
-        h = self.heads
-        q = self.q(x).reshape(B, 1, h, C // h).transpose(1, 2)  # (B, h, 1, C/h)
-        k, v = self.kv(x).reshape(B, 1, 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, 1, C/h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # 2 x (B, h, l+1, C/h)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, 1, C/h)
-        return self.proj(out.transpose(1, 2).reshape(B, 1, C)), (k, v)  # (B, 1, C)
+        if x.shape[1] != 1:
+            raise ValueError(f"Attention.step takes one position per row, got {x.shape[1]}")
+        kv = self.kv(x)  # (B, 1, 2C)
+        cache = kv if cache is None else torch.cat([cache, kv], 1)  # (B, l+1, 2C)
+        return self.attend(x, cache), cache  # (B, 1, C)
 
 
 class Mlp(nn.Module):

@@ -91,20 +91,18 @@ class DecodeState:
 
     context_kv: per layer, the cross-attention keys and values of the row's
     video tokens [R,K,2W]; cache: per layer, the self-attention keys and
-    values of the tokens fed so far, 2 x [R,h,l,W/h] (None before the first);
+    values of the tokens fed so far [R,l,2W] (None before the first);
     length: l, the position of the next token fed.
     """
 
     context_kv: list[Tensor]
-    cache: list[tuple[Tensor, Tensor] | None]
+    cache: list[Tensor | None]
     length: int = 0
 
-    def reorder(self, rows: Tensor, context: bool = True) -> None:
-        """Row r continues the hypothesis of row ``rows[r]``: long[R]. ``context=False`` when
-        every row keeps its own clip (beam search: a parent is a hypothesis of the same clip)."""
-        self.cache = [None if c is None else (c[0][rows], c[1][rows]) for c in self.cache]
-        if context:
-            self.context_kv = [kv[rows] for kv in self.context_kv]
+    def reorder(self, rows: Tensor) -> None:
+        """Row r continues the hypothesis of row ``rows[r]``, long[R], a row of the same clip
+        (beam search), so the clip's keys and values stay where they are."""
+        self.cache = [None if c is None else c[rows] for c in self.cache]
 
 
 def start(decoder: CaptionDecoder, context: Tensor, repeat: int = 1) -> DecodeState:
@@ -191,7 +189,7 @@ def beam_search_ids(decoder: CaptionDecoder, video_tokens: Tensor, beam: int = 3
         src = (torch.arange(B, device=device)[:, None] * beam + flat // r).flatten()  # (B*beam,): parent row
         tok = row_tok.reshape(B, beam * r).gather(1, flat).flatten()  # (B*beam,)
         ids = torch.cat([ids[src], tok[:, None]], 1)  # (B*beam, l+1)
-        state.reorder(src, context=False)  # each row's cache follows its parent, of the same clip
+        state.reorder(src)  # each row's cache follows its parent, of the same clip
         was_finished = finished[src]  # (B*beam,)
         lengths = lengths[src] + (~was_finished).float()  # (B*beam,)
         finished = was_finished | (tok == decoder.eos_id)  # (B*beam,)

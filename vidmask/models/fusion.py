@@ -55,8 +55,7 @@ class FusionLayer(nn.Module):
         x = x + self.cross_attn.attend(self.norm2(x), kv, attn_mask=context_mask)  # (B, S, W)
         return x + self.mlp(self.norm3(x))  # (B, S, W)
 
-
-    def step(self, x: Tensor, context_kv: Tensor, cache: tuple[Tensor, Tensor] | None):
+    def step(self, x: Tensor, context_kv: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
         """One new causal position per row (incremental decoding): x [B,1,W], the context's
         keys and values ``cross_attn.kv(context)`` [B,K,2W] (computed once per clip), the
         self-attention cache (see `Attention.step`) -> ([B,1,W], new cache)."""

@@ -82,8 +82,8 @@ def vtm_loss(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, text_m
     masks = torch.cat([text_mask, text_mask, text_mask[neg_text]])  # (3B, S)
     own = torch.arange(B, device=neg_video.device)  # (B,)
     # each clip's keys and values are computed once and read by its three rows
-    videos = torch.cat([own, neg_video, own])  # (3B,) index into video_tokens
-    logits = match_logits(fusion, head, texts, masks, video_tokens, videos)  # (3B, 2)
+    video_rows = torch.cat([own, neg_video, own])  # (3B,) index into video_tokens
+    logits = match_logits(fusion, head, texts, masks, video_tokens, video_rows)  # (3B, 2)
     labels = (torch.arange(3 * B, device=logits.device) < B).long()  # (3B,): the first B rows match
     return {"vtm_loss": F.cross_entropy(logits.float(), labels)}
 
