@@ -312,6 +312,53 @@ def test_decode_real_h264_clips(name):
     assert np.array_equal(frames.numpy(), np.stack([ref[sorted(set(idx)).index(i)] for i in idx]))
 
 
+def with_display_matrix(src: Path, dst: Path, a: int, b: int, c: int, d: int) -> Path:
+    """``src`` with its mp4 track header's display matrix set to [[a, b], [c, d]]
+    (what a phone writes for a clip filmed upright); the pixels stay as stored."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    box = data.find(b"tkhd")
+    version = data[box + 4]
+    # version, flags, times, track id, reserved, duration, reserved, layer,
+    # group, volume, reserved: 40 bytes (v0) or 52 (v1, 64-bit times)
+    matrix = box + 4 + (40 if version == 0 else 52)
+    data[matrix : matrix + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("matrix, red_side", [
+    ((0, 1, -1, 0), "top"),  # ffprobe: rotation -90, turned clockwise (portrait phone clip)
+    ((0, -1, 1, 0), "bottom"),  # rotation 90, turned counter-clockwise
+    ((-1, 0, 0, -1), "right"),  # rotation 180
+    ((1, 0, 0, 1), "left"),  # identity: as stored
+])
+def test_decode_applies_display_rotation(tmp_path, matrix, red_side):
+    # stored 48 wide x 32 high, the left third red
+    stored = tmp_path / "stored.mp4"
+    container = av.open(str(stored), "w")
+    stream = container.add_stream("libx264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+    for _ in range(6):
+        a = np.zeros((32, 48, 3), np.uint8)  # (H, W, 3)
+        a[:, :16, 0] = 255
+        for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    path = with_display_matrix(stored, tmp_path / "rotated.mp4", *matrix)
+    for frames in (decode_frames(path, 3, "middle"), decode_all_frames(path)):
+        upright = matrix[0] == 0  # a quarter turn swaps width and height
+        assert tuple(frames.shape[1:]) == ((48, 32, 3) if upright else (32, 48, 3))
+        red = frames[0, ..., 0].float() > 128  # (H, W)
+        H, W = red.shape
+        side = {"top": red[: H // 3], "bottom": red[-(H // 3):], "left": red[:, : W // 3], "right": red[:, -(W // 3):]}
+        assert side[red_side].float().mean() > 0.9
+        assert red.float().mean() < 0.4  # only that third is red
+
+
 @pytest.mark.parametrize("key, reason", [
     ("missing", "not found"),
     ("empty", "empty file"),

@@ -15,6 +15,11 @@ deliberate differences from UMT:
 Decoding is sequential (no seeking) and keeps only the frames it needs, then
 stops after the last one, so a long video never sits in memory whole. Every
 failure raises :class:`VideoError` naming the file; nothing is substituted.
+
+Frames are turned upright as the container's display matrix says (a phone
+held upright records landscape pixels and a -90 degree rotation), as the
+``ffmpeg`` command line does by default; decord and PyAV return the stored
+pixels unrotated. Only quarter turns are applied; a mirrored matrix is not.
 """
 
 from __future__ import annotations
@@ -157,6 +162,20 @@ def count_frames(path: str | Path) -> int:
         container.close()
 
 
+def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as ``uint8[H,W,3]`` RGB, rotated by its display matrix.
+
+    ``frame.rotation`` is FFmpeg's ``av_display_rotation_get``: the
+    counter-clockwise angle the matrix rotates the stored picture by for
+    display; ``np.rot90`` turns counter-clockwise too.
+    """
+    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
+    quarter_turns = round(frame.rotation / 90) % 4
+    if quarter_turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))  # (W, H, 3) for odd turns
+    return rgb
+
+
 def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
     """Decode in order; convert to RGB only the frames in ``wanted`` (None: count only).
 
@@ -171,7 +190,7 @@ def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, n
     try:
         for frame in container.decode(stream):
             if wanted is not None and n in wanted:
-                frames[n] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                frames[n] = _upright_rgb(frame)  # (H, W, 3)
             last_frame = frame
             n += 1
             if last is not None and n > last:
@@ -182,7 +201,7 @@ def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, n
         raise VideoError(path, "no decodable frames")
     if wanted is not None and last_frame is not None and (n - 1) not in frames:
         # kept so that indices past a short container count can fall back to it
-        frames[n - 1] = last_frame.to_ndarray(format="rgb24")  # (H, W, 3)
+        frames[n - 1] = _upright_rgb(last_frame)  # (H, W, 3)
     return frames, n
 
 
@@ -265,7 +284,7 @@ def decode_all_frames(path: str | Path) -> Tensor:
         out: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
-                out.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
+                out.append(_upright_rgb(frame))  # (H, W, 3)
         except av.error.FFmpegError as e:
             raise VideoError(
                 path, f"corrupt or truncated video: decoding failed after {len(out)} frames ({e})"
