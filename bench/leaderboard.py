@@ -19,7 +19,12 @@
   about 1,600 queries at the default corpus size), so binomial noise is small;
 * reports mean and 95 % interval (t distribution over seeds) of t2v R@1, R@5,
   Rsum, the motion and colour twin accuracies, step time and encoder tokens
-  per step; writes bench/results/leaderboard.md and leaderboard.png.
+  per step, and each recipe's R@1 difference from ``--paired-with`` (default:
+  the first recipe) paired by seed: runs with one seed see the same batches
+  in the same order with the same sampled frames, and draw their initial
+  weights from the same seed, so seed-to-seed luck partly cancels in the
+  difference and its interval can be narrower than the two means' suggest; writes
+  bench/results/leaderboard.md and leaderboard.png.
 """
 
 from __future__ import annotations
@@ -79,20 +84,29 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
                 "--rerank-k", "0", "--json", str(out / "eval_all.json"))
     res = json.loads((out / "eval_all.json").read_text())
     sec, tokens = step_stats(out)
-    return {"R@1": res["t2v"]["R@1"], "R@5": res["t2v"]["R@5"], "Rsum": res["rsum"],
+    return {"seed": seed, "R@1": res["t2v"]["R@1"], "R@5": res["t2v"]["R@5"], "Rsum": res["rsum"],
             "motion": res.get("twins", {}).get("motion", float("nan")),
             "colour": res.get("twins", {}).get("colour", float("nan")),
             "step_s": sec, "tokens": tokens, "queries": res["num_texts"]}
 
 
-def summarise(results: dict[str, list[dict]], step_s: dict[str, float] | None = None) -> list[list]:
-    """Table rows; ``step_s`` replaces the measured step time per recipe (the same-wall-clock
-    table shows the table-1 speed its step counts were set from)."""
+def paired_delta(runs: list[dict], base: list[dict]) -> str:
+    """R@1 of ``runs`` minus R@1 of ``base`` seed by seed (seeds both have), as mean ± 95 % CI."""
+    base_by_seed = {r["seed"]: r["R@1"] for r in base}
+    deltas = [r["R@1"] - base_by_seed[r["seed"]] for r in runs if r["seed"] in base_by_seed]
+    return f"{'+' if statistics.fmean(deltas) >= 0 else ''}{mean_ci(deltas)}" if deltas else "n/a"
+
+
+def summarise(results: dict[str, list[dict]], base: str, step_s: dict[str, float] | None = None) -> list[list]:
+    """Table rows; ``base`` is the recipe (row) the paired R@1 differences are taken from;
+    ``step_s`` replaces the measured step time per recipe (the same-wall-clock table shows
+    the table-1 speed its step counts were set from)."""
     rows = []
     for recipe, runs in results.items():
         sec = step_s[recipe] if step_s else statistics.fmean(r["step_s"] for r in runs)
+        delta = "(reference)" if recipe == base else paired_delta(runs, results.get(base, []))
         rows.append([recipe, len(runs)] + [mean_ci([r[k] for r in runs]) for k in ("R@1", "R@5", "Rsum", "motion", "colour")]
-                    + [f"{sec:.2f}", f"{runs[0]['tokens']:.0f}"])
+                    + [delta, f"{sec:.2f}", f"{runs[0]['tokens']:.0f}"])
     return rows
 
 
@@ -128,6 +142,8 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained if missing)")
     ap.add_argument("--out", default="runs/leaderboard")
     ap.add_argument("--name", default="leaderboard", help="results file stem under bench/results/")
+    ap.add_argument("--paired-with", default=None,
+                    help="recipe the paired-by-seed R@1 differences are taken from (default: the first of --recipes)")
     ap.add_argument("--report-only", action="store_true",
                     help="tabulate the runs already finished under --out (the seeds column counts them); train nothing")
     args = ap.parse_args()
@@ -137,20 +153,23 @@ def main() -> None:
     if not Path(teacher).is_file() and not args.report_only:
         Path(teacher).parent.mkdir(parents=True, exist_ok=True)
         vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher)
-    head = ["recipe", "seeds", "t2v R@1", "t2v R@5", "Rsum", "motion twins %", "colour twins %", "s / step",
-            "encoder tokens / step"]
+    base = args.paired_with or args.recipes[0]
+    if base not in args.recipes:
+        ap.error(f"--paired-with {base}: not one of --recipes")
+    head = ["recipe", "seeds", "t2v R@1", "t2v R@5", "Rsum", "motion twins %", "colour twins %",
+            f"Δ R@1 vs {base}, paired by seed", "s / step", "encoder tokens / step"]
     losses = ("vtc plus each recipe's teacher terms (align, relevance, stm); vtm and mlm off in every recipe"
               if args.losses == "core" else "the recipe files as they are")
     same_steps: dict[str, list[dict]] = {r: [] for r in args.recipes}
     speed: dict[str, float] = {}  # wall-clock row -> its recipe's mean s / step in table 1 (sets its steps)
 
-    def report(done_seeds: list[int], same_time: dict | None = None) -> None:
+    def report(done_seeds: list[int], same_time: dict | None = None, same_time_base: str = "") -> None:
         done = {r: runs for r, runs in same_steps.items() if runs}  # --report-only may leave a recipe empty
         queries = next(iter(done.values()))[0]["queries"]
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
-                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done)))
+                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base)))
         same_time = {k: v for k, v in (same_time or {}).items() if v}
         if same_time:
             seeds_done = max(len(v) for v in same_time.values())
@@ -158,7 +177,7 @@ def main() -> None:
                      f"seed(s) so far)\n\nEach recipe's step count is the budget divided by its mean step "
                      f"time in the table above, which `s / step` repeats (these runs' own timings vary with "
                      f"machine load; their step counts do not).\n\n"
-                     + table(head, summarise(same_time, speed))
+                     + table(head, summarise(same_time, same_time_base, speed))
                      + f"\n\n![t2v R@1 at the same wall-clock]({args.name}-wallclock.png)")
             chart(same_time, RESULTS / f"{args.name}-wallclock.png", f"{args.minutes:g} min per run")
         chart(done, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
@@ -190,7 +209,7 @@ def main() -> None:
                 if finished(out / f"{r}-t{args.minutes:g}-s{seed}"):
                     same_time[label].append(
                         run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
-            report(args.seeds, same_time)
+            report(args.seeds, same_time, rows[base][0])
 
 
 if __name__ == "__main__":
