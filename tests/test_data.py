@@ -279,6 +279,18 @@ def test_decode_gray_and_odd_sizes(media, key, shape):
         assert torch.equal(frames[..., 0], frames[..., 1]) and torch.equal(frames[..., 1], frames[..., 2])
 
 
+def test_decode_animated_gif(tmp_path):
+    # TGIF-QA's clips are animated GIFs: a video, not a still image
+    frames = [Image.fromarray(np.full((30, 40, 3), level(i), np.uint8)) for i in range(6)]
+    path = tmp_path / "clip.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert count_frames(path) == 6
+    got = decode_frames(path, 3, "middle")
+    assert got.shape == (3, 30, 40, 3)
+    assert decoded_indices(got) == sample_indices(6, 3, "middle") == [0, 2, 4]
+    assert decode_all_frames(path).shape == (6, 30, 40, 3)
+
+
 def test_decode_image_is_repeated(media):
     frames = decode_frames(media["png"], 5)
     assert frames.shape == (5, 47, 65, 3)
@@ -357,6 +369,36 @@ def test_decode_applies_display_rotation(tmp_path, matrix, red_side):
         side = {"top": red[: H // 3], "bottom": red[-(H // 3):], "left": red[:, : W // 3], "right": red[:, -(W // 3):]}
         assert side[red_side].float().mean() > 0.9
         assert red.float().mean() < 0.4  # only that third is red
+
+
+def test_decode_size_change_mid_stream_resizes_to_first_frame(tmp_path, caplog):
+    # two raw H.264 streams back to back: 4 frames at 64x48 (grey 50), then 4
+    # at 32x32 (grey 200); H.264 allows the change at the second key frame
+    def raw(w: int, h: int, grey: int) -> bytes:
+        out = tmp_path / f"part{w}.h264"
+        container = av.open(str(out), "w", format="h264")
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for _ in range(4):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), grey, np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        container.close()
+        return out.read_bytes()
+
+    path = tmp_path / "resized.h264"
+    path.write_bytes(raw(64, 48, 50) + raw(32, 32, 200))
+    assert count_frames(path) == 8
+    with caplog.at_level(logging.WARNING, logger="vidmask.data.video"):
+        sampled = decode_frames(path, 4, "middle")  # frames 0, 2, 4, 6
+        whole = decode_all_frames(path)
+    assert sampled.shape == (4, 48, 64, 3) and whole.shape == (8, 48, 64, 3)
+    grey = sampled.float().mean(dim=(1, 2, 3))  # (4,)
+    assert torch.allclose(grey, torch.tensor([50.0, 50.0, 200.0, 200.0]), atol=3)
+    assert torch.equal(whole[[0, 2, 4, 6]], sampled)
+    warnings = [r.getMessage() for r in caplog.records if "frame size changes" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "64x48" in warnings[0]  # once per file
 
 
 @pytest.mark.parametrize("key, reason", [

@@ -20,17 +20,24 @@ Frames are turned upright as the container's display matrix says (a phone
 held upright records landscape pixels and a -90 degree rotation), as the
 ``ffmpeg`` command line does by default; decord and PyAV return the stored
 pixels unrotated. Only quarter turns are applied; a mirrored matrix is not.
+A stream whose frame size changes part-way (allowed in H.264 at a key
+frame) is read at its first frame's size: frames of another size are resized
+to it, with a warning naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 SampleMode = Literal["rand", "middle"]
 Generator = torch.Generator | np.random.Generator
@@ -176,19 +183,31 @@ def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     return rgb
 
 
-def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, np.ndarray], int]:
+def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
+    """(H, W) of :func:`_upright_rgb`'s output, without converting the frame."""
+    turned = round(frame.rotation / 90) % 2
+    return (frame.width, frame.height) if turned else (frame.height, frame.width)
+
+
+def _decode(
+    container, path: Path, wanted: set[int] | None
+) -> tuple[dict[int, np.ndarray], int, tuple[int, int]]:
     """Decode in order; convert to RGB only the frames in ``wanted`` (None: count only).
 
-    Returns (frames by index, number of frames decoded). Stops after the
-    largest wanted index, so a long video is never held whole.
+    Returns (frames by index, number of frames decoded, (H, W) of the first
+    frame). Stops after the largest wanted index, so a long video is never
+    held whole.
     """
     stream = container.streams.video[0]
     last = max(wanted) if wanted else None
     frames: dict[int, np.ndarray] = {}
     n = 0
     last_frame = None
+    first_size = (0, 0)
     try:
         for frame in container.decode(stream):
+            if n == 0:
+                first_size = _upright_size(frame)
             if wanted is not None and n in wanted:
                 frames[n] = _upright_rgb(frame)  # (H, W, 3)
             last_frame = frame
@@ -202,14 +221,35 @@ def _decode(container, path: Path, wanted: set[int] | None) -> tuple[dict[int, n
     if wanted is not None and last_frame is not None and (n - 1) not in frames:
         # kept so that indices past a short container count can fall back to it
         frames[n - 1] = _upright_rgb(last_frame)  # (H, W, 3)
-    return frames, n
+    return frames, n, first_size
 
 
-def _stack(path: Path, frames: list[np.ndarray]) -> Tensor:
-    """list of uint8[H,W,3] -> uint8[n,H,W,3]; a size change mid-stream is a bad file."""
-    if len({f.shape for f in frames}) > 1:
-        raise VideoError(path, f"frame size changes within the video: {sorted({f.shape[:2] for f in frames})}")
-    return torch.from_numpy(np.stack(frames))  # (n, H, W, 3)
+_warned_size_change: set[str] = set()
+
+
+def _stack(path: Path, frames: list[np.ndarray], size: tuple[int, int]) -> Tensor:
+    """list of uint8[H,W,3] -> uint8[n,H,W,3], every frame at ``size`` = (H, W) of the video's first frame.
+
+    Frames of another size (the stream changed resolution) are resized to it
+    (bilinear, antialiased); the first time per file, a warning says so.
+    """
+    sizes = {f.shape[:2] for f in frames}
+    if sizes == {size}:
+        return torch.from_numpy(np.stack(frames))  # (n, H, W, 3)
+    if str(path) not in _warned_size_change:
+        _warned_size_change.add(str(path))
+        log.warning("%s: the frame size changes within the video (%s); frames are resized to the first "
+                    "frame's %dx%d (W x H)", path, ", ".join(f"{w}x{h}" for h, w in sorted(sizes)), size[1], size[0])
+    return torch.stack([_resize(torch.from_numpy(f), size) for f in frames])  # (n, H, W, 3)
+
+
+def _resize(frame: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8[h,w,3] -> uint8[H,W,3] at ``size`` = (H, W); unchanged when it already is."""
+    if tuple(frame.shape[:2]) == size:
+        return frame
+    x = frame.permute(2, 0, 1)[None].float()  # (1, 3, h, w)
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)  # (1, 3, H, W)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)  # (H, W, 3)
 
 
 def decode_frames(
@@ -255,7 +295,7 @@ def decode_sampled(
             container.close()
             container = _open_video(path)
         indices = sample_indices(n, T, mode, generator)
-        frames, decoded = _decode(container, path, set(indices))
+        frames, decoded, first_size = _decode(container, path, set(indices))
     finally:
         container.close()
     if decoded <= indices[-1]:
@@ -267,7 +307,7 @@ def decode_sampled(
                 f"but only {decoded} decode",
             )
         indices = [min(i, decoded - 1) for i in indices]
-    return _stack(path, [frames[i] for i in indices]), indices  # (T, H, W, 3)
+    return _stack(path, [frames[i] for i in indices], first_size), indices  # (T, H, W, 3)
 
 
 def decode_all_frames(path: str | Path) -> Tensor:
@@ -298,4 +338,4 @@ def decode_all_frames(path: str | Path) -> Tensor:
         raise VideoError(
             path, f"truncated or corrupt: the container declares {declared} frames but only {len(out)} decode"
         )
-    return _stack(path, out)  # (n, H, W, 3)
+    return _stack(path, out, out[0].shape[:2])  # (n, H, W, 3)
