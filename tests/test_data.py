@@ -39,6 +39,8 @@ from vidmask.data import (
     sample_indices,
     swap_left_right,
 )
+from vidmask.data import video as video_module
+from vidmask.data.video import decode_sampled
 
 # --- fixtures ------------------------------------------------------------------
 
@@ -53,21 +55,34 @@ def frame_index(frame: np.ndarray, step: int = 14) -> int:
     return round((float(frame[:4, :4].mean()) - 8) / step)
 
 
-def make_video(path: Path, n: int = 16, w: int = 64, h: int = 64, codec: str = "libx264",
-               pix_fmt: str = "yuv420p", options: dict | None = None, step: int = 14) -> Path:
-    container = av.open(str(path), "w", options=options or {})
-    stream = container.add_stream(codec, rate=8)
-    stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-    for i in range(n):
-        a = np.full((h, w, 3), level(i, step), np.uint8)  # (H, W, 3)
-        x = min(3 * i, w - 8)
-        a[h // 2 - 4 : h // 2 + 4, x + 4 : x + 8] = 255  # moving square, away from the corner
+def write_video(path: Path, frames, codec: str = "libx264", pix_fmt: str = "yuv420p", rate: int = 8,
+                codec_options: dict | None = None, **open_kwargs) -> Path:
+    """Encode RGB frames (uint8[H,W,3] each, all one size) to ``path``; ``open_kwargs`` go to
+    ``av.open`` (muxer ``options``, a ``format``)."""
+    container = av.open(str(path), "w", **open_kwargs)
+    stream = container.add_stream(codec, rate=rate, options=codec_options or {})
+    for i, a in enumerate(frames):
+        if i == 0:
+            stream.height, stream.width = a.shape[:2]
+            stream.pix_fmt = pix_fmt
         for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)
     container.close()
     return path
+
+
+def make_video(path: Path, n: int = 16, w: int = 64, h: int = 64, codec: str = "libx264",
+               pix_fmt: str = "yuv420p", options: dict | None = None, step: int = 14) -> Path:
+    def frames():
+        for i in range(n):
+            a = np.full((h, w, 3), level(i, step), np.uint8)  # (H, W, 3)
+            x = min(3 * i, w - 8)
+            a[h // 2 - 4 : h // 2 + 4, x + 4 : x + 8] = 255  # moving square, away from the corner
+            yield a
+
+    return write_video(path, frames(), codec, pix_fmt, options=options or {})
 
 
 @pytest.fixture(scope="module")
@@ -348,18 +363,9 @@ def with_display_matrix(src: Path, dst: Path, a: int, b: int, c: int, d: int) ->
 ])
 def test_decode_applies_display_rotation(tmp_path, matrix, red_side):
     # stored 48 wide x 32 high, the left third red
-    stored = tmp_path / "stored.mp4"
-    container = av.open(str(stored), "w")
-    stream = container.add_stream("libx264", rate=8)
-    stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-    for _ in range(6):
-        a = np.zeros((32, 48, 3), np.uint8)  # (H, W, 3)
-        a[:, :16, 0] = 255
-        for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    a = np.zeros((32, 48, 3), np.uint8)  # (H, W, 3)
+    a[:, :16, 0] = 255
+    stored = write_video(tmp_path / "stored.mp4", [a] * 6)
     path = with_display_matrix(stored, tmp_path / "rotated.mp4", *matrix)
     for frames in (decode_frames(path, 3, "middle"), decode_all_frames(path)):
         upright = matrix[0] == 0  # a quarter turn swaps width and height
@@ -375,17 +381,8 @@ def test_decode_size_change_mid_stream_resizes_to_first_frame(tmp_path, caplog):
     # two raw H.264 streams back to back: 4 frames at 64x48 (grey 50), then 4
     # at 32x32 (grey 200); H.264 allows the change at the second key frame
     def raw(w: int, h: int, grey: int) -> bytes:
-        out = tmp_path / f"part{w}.h264"
-        container = av.open(str(out), "w", format="h264")
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for _ in range(4):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), grey, np.uint8), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        container.close()
-        return out.read_bytes()
+        frames = [np.full((h, w, 3), grey, np.uint8)] * 4  # (H, W, 3) each
+        return write_video(tmp_path / f"part{w}.h264", frames, format="h264").read_bytes()
 
     path = tmp_path / "resized.h264"
     path.write_bytes(raw(64, 48, 50) + raw(32, 32, 200))
@@ -399,6 +396,127 @@ def test_decode_size_change_mid_stream_resizes_to_first_frame(tmp_path, caplog):
     assert torch.equal(whole[[0, 2, 4, 6]], sampled)
     warnings = [r.getMessage() for r in caplog.records if "frame size changes" in r.getMessage()]
     assert len(warnings) == 1 and str(path) in warnings[0] and "64x48" in warnings[0]  # once per file
+
+
+# --- seeking in long videos -----------------------------------------------------
+
+BITS = 12  # a frame's index, written in 12 black/white 8x8 blocks
+
+
+def make_indexed_video(path: Path, n: int, options: dict[str, str], codec: str = "libx264") -> Path:
+    """n frames, 96x16, frame i showing i in binary (bit k in columns 8k..8k+7)."""
+    def frames():
+        for i in range(n):
+            bits = (i >> np.arange(BITS)) & 1  # (BITS,)
+            yield np.repeat(bits * 255, 8).astype(np.uint8)[None, :, None].repeat(16, 0).repeat(3, 2)  # (16, 96, 3)
+
+    return write_video(path, frames(), codec, rate=30, codec_options=options)
+
+
+def written_index(frame: torch.Tensor) -> int:
+    """The i make_indexed_video wrote into a decoded uint8[16,96,3] frame."""
+    bits = frame.float().mean(dim=(0, 2)).reshape(BITS, 8).mean(1) > 128  # (BITS,)
+    return int(sum(int(b) << k for k, b in enumerate(bits.tolist())))
+
+
+@pytest.fixture(scope="module")
+def long_media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("long")
+    gop = {"g": "40", "bf": "3", "sc_threshold": "0"}  # a key frame every 40, B-frames
+    return {
+        "closed_gop": make_indexed_video(d / "closed.mp4", 600, gop),
+        "open_gop": make_indexed_video(d / "open.mp4", 600, {**gop, "x264-params": "open-gop=1"}),
+        # HEVC: open groups of pictures (CRA key frames) by default in x265
+        "hevc": make_indexed_video(d / "hevc.mp4", 600, {"x265-params": "keyint=40:log-level=error"}, "libx265"),
+        "mkv": make_indexed_video(d / "long.mkv", 600, gop),  # no frame count: decoded in order
+    }
+
+
+def decode_in_order(monkeypatch, *args):
+    with monkeypatch.context() as m:
+        m.setattr(video_module, "SEEK_MIN_FRAMES", 1 << 30)
+        return decode_sampled(*args)
+
+
+@pytest.mark.parametrize("key", ["closed_gop", "open_gop", "hevc", "mkv"])
+@pytest.mark.parametrize("T", [4, 8, 16])
+def test_seeking_decode_gives_the_in_order_frames(long_media, monkeypatch, key, T):
+    path = long_media[key]
+    cases = [("middle", None)] + [("rand", seed) for seed in range(4)]
+    for mode, seed in cases:
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        frames, indices = decode_sampled(path, T, mode, g)
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        ref_frames, ref_indices = decode_in_order(monkeypatch, path, T, mode, g)
+        assert indices == ref_indices == sample_indices(600, T, mode, None if seed is None
+                                                        else torch.Generator().manual_seed(seed))
+        assert torch.equal(frames, ref_frames)
+        assert [written_index(f) for f in frames] == indices
+
+
+class CountingContainer:
+    """A PyAV input container that counts its seeks and decoded frames."""
+
+    def __init__(self, container):
+        self.container, self.seeks, self.decoded = container, 0, 0
+        self.streams = container.streams
+
+    def seek(self, *args, **kwargs):
+        self.seeks += 1
+        return self.container.seek(*args, **kwargs)
+
+    def decode(self, stream):
+        for frame in self.container.decode(stream):
+            self.decoded += 1
+            yield frame
+
+
+def test_seeking_is_used_and_skips_decoding(long_media, monkeypatch):
+    path = long_media["closed_gop"]
+    with av.open(str(path)) as c:
+        index = video_module.packet_index(c)
+    assert index is not None and len(index.pts) == 600 and len(index.key_pts) == 15
+    counted = []
+    real = video_module._decode_seeking
+
+    def counting(container, index, indices):
+        counted.append(CountingContainer(container))
+        return real(counted[-1], index, indices)
+
+    monkeypatch.setattr(video_module, "_decode_seeking", counting)
+    frames, indices = decode_sampled(path, 4, "middle")
+    assert indices == [74, 224, 374, 524]
+    assert [written_index(f) for f in frames] == indices
+    # key frames every 40: each wanted frame is reached from the key frame before it
+    # (40, 200, 360, 520), 4 seeks and at most a group of pictures plus B-frame delay each
+    assert counted[0].seeks == 4
+    assert counted[0].decoded <= 4 * (40 + 4)  # in order: 525
+    # no index for a file whose packets cannot be trusted: the mkv has no frame count
+    with av.open(str(long_media["mkv"])) as c:
+        assert c.streams.video[0].frames == 0
+        assert video_module.packet_index(c) is None
+
+
+def test_seeking_decode_on_a_real_clip(monkeypatch):
+    # bikes.mp4: 250 frames of real H.264 with 6 key frames; seek for every jump
+    path = real_clip("bikes.mp4")
+    for seed in range(3):
+        ref, ref_idx = decode_in_order(monkeypatch, path, 8, "rand", torch.Generator().manual_seed(seed))
+        with monkeypatch.context() as m:
+            m.setattr(video_module, "SEEK_MIN_FRAMES", 1)
+            m.setattr(video_module, "SEEK_MIN_SKIP", 1)
+            got, idx = decode_sampled(path, 8, "rand", torch.Generator().manual_seed(seed))
+        assert idx == ref_idx and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("truncated_faststart", "truncated"), ("corrupt", "corrupt"), ("truncated", "truncated"),
+])
+def test_seeking_path_still_names_bad_files(media, monkeypatch, key, reason):
+    monkeypatch.setattr(video_module, "SEEK_MIN_FRAMES", 1)
+    with pytest.raises(VideoError) as info:
+        decode_frames(media[key], 4, "middle")
+    assert str(media[key]) in str(info.value) and reason in str(info.value)
 
 
 @pytest.mark.parametrize("key, reason", [

@@ -12,9 +12,13 @@ deliberate differences from UMT:
   slots (n=3, T=8 -> 0,0,0,1,1,2,2,2), in both modes, so time still runs
   forward at a uniform rate.
 
-Decoding is sequential (no seeking) and keeps only the frames it needs, then
-stops after the last one, so a long video never sits in memory whole. Every
-failure raises :class:`VideoError` naming the file; nothing is substituted.
+Decoding keeps only the frames it needs and stops after the last one, so a
+long video never sits in memory whole. Short videos are decoded in order
+from the start. A long one (``SEEK_MIN_FRAMES`` or more) whose packets give
+a trustworthy frame index seeks to the key frame before each sampled frame
+instead, as decord does, and decodes only from there: the same frames, a
+fraction of the decoding (``bench/decode_seek.py``). Every failure raises
+:class:`VideoError` naming the file; nothing is substituted.
 
 Frames are turned upright as the container's display matrix says (a phone
 held upright records landscape pixels and a -90 degree rotation), as the
@@ -28,8 +32,9 @@ to it, with a warning naming the file.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import av
 import numpy as np
@@ -49,6 +54,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # share is tolerated: sampled indices past the end use the last decoded frame.
 # Anything larger means a truncated or damaged file.
 FRAME_COUNT_SLACK = 0.05
+
+# Seeking is tried for videos of at least this many frames, and used to jump
+# over at least SEEK_MIN_SKIP frames: a seek restarts decoding at a key
+# frame, so a short jump is cheaper decoded through.
+SEEK_MIN_FRAMES = 256
+SEEK_MIN_SKIP = 32
 
 
 class VideoError(RuntimeError):
@@ -252,6 +263,82 @@ def _resize(frame: Tensor, size: tuple[int, int]) -> Tensor:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)  # (H, W, 3)
 
 
+class PacketIndex(NamedTuple):
+    """Where every frame of a video stream sits, read from its packets without decoding."""
+
+    pts: list[int]  # presentation timestamp of frame i, ascending: frame i is the i-th shown
+    key_pts: list[int]  # timestamps of the key frames (where decoding can restart), ascending
+
+
+def packet_index(container) -> PacketIndex | None:
+    """The first video stream's :class:`PacketIndex`; None when it cannot be trusted for seeking.
+
+    Frame i is the packet with the i-th smallest timestamp, which is what
+    sequential decoding returns as frame i only if every packet is one shown
+    frame: so a packet without a timestamp, a repeated timestamp, a packet
+    the demuxer marks to discard (edit lists) or a count other than the
+    container's declared one all give None (decode in order instead).
+    Consumes the container's packets: reopen it to decode.
+    """
+    stream = container.streams.video[0]
+    pts: list[int] = []
+    key_pts: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue  # the demuxer's end-of-stream packet
+            if packet.pts is None or packet.is_discard:
+                return None
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
+    except av.error.FFmpegError:
+        return None  # the in-order decode reports the damage, naming the file
+    pts.sort()
+    key_pts.sort()
+    if len(pts) != stream.frames or len(set(pts)) != len(pts) or not key_pts:
+        return None
+    return PacketIndex(pts, key_pts)
+
+
+def _decode_seeking(container, index: PacketIndex, indices: list[int]) -> dict[int, np.ndarray] | None:
+    """The frames at ``indices`` by seeking to the key frame before each (when that skips
+    ``SEEK_MIN_SKIP`` frames or more) and decoding from there; frames are matched to
+    indices by timestamp. None if any frame is not found as the index promised, or a
+    frame's size is not the stream's (the caller then decodes in order).
+    """
+    stream = container.streams.video[0]
+    coded = (stream.codec_context.height, stream.codec_context.width)  # the first frame's, as stored
+    rank = {p: i for i, p in enumerate(index.pts)}  # timestamp -> frame index
+    wanted = set(indices)
+    frames: dict[int, np.ndarray] = {}
+    decoding = None  # the frame iterator, restarted after every seek
+    at = -1  # index of the last frame decoded
+    try:
+        for i in sorted(wanted):
+            k = bisect_right(index.key_pts, index.pts[i]) - 1  # the last key frame at or before frame i
+            key = rank[index.key_pts[k]] if k >= 0 else 0
+            if decoding is None or key - at > SEEK_MIN_SKIP:
+                if key > 0:
+                    container.seek(index.key_pts[k], stream=stream, backward=True, any_frame=False)
+                decoding = container.decode(stream)
+                at = -1
+            while at < i:
+                frame = next(decoding, None)
+                if frame is None or frame.pts not in rank:
+                    return None
+                if (frame.height, frame.width) != coded:
+                    return None  # a resolution change: decoding in order sizes frames by the first
+                at = rank[frame.pts]
+                if at in wanted:
+                    frames[at] = _upright_rgb(frame)  # (H, W, 3)
+            if i not in frames:
+                return None  # the seek landed after frame i
+    except av.error.FFmpegError:
+        return None
+    return frames
+
+
 def decode_frames(
     path: str | Path,
     T: int,
@@ -285,6 +372,10 @@ def decode_sampled(
     container = _open_video(path)
     try:
         declared = container.streams.video[0].frames
+        index = None
+        if declared >= SEEK_MIN_FRAMES:
+            index = packet_index(container)
+            container = _reopen(container, path)
         if declared > 0:
             n = declared
         else:
@@ -292,9 +383,14 @@ def decode_sampled(
             # keeps no pixels, then decode again for the chosen frames
             # (reopening is simpler and safer than seeking back in every format)
             n = _decode(container, path, None)[1]
-            container.close()
-            container = _open_video(path)
+            container = _reopen(container, path)
         indices = sample_indices(n, T, mode, generator)
+        if index is not None:
+            found = _decode_seeking(container, index, indices)
+            if found is not None:
+                size = found[indices[0]].shape[:2]  # the first frame's: _decode_seeking checks
+                return _stack(path, [found[i] for i in indices], size), indices  # (T, H, W, 3)
+            container = _reopen(container, path)  # the index misled: decode in order
         frames, decoded, first_size = _decode(container, path, set(indices))
     finally:
         container.close()
@@ -308,6 +404,12 @@ def decode_sampled(
             )
         indices = [min(i, decoded - 1) for i in indices]
     return _stack(path, [frames[i] for i in indices], first_size), indices  # (T, H, W, 3)
+
+
+def _reopen(container, path: Path):
+    """A fresh container on ``path`` in place of ``container`` (closed), read from the start."""
+    container.close()
+    return _open_video(path)
 
 
 def decode_all_frames(path: str | Path) -> Tensor:
