@@ -31,10 +31,11 @@ from _common import table, write
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vidmask.data import video as video_module  # noqa: E402
 
-VIDEOS = [  # (label, seconds, width, height); 30 fps
-    ("MSR-VTT-like clip", 15, 320, 240),
-    ("ActivityNet-like video", 180, 320, 240),
-    ("ActivityNet-like video, 360p", 120, 640, 360),
+VIDEOS = [  # (label, seconds, width, height, container); 30 fps
+    ("MSR-VTT-like clip", 15, 320, 240, "mp4"),
+    ("ActivityNet-like video", 180, 320, 240, "mp4"),
+    ("ActivityNet-like video, 360p", 120, 640, 360, "mp4"),
+    ("ActivityNet-like video, mkv (no frame count stored)", 180, 320, 240, "mkv"),
 ]
 
 
@@ -73,8 +74,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, seconds, w, h in VIDEOS:
-            path = make_video(Path(tmp) / f"{seconds}s_{w}x{h}.mp4", seconds, w, h)
+        for label, seconds, w, h, suffix in VIDEOS:
+            path = make_video(Path(tmp) / f"{seconds}s_{w}x{h}.{suffix}", seconds, w, h)
             with av.open(str(path)) as c:
                 index = video_module.packet_index(c)
             assert index is not None, f"{path}: no trustworthy packet index"

@@ -428,7 +428,7 @@ def long_media(tmp_path_factory) -> dict[str, Path]:
         "open_gop": make_indexed_video(d / "open.mp4", 600, {**gop, "x264-params": "open-gop=1"}),
         # HEVC: open groups of pictures (CRA key frames) by default in x265
         "hevc": make_indexed_video(d / "hevc.mp4", 600, {"x265-params": "keyint=40:log-level=error"}, "libx265"),
-        "mkv": make_indexed_video(d / "long.mkv", 600, gop),  # no frame count: decoded in order
+        "mkv": make_indexed_video(d / "long.mkv", 600, gop),  # no frame count: counted from packets
     }
 
 
@@ -452,6 +452,8 @@ def test_seeking_decode_gives_the_in_order_frames(long_media, monkeypatch, key, 
                                                         else torch.Generator().manual_seed(seed))
         assert torch.equal(frames, ref_frames)
         assert [written_index(f) for f in frames] == indices
+    # the numbering is decode_all_frames' (the teacher and frame caches index it)
+    assert torch.equal(decode_all_frames(path)[indices], frames)
 
 
 class CountingContainer:
@@ -491,10 +493,11 @@ def test_seeking_is_used_and_skips_decoding(long_media, monkeypatch):
     # (40, 200, 360, 520), 4 seeks and at most a group of pictures plus B-frame delay each
     assert counted[0].seeks == 4
     assert counted[0].decoded <= 4 * (40 + 4)  # in order: 525
-    # no index for a file whose packets cannot be trusted: the mkv has no frame count
+    # the mkv stores no frame count: its packets give it
     with av.open(str(long_media["mkv"])) as c:
         assert c.streams.video[0].frames == 0
-        assert video_module.packet_index(c) is None
+        assert len(video_module.packet_index(c).pts) == 600
+    assert count_frames(long_media["mkv"]) == 600
 
 
 def test_seeking_decode_on_a_real_clip(monkeypatch):
@@ -544,7 +547,7 @@ def test_truncated_at_packet_boundary(media, tmp_path):
     data = media["long"].read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: ends[20]])
-    with pytest.raises(VideoError, match="declares 48 frames but only 21 decode"):
+    with pytest.raises(VideoError, match="lists 48 frames but only 21 decode"):
         decode_frames(cut, 4)
     # one frame short of the declared count is within the slack (edit lists)
     cut.write_bytes(data[: ends[46]])

@@ -17,7 +17,10 @@ long video never sits in memory whole. Short videos are decoded in order
 from the start. A long one (``SEEK_MIN_FRAMES`` or more) whose packets give
 a trustworthy frame index seeks to the key frame before each sampled frame
 instead, as decord does, and decodes only from there: the same frames, a
-fraction of the decoding (``bench/decode_seek.py``). Every failure raises
+fraction of the decoding (``bench/decode_seek.py``). A container that does
+not store its frame count (mkv, webm) is counted from its packets, one
+shown frame each, as decord counts; only a file whose packets cannot be
+trusted (no timestamps) is counted by decoding it. Every failure raises
 :class:`VideoError` naming the file; nothing is substituted.
 
 Frames are turned upright as the container's display matrix says (a phone
@@ -165,7 +168,9 @@ def _open_video(path: Path):
 
 def count_frames(path: str | Path) -> int:
     """Frames in the first video stream: the container's count when it has one
-    (mp4, mov, avi), otherwise (mkv, webm) counted by decoding."""
+    (mp4, mov, avi), otherwise (mkv, webm) its packets, or, when those carry
+    no usable timestamps, counted by decoding: the ``n`` that
+    :func:`decode_frames` samples from."""
     path = Path(path)
     if is_image_path(path):
         load_image(path)
@@ -175,6 +180,10 @@ def count_frames(path: str | Path) -> int:
         n = container.streams.video[0].frames
         if n > 0:
             return n
+        index = packet_index(container)
+        if index is not None:
+            return len(index.pts)
+        container = _reopen(container, path)
         return _decode(container, path, None)[1]
     finally:
         container.close()
@@ -277,8 +286,8 @@ def packet_index(container) -> PacketIndex | None:
     sequential decoding returns as frame i only if every packet is one shown
     frame: so a packet without a timestamp, a repeated timestamp, a packet
     the demuxer marks to discard (edit lists) or a count other than the
-    container's declared one all give None (decode in order instead).
-    Consumes the container's packets: reopen it to decode.
+    container's declared one (when it declares one) all give None (decode in
+    order instead). Consumes the container's packets: reopen it to decode.
     """
     stream = container.streams.video[0]
     pts: list[int] = []
@@ -296,7 +305,7 @@ def packet_index(container) -> PacketIndex | None:
         return None  # the in-order decode reports the damage, naming the file
     pts.sort()
     key_pts.sort()
-    if len(pts) != stream.frames or len(set(pts)) != len(pts) or not key_pts:
+    if (stream.frames > 0 and len(pts) != stream.frames) or len(set(pts)) != len(pts) or not key_pts:
         return None
     return PacketIndex(pts, key_pts)
 
@@ -373,19 +382,21 @@ def decode_sampled(
     try:
         declared = container.streams.video[0].frames
         index = None
-        if declared >= SEEK_MIN_FRAMES:
+        if declared >= SEEK_MIN_FRAMES or declared <= 0:
             index = packet_index(container)
             container = _reopen(container, path)
+        if declared <= 0 and index is not None:
+            declared = len(index.pts)  # no count in the container: its packets, one frame each
         if declared > 0:
             n = declared
         else:
-            # no count in the container: count by a first decoding pass that
-            # keeps no pixels, then decode again for the chosen frames
-            # (reopening is simpler and safer than seeking back in every format)
+            # no count anywhere: count by a first decoding pass that keeps no
+            # pixels, then decode again for the chosen frames (reopening is
+            # simpler and safer than seeking back in every format)
             n = _decode(container, path, None)[1]
             container = _reopen(container, path)
         indices = sample_indices(n, T, mode, generator)
-        if index is not None:
+        if index is not None and n >= SEEK_MIN_FRAMES:
             found = _decode_seeking(container, index, indices)
             if found is not None:
                 size = found[indices[0]].shape[:2]  # the first frame's: _decode_seeking checks
@@ -399,7 +410,7 @@ def decode_sampled(
         if decoded < declared * (1 - FRAME_COUNT_SLACK):
             raise VideoError(
                 path,
-                f"truncated or corrupt: the container declares {declared} frames "
+                f"truncated or corrupt: the container lists {declared} frames "
                 f"but only {decoded} decode",
             )
         indices = [min(i, decoded - 1) for i in indices]
@@ -438,6 +449,6 @@ def decode_all_frames(path: str | Path) -> Tensor:
         raise VideoError(path, "no decodable frames")
     if declared > 0 and len(out) < declared * (1 - FRAME_COUNT_SLACK):
         raise VideoError(
-            path, f"truncated or corrupt: the container declares {declared} frames but only {len(out)} decode"
+            path, f"truncated or corrupt: the container lists {declared} frames but only {len(out)} decode"
         )
     return _stack(path, out, out[0].shape[:2])  # (n, H, W, 3)
