@@ -115,12 +115,22 @@ def media(tmp_path_factory) -> dict[str, Path]:
     (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     m["corrupt_jpg"] = d / "corrupt.jpg"
     m["audio"] = _make_audio_only(d / "audio.mp4")
+    m["cover_only"] = _make_audio_only(d / "song.mp4", cover=True)
     return m
 
 
-def _make_audio_only(path: Path) -> Path:
+def _make_audio_only(path: Path, cover: bool = False) -> Path:
+    """Four AAC frames of silence; ``cover``: plus a cover picture (a music file's artwork)."""
     container = av.open(str(path), "w")
     stream = container.add_stream("aac", rate=16000)
+    if cover:
+        art = container.add_stream("mjpeg", rate=1)
+        art.width, art.height, art.pix_fmt = 32, 32, "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        for packet in art.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in art.encode():
+            container.mux(packet)
     for i in range(4):
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
         frame.sample_rate, frame.pts = 16000, i * 1024
@@ -530,6 +540,7 @@ def test_seeking_path_still_names_bad_files(media, monkeypatch, key, reason):
     ("corrupt", "corrupt"),
     ("corrupt_jpg", "corrupt"),
     ("audio", "no video stream"),
+    ("cover_only", "only a cover picture"),  # not its artwork repeated T times
 ])
 def test_decode_bad_files_raise_naming_file(media, key, reason):
     with pytest.raises(VideoError) as info:

@@ -147,27 +147,37 @@ def load_image(path: str | Path) -> np.ndarray:
     return rgb[None]  # (1, H, W, 3)
 
 
+def video_stream(container):
+    """The stream a video's frames come from: the first video stream that is not a cover
+    picture (``attached_pic``, what yt-dlp's ``--embed-thumbnail`` adds); None if there is none."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 def _open_video(path: Path):
     _check_file(path)
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as e:
         raise VideoError(path, f"not a readable video, corrupt or truncated ({e})") from e
-    if not container.streams.video:
+    stream = video_stream(container)
+    if stream is None:
+        what = "only a cover picture" if container.streams.video else "no video stream"
         container.close()
-        raise VideoError(path, "no video stream in the file")
+        raise VideoError(path, f"{what} in the file")
     # One decoding thread: DataLoader workers are the parallelism. FFmpeg's
     # own threads oversubscribe the cores under several workers and, on short
     # clips, add wake-up latency (median 4 ms vs 0.9 ms for a 16-frame 128px
     # clip on the 2-core development machine).
-    stream = container.streams.video[0]
     stream.thread_type = "NONE"
     stream.thread_count = 1
     return container
 
 
 def count_frames(path: str | Path) -> int:
-    """Frames in the first video stream: the container's count when it has one
+    """Frames in the video stream (:func:`video_stream`): the container's count when it has one
     (mp4, mov, avi), otherwise (mkv, webm) its packets, or, when those carry
     no usable timestamps, counted by decoding: the ``n`` that
     :func:`decode_frames` samples from."""
@@ -177,7 +187,7 @@ def count_frames(path: str | Path) -> int:
         return 1
     container = _open_video(path)
     try:
-        n = container.streams.video[0].frames
+        n = video_stream(container).frames
         if n > 0:
             return n
         index = packet_index(container)
@@ -218,7 +228,7 @@ def _decode(
     frame). Stops after the largest wanted index, so a long video is never
     held whole.
     """
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     last = max(wanted) if wanted else None
     frames: dict[int, np.ndarray] = {}
     n = 0
@@ -280,7 +290,7 @@ class PacketIndex(NamedTuple):
 
 
 def packet_index(container) -> PacketIndex | None:
-    """The first video stream's :class:`PacketIndex`; None when it cannot be trusted for seeking.
+    """The video stream's :class:`PacketIndex`; None when it cannot be trusted for seeking.
 
     Frame i is the packet with the i-th smallest timestamp, which is what
     sequential decoding returns as frame i only if every packet is one shown
@@ -289,7 +299,7 @@ def packet_index(container) -> PacketIndex | None:
     container's declared one (when it declares one) all give None (decode in
     order instead). Consumes the container's packets: reopen it to decode.
     """
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     pts: list[int] = []
     key_pts: list[int] = []
     try:
@@ -316,7 +326,7 @@ def _decode_seeking(container, index: PacketIndex, indices: list[int]) -> dict[i
     indices by timestamp. None if any frame is not found as the index promised, or a
     frame's size is not the stream's (the caller then decodes in order).
     """
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     coded = (stream.codec_context.height, stream.codec_context.width)  # the first frame's, as stored
     rank = {p: i for i, p in enumerate(index.pts)}  # timestamp -> frame index
     wanted = set(indices)
@@ -380,7 +390,7 @@ def decode_sampled(
         return image.expand(T, -1, -1, -1).contiguous(), [0] * T  # (T, H, W, 3)
     container = _open_video(path)
     try:
-        declared = container.streams.video[0].frames
+        declared = video_stream(container).frames
         index = None
         if declared >= SEEK_MIN_FRAMES or declared <= 0:
             index = packet_index(container)
@@ -433,7 +443,7 @@ def decode_all_frames(path: str | Path) -> Tensor:
         return torch.from_numpy(load_image(path))  # (1, H, W, 3)
     container = _open_video(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         out: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
