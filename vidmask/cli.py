@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "vidmask.commands.demo",
     "vidmask.commands.masks",
     "vidmask.commands.teacher",
+    "vidmask.commands.anno",
 ]
 
 

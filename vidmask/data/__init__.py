@@ -13,6 +13,8 @@ Public API::
     VideoTextDataset(items, num_frames, size, train, seed=0, ...)
     collate_video_text(batch) -> {"video", "caption", "index", "frame_ids", "path", "bad"}
     BadSampleTracker(max_share, min_samples).update(num_good, bad)
+    public_formats.convert(fmt, src, split=, ids=, mapping=, ext=) -> annotation entries
+        (MSR-VTT, MSRVTT-QA, MSVD, DiDeMo, ActivityNet Captions as released)
 """
 
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions, load_annotations

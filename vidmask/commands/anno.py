@@ -1,0 +1,97 @@
+"""`vidmask anno convert|formats`: the public datasets' annotation files as vidmask annotation lists."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("anno", help="convert public datasets' annotation files (MSR-VTT, MSVD, DiDeMo, ActivityNet)",
+                       description="vidmask reads UMT/VINDLU annotation lists; this converts the files the "
+                       "public datasets ship with into them.")
+    jobs = p.add_subparsers(dest="job", metavar="JOB", required=True)
+    c = jobs.add_parser(
+        "convert", help="convert one released annotation file",
+        description="Convert FORMAT's SRC file to a vidmask annotation list at --out. With --video-root, each "
+        "entry is matched to its file there (another extension is fine) and entries whose video is missing "
+        "are left out and listed (--keep-missing keeps them).",
+        epilog="examples:\n"
+        "  vidmask anno convert msrvtt train_val_videodatainfo.json --ids MSRVTT_train.9k.csv --out train.json\n"
+        "  vidmask anno convert msrvtt-1k MSRVTT_JSFUSION_test.csv --out test_retrieval.json\n"
+        "  vidmask anno convert msrvtt-qa train_qa.json --out train_qa.json --answer-list answer_list.json\n"
+        "  vidmask anno convert msvd-caption AllVideoDescriptions.txt --mapping youtube_mapping.txt "
+        "--split test --out test_caption.json\n"
+        "  vidmask anno convert activitynet val_1.json --video-root videos/ --out test_paragraph.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("format", metavar="FORMAT", help="msrvtt | msrvtt-1k | msrvtt-qa | msvd-qa | msvd-caption | "
+                   "didemo | activitynet (`vidmask anno formats` describes them)")
+    c.add_argument("src", metavar="SRC", help="the released annotation file")
+    c.add_argument("--out", required=True, help="the vidmask annotation JSON to write")
+    c.add_argument("--split", help="msrvtt: train | validate | test (the official split); msvd-caption: "
+                   "train | val | test (needs --mapping)")
+    c.add_argument("--ids", help="msrvtt: a file of video ids to keep, e.g. CLIP4Clip's MSRVTT_train.9k.csv")
+    c.add_argument("--mapping", help="msvd-qa, msvd-caption: MSVD's youtube_mapping.txt")
+    c.add_argument("--ext", help="video file extension to write (default: .mp4; MSVD .avi; DiDeMo as in its file)")
+    c.add_argument("--video-root", help="folder of the videos: match each entry to its file and report missing ones")
+    c.add_argument("--keep-missing", action="store_true", help="with --video-root: keep entries whose video is missing")
+    c.add_argument("--answer-list", help="QA formats: also write the most frequent answers here (answer_list.json)")
+    c.add_argument("--top", type=int, default=1500, help="answers in --answer-list (default 1500)")
+    c.set_defaults(func=run_convert)
+    f = jobs.add_parser("formats", help="list the formats convert reads")
+    f.set_defaults(func=run_formats)
+
+
+def run_formats(args: argparse.Namespace) -> int:
+    from vidmask.data.public_formats import FORMAT_HELP
+
+    width = max(map(len, FORMAT_HELP))
+    print("\n".join(f"{name:<{width}}  {text}" for name, text in FORMAT_HELP.items()))
+    return 0
+
+
+def _write_json(path, obj) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=0), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from vidmask.data.annotations import load_annotations
+    from vidmask.data.public_formats import QA_FORMATS, answer_list, convert, find_videos
+
+    entries = convert(args.format, args.src, split=args.split, ids=args.ids, mapping=args.mapping, ext=args.ext)
+    qa = args.format in QA_FORMATS
+    if args.answer_list and not qa:
+        print(f"vidmask anno convert: --answer-list is for {' and '.join(QA_FORMATS)}", file=sys.stderr)
+        return 2
+    if args.video_root:
+        found, missing = find_videos(entries, args.video_root)
+        if missing:
+            what = "kept (they will be counted as bad samples)" if args.keep_missing else "left out"
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            print(f"{len(missing)} of {len(entries)} entries have no video under {args.video_root}; {what}: {shown}",
+                  file=sys.stderr)
+        if not args.keep_missing:
+            entries = found
+    _write_json(args.out, entries)
+    items = load_annotations(args.out, require_caption=not qa)  # what training will read
+    videos = len({str(i.path) for i in items})
+    if qa:
+        print(f"{args.format}: {len(items)} questions on {videos} videos -> {args.out}")
+    else:
+        print(f"{args.format}: {videos} videos, {sum(len(i.captions) for i in items)} captions -> {args.out}")
+    if args.answer_list:
+        answers = answer_list(entries, args.top)
+        _write_json(args.answer_list, answers)
+        covered = sum(e["answer"] in set(answers) for e in entries)
+        print(f"{len(answers)} answers -> {args.answer_list} (they cover {100 * covered / max(1, len(entries)):.1f} % "
+              f"of these questions)")
+    return 0
