@@ -77,6 +77,21 @@ def test_qa_formats_and_answer_list(tmp_path):
     assert question_type("  How many cats ") == "how"
 
 
+def test_activitynet_qa_joins_questions_and_answers(tmp_path):
+    q = write(tmp_path / "test_q.json", [{"video_name": "abc", "question": "is he dancing", "question_id": "abc_1"},
+                                         {"video_name": "xyz", "question": "what color is it", "question_id": "xyz_2"}])
+    write(tmp_path / "test_a.json", [{"question_id": "xyz_2", "answer": "red", "type": 4},
+                                     {"question_id": "abc_1", "answer": "yes", "type": 3}])
+    assert convert("activitynet-qa", q) == [
+        {"video": "v_abc.mp4", "question": "is he dancing", "answer": "yes", "question_id": "abc_1", "type": "yes_no"},
+        {"video": "v_xyz.mp4", "question": "what color is it", "answer": "red", "question_id": "xyz_2", "type": "color"}]
+    write(tmp_path / "test_a.json", [{"question_id": "abc_1", "answer": "yes", "type": 3}])
+    with pytest.raises(AnnotationError, match="test_a.json: no answer for question_id 'xyz_2'"):
+        convert("activitynet-qa", q)
+    with pytest.raises(AnnotationError, match="expected ActivityNet-QA's questions file"):
+        convert("activitynet-qa", tmp_path / "test_a.json")
+
+
 def test_msvd_captions_and_standard_split(tmp_path):
     lines = ["# MSVD descriptions", "clipA_1_5 a cat plays", "clipB_2_9 a man cooks", "clipA_1_5 a kitten plays", ""]
     src = write(tmp_path / "AllVideoDescriptions.txt", "\n".join(lines))

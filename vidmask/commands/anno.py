@@ -25,8 +25,10 @@ def add_parser(sub) -> None:
         "  vidmask anno convert activitynet val_1.json --video-root videos/ --out test_paragraph.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("format", metavar="FORMAT", help="msrvtt | msrvtt-1k | msrvtt-qa | msvd-qa | msvd-caption | "
-                   "didemo | activitynet (`vidmask anno formats` describes them)")
+    from vidmask.data.public_formats import FORMATS  # standard library only: --help stays fast
+
+    c.add_argument("format", metavar="FORMAT", choices=FORMATS,
+                   help=" | ".join(FORMATS) + " (`vidmask anno formats` describes them)")
     c.add_argument("src", metavar="SRC", help="the released annotation file")
     c.add_argument("--out", required=True, help="the vidmask annotation JSON to write")
     c.add_argument("--split", help="msrvtt: train | validate | test (the official split); msvd-caption: "

@@ -16,6 +16,11 @@ entries for :func:`vidmask.data.annotations.load_annotations`:
   MSVD-QA's is ``vidN`` of ``youtube_mapping.txt`` (``<clip> vidN`` per line).
   The question type is the question's first word (what / who / how / when / where),
   which is how both datasets report accuracy by type.
+* ``activitynet-qa``: ActivityNet-QA's ``{split}_q.json`` (``{"video_name", "question",
+  "question_id"}``) with the ``{split}_a.json`` beside it (``{"question_id", "answer",
+  "type"}``); videos are ``v_<video_name>``, types named as its README numbers them
+  (motion, spatial, temporal, then the free questions' answer types yes_no, color,
+  object, location, number, other).
 * ``msvd-caption``: MSVD's ``AllVideoDescriptions.txt`` (``<clip> <sentence>`` per line,
   ``#`` comments); one entry per clip with its sentences. ``split`` (with the mapping)
   takes the standard split: vid1-1200 train, 1201-1300 val, 1301-1970 test.
@@ -171,6 +176,35 @@ def video_qa(path: Path, video_name: Callable[[int], str], ext: str) -> list[Ent
     return out
 
 
+ANET_QA_TYPES = ("motion", "spatial", "temporal", "yes_no", "color", "object", "location", "number", "other")
+
+
+def activitynet_qa(path: Path, ext: str = ".mp4") -> list[Entry]:
+    path = Path(path)
+    if not path.name.endswith("_q.json"):
+        raise _fail(path, "expected ActivityNet-QA's questions file, <split>_q.json (its answers beside it)")
+    answers_path = path.with_name(path.name[: -len("_q.json")] + "_a.json")
+    questions, answers = _read_json(path), _read_json(answers_path)
+    for f, data in ((path, questions), (answers_path, answers)):
+        if not isinstance(data, list):
+            raise _fail(f, f"the top level is a {type(data).__name__}, not a list")
+    by_id = {}
+    for i, a in enumerate(answers):
+        _need(answers_path, a, ("question_id", "answer"), f"entry {i}")
+        by_id[a["question_id"]] = a
+    out = []
+    for i, q in enumerate(questions):
+        _need(path, q, ("video_name", "question", "question_id"), f"entry {i}")
+        a = by_id.get(q["question_id"])
+        if a is None:
+            raise _fail(answers_path, f"no answer for question_id {q['question_id']!r} (entry {i} of {path.name})")
+        kind = a.get("type")
+        out.append({"video": f"v_{q['video_name']}{ext}", "question": q["question"].strip(),
+                    "answer": str(a["answer"]).strip(), "question_id": q["question_id"],
+                    "type": ANET_QA_TYPES[kind] if isinstance(kind, int) and 0 <= kind < 9 else str(kind)})
+    return out
+
+
 def msrvtt_qa(path: Path, ext: str = ".mp4") -> list[Entry]:
     return video_qa(path, lambda n: f"video{n}", ext)
 
@@ -229,7 +263,7 @@ def activitynet(path: Path, ext: str = ".mp4") -> list[Entry]:
 
 # each format's video file extension, unless ``ext`` says otherwise (DiDeMo's file names its videos)
 DEFAULT_EXT = {"msrvtt": ".mp4", "msrvtt-1k": ".mp4", "msrvtt-qa": ".mp4", "msvd-qa": ".avi",
-               "msvd-caption": ".avi", "didemo": None, "activitynet": ".mp4"}
+               "activitynet-qa": ".mp4", "msvd-caption": ".avi", "didemo": None, "activitynet": ".mp4"}
 FORMATS = tuple(DEFAULT_EXT)
 FORMAT_HELP = {
     "msrvtt": "MSR-VTT train_val_videodatainfo.json / test_videodatainfo.json / MSRVTT_data.json "
@@ -237,11 +271,12 @@ FORMAT_HELP = {
     "msrvtt-1k": "MSR-VTT 1k-A test split, MSRVTT_JSFUSION_test.csv",
     "msrvtt-qa": "MSRVTT-QA {train,val,test}_qa.json",
     "msvd-qa": "MSVD-QA {train,val,test}_qa.json (--mapping youtube_mapping.txt)",
+    "activitynet-qa": "ActivityNet-QA {train,val,test}_q.json, with the _a.json beside it",
     "msvd-caption": "MSVD AllVideoDescriptions.txt (--split train|val|test with --mapping youtube_mapping.txt)",
     "didemo": "DiDeMo {train,val,test}_data.json, one paragraph per video",
     "activitynet": "ActivityNet Captions train.json / val_1.json / val_2.json, one paragraph per video",
 }
-QA_FORMATS = ("msrvtt-qa", "msvd-qa")
+QA_FORMATS = ("msrvtt-qa", "msvd-qa", "activitynet-qa")
 
 
 def convert(fmt: str, src: str | Path, *, split: str | None = None, ids: str | Path | None = None,
@@ -267,6 +302,8 @@ def convert(fmt: str, src: str | Path, *, split: str | None = None, ids: str | P
         return msrvtt_qa(src, ext)
     if fmt == "msvd-qa":
         return msvd_qa(src, msvd_map, ext)
+    if fmt == "activitynet-qa":
+        return activitynet_qa(src, ext)
     if fmt == "msvd-caption":
         return msvd_caption(src, msvd_map, split, ext)
     if fmt == "didemo":
