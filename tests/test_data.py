@@ -788,3 +788,32 @@ def test_frame_cache_matches_disk(media):
     assert all(torch.equal(a[i][0], b[i][0]) for i in a)
     with pytest.raises(VideoError, match="corrupt.mp4"):
         VideoTextDataset(items, num_frames=4, size=16, train=False, cache_frames=True)
+
+
+# --- checking a dataset's media --------------------------------------------------
+
+
+def test_check_media_lists_unreadable_files_once(media, tmp_path, capsys):
+    from vidmask.cli import main
+    from vidmask.data.check import check_media, without_bad
+
+    names = ["clip", "truncated", "missing", "png", "corrupt_jpg", "clip", "audio"]
+    entries = [{("image" if k in ("png", "corrupt_jpg") else "video"): str(media[k]), "caption": k} for k in names]
+    anno = write_json(tmp_path / "anno.json", entries)
+    items = load_annotations(anno)
+    expect = {str(media[k]): reason for k, reason in
+              [("truncated", "truncated"), ("missing", "not found"), ("corrupt_jpg", "corrupt"),
+               ("audio", "no video stream")]}
+    for workers in (1, 2):
+        done = []
+        bad = check_media(items, num_frames=4, workers=workers, progress=done.append)
+        assert [b.path for b in bad] == list(expect)  # in file order, the repeated clip read once
+        assert all(expect[b.path] in b.reason for b in bad)
+        assert sum(done) == 6  # distinct files
+    assert [e["caption"] for e in without_bad(entries, items, bad)] == ["clip", "png", "clip"]
+    clean = tmp_path / "clean.json"
+    assert main(["anno", "check", str(anno), "--frames", "4", "--workers", "1", "--write-clean", str(clean)]) == 1
+    out = capsys.readouterr()
+    assert str(media["missing"]) in out.out and "4 of 6 media files unreadable" in out.err
+    assert [e["caption"] for e in json.loads(clean.read_text())] == ["clip", "png", "clip"]
+    assert main(["anno", "check", str(clean), "--frames", "4", "--workers", "1"]) == 0

@@ -43,6 +43,18 @@ def add_parser(sub) -> None:
     c.set_defaults(func=run_convert)
     f = jobs.add_parser("formats", help="list the formats convert reads")
     f.set_defaults(func=run_formats)
+    k = jobs.add_parser(
+        "check", help="read every video of an annotation file once and list the unreadable ones",
+        description="Read every distinct video (or image) of ANNO as training reads it (--frames frames, "
+        "evaluation's choice of frames) and list the ones that fail, with the reason. Exit code 0 when all "
+        "read, 1 when some do not, 2 for a bad command or annotation file.",
+    )
+    k.add_argument("anno", metavar="ANNO", help="a vidmask (UMT/VINDLU) annotation JSON file")
+    k.add_argument("--video-root", help="folder the entries' paths are relative to (default: ANNO's folder)")
+    k.add_argument("--frames", type=int, default=8, help="frames read per video (data.num_frames)")
+    k.add_argument("--workers", type=int, default=2, help="reading processes")
+    k.add_argument("--write-clean", metavar="OUT", help="also write ANNO without the entries whose media failed")
+    k.set_defaults(func=run_check)
 
 
 def run_formats(args: argparse.Namespace) -> int:
@@ -61,7 +73,7 @@ def _write_json(path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=0), encoding="utf-8")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -97,3 +109,27 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"{len(answers)} answers -> {args.answer_list} (they cover {100 * covered / max(1, len(entries)):.1f} % "
               f"of these questions)")
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from vidmask.data.annotations import load_annotations
+    from vidmask.data.check import check_media, without_bad
+
+    items = load_annotations(args.anno, args.video_root, require_caption=False)
+    files = len({str(i.path) for i in items})
+    with tqdm(total=files, desc="check", unit="video", dynamic_ncols=True, file=sys.stderr) as bar:
+        bad = check_media(items, args.frames, args.workers, progress=bar.update)
+    for b in bad:
+        print(f"{b.path}: {b.reason}")
+    print(f"{len(bad)} of {files} media files unreadable ({len(items)} entries in {args.anno})", file=sys.stderr)
+    if args.write_clean:
+        entries = json.loads(Path(args.anno).read_text(encoding="utf-8"))
+        kept = without_bad(entries, items, bad)
+        _write_json(args.write_clean, kept)
+        print(f"{len(kept)} of {len(entries)} entries -> {args.write_clean}", file=sys.stderr)
+    return 1 if bad else 0
