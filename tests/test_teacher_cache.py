@@ -54,6 +54,11 @@ def test_save_load_and_what_the_key_covers(tiny_set, tmp_path, clip_teacher, tin
     assert key == cache_key("hf-clip", tiny_clip_dir, items, 64)
     assert key != cache_key("hf-clip", tiny_clip_dir, items, 32)  # frame size
     assert key != cache_key("hf-clip", tiny_clip_dir, items[:-1], 64)  # video list
+    from vidmask.data import video as video_reader
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(video_reader, "READER_VERSION", video_reader.READER_VERSION + 1)
+        assert key != cache_key("hf-clip", tiny_clip_dir, items, 64)  # the reader decodes differently
     other = tmp_path / "clip2"
     shutil.copytree(tiny_clip_dir, other)
     assert key == cache_key("hf-clip", other, items, 64)  # same bytes, other folder

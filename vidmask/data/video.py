@@ -58,6 +58,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Anything larger means a truncated or damaged file.
 FRAME_COUNT_SLACK = 0.05
 
+# What the reader makes of a file: bumped whenever a change makes some file
+# decode to other pixels or frame numbers (2: display rotation applied,
+# resolution changes resized), so per-frame caches keyed on it
+# (vidmask.teachers.cache) are rebuilt rather than silently reused.
+READER_VERSION = 2
+
 # Seeking is tried for videos of at least this many frames, and used to jump
 # over at least SEEK_MIN_SKIP frames: a seek restarts decoding at a key
 # frame, so a short jump is cheaper decoded through.

@@ -18,8 +18,9 @@ convolutions do not promise bit-identical results across batch sizes.
     out = teacher.from_frames(feats, grid)                 # TeacherOut, as teacher(video, grid)
 
 :func:`cache_key` names a cache by what its features depend on (teacher
-weights, the video list, frame size and normalisation), so a stale cache is
-never read: a changed input gets a new file.
+weights, the video list, the video reader's version, frame size and
+normalisation), so a stale cache is never read: a changed input gets a new
+file.
 
 Memory: 4 bytes x frames x n x D. The motion-shapes corpus (22,400 training
 frames, lit-effnet at 128 px: 4x4 tokens of 256) takes 367 MB.
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from vidmask.data.annotations import VideoText
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
+from vidmask.data import video as video_reader
 from vidmask.data.video import VideoError, decode_all_frames
 from vidmask.teachers.base import FrameFeatures, Teacher
 
@@ -63,11 +65,11 @@ def cache_key(teacher_name: str, teacher_path: str | Path | None, items: Sequenc
 
     It covers the teacher's files (their bytes: a retrained head file is a
     new key), the videos (paths, sizes and modification times, in order),
-    the frame side and the normalisation.
+    the video reader's version, the frame side and the normalisation.
     """
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT, "teacher": teacher_name, "size": size, "mean": list(mean),
-                         "std": list(std)}, sort_keys=True).encode())
+    h.update(json.dumps({"format": FORMAT, "reader": video_reader.READER_VERSION, "teacher": teacher_name,
+                         "size": size, "mean": list(mean), "std": list(std)}, sort_keys=True).encode())
     if teacher_path:
         _digest_path(Path(teacher_path), h)
     for item in items:
