@@ -175,6 +175,7 @@ def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
 
     job = make_job(cfg, info.device)
     task, model, items = job.task, job.model, job.items
+    steps_per_epoch(len(items), cfg.train.batch_size, info.world)  # too few samples: stop before any step
     optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
 

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from vidmask.config import ConfigError
+
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """This rank's batches of sample indices for one epoch.
@@ -28,9 +30,9 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
     spe = n // (batch_size * world)
     if spe < 1:
-        raise ValueError(
-            f"{n} training samples cannot fill one global batch of {batch_size} x {world} processes; "
-            "lower train.batch_size"
+        raise ConfigError(
+            f"train.batch_size: {n} training samples (data.train_anno) cannot fill one global batch of "
+            f"{batch_size} x {world} processes; lower train.batch_size or add samples"
         )
     return spe
 
