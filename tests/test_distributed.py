@@ -47,3 +47,13 @@ def test_gathered_vtc_equals_single_process(split):
         g, n, lo = out[r][1:], sizes[r], split[r]
         assert torch.allclose(g[: n * 4].view(n, 4), vg.grad[lo : lo + n], atol=1e-6)
         assert torch.allclose(g[n * 4 :].view(n, 4), tg.grad[lo : lo + n], atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_asking_for_cuda_without_one_is_a_config_error():
+    from vidmask.config import ConfigError
+    from vidmask.train.distributed import pick_device
+
+    with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device"):
+        pick_device("cuda", 0)
+    assert pick_device("auto", 0).type == "cpu"

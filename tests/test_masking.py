@@ -115,6 +115,17 @@ def test_unknown_name_is_rejected():
         build_masker("cluster")  # no substring dispatch
 
 
+def test_unknown_parameter_is_rejected_with_the_valid_ones():
+    from vidmask.masking import masker_params
+
+    assert {"dc_ratio", "knn"} <= set(masker_params("clusterstm"))
+    assert build_masker("clusterstm", ratio=0.85, knn=3) is not None
+    with pytest.raises(TypeError, match="'random' takes no parameter knn; it takes: none besides the ratio"):
+        build_masker("random", knn=3)
+    with pytest.raises(TypeError, match="takes no parameter k; it takes: .*knn"):
+        build_masker("clusterstm", k=3)
+
+
 # ----------------------------------------------------------------------------
 # ClusterSTM: slow float64 reference of Algorithms I + II (corrected) and DPC-kNN
 # ----------------------------------------------------------------------------

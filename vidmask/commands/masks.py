@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from vidmask.data import VideoError, VideoTransform, decode_frames
-    from vidmask.masking import build_masker, list_maskers
+    from vidmask.masking import build_masker, list_maskers, masker_params
     from vidmask.masking.saliency import colour_saliency, pixel_tokens
     from vidmask.models.video_vit import patchify
     from vidmask.viz.masks import draw_masks, frames_for_model
@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         k, v = item.split("=", 1)
         params[k] = yaml.safe_load(v)
+    unknown = sorted(set(params) - set(masker_params(args.strategy)) - {"dim"})  # stm's dim is set below
+    if unknown:
+        print(f"vidmask masks: --param {', '.join(unknown)}: {args.strategy} takes "
+              f"{', '.join(masker_params(args.strategy)) or 'no parameters besides the ratio'}", file=sys.stderr)
+        return 2
     try:
         raw = decode_frames(args.video, args.frames, mode="middle")  # (T, H, W, 3) uint8
     except VideoError as e:

@@ -1,6 +1,15 @@
 """Masking strategies under one contract (see `vidmask.masking.base`)."""
 
-from vidmask.masking.base import MaskOut, Masker, build_masker, gather_tokens, keep_to_ids, list_maskers, register
+from vidmask.masking.base import (
+    MaskOut,
+    Masker,
+    build_masker,
+    gather_tokens,
+    keep_to_ids,
+    list_maskers,
+    masker_params,
+    register,
+)
 from vidmask.masking import random as _random  # noqa: F401  (registers random, tube, none)
 from vidmask.masking import umt as _umt  # noqa: F401  (registers umt)
 from vidmask.masking import mascot as _mascot  # noqa: F401  (registers mascot-high, mascot-low)
@@ -15,6 +24,7 @@ __all__ = [
     "gather_tokens",
     "keep_to_ids",
     "list_maskers",
+    "masker_params",
     "register",
     "replace_patches",
 ]

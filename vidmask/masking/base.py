@@ -161,8 +161,24 @@ def list_maskers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def masker_params(name: str) -> list[str]:
+    """The keyword parameters strategy ``name`` takes besides ``ratio``."""
+    import inspect
+
+    sig = inspect.signature(_REGISTRY[name].__init__)
+    return [p for p in sig.parameters if p not in ("self", "ratio")]
+
+
 def build_masker(name: str, ratio: float = 0.75, **params) -> Masker:
-    """Look a strategy up by its exact name and build it."""
+    """Look a strategy up by its exact name and build it.
+
+    KeyError for an unknown name, TypeError for a parameter the strategy
+    does not take; both messages list what is valid.
+    """
     if name not in _REGISTRY:
         raise KeyError(f"unknown mask strategy {name!r}; known: {', '.join(list_maskers())}")
+    unknown = sorted(set(params) - set(masker_params(name)))
+    if unknown:
+        raise TypeError(f"mask strategy {name!r} takes no parameter {', '.join(unknown)}; "
+                        f"it takes: {', '.join(masker_params(name)) or 'none besides the ratio'}")
     return _REGISTRY[name](ratio=ratio, **params)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vidmask.config import Config, save_config, to_dict
+from vidmask.config import Config, ConfigError, save_config, to_dict
 from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text, load_annotations
 from vidmask.masking import build_masker
 from vidmask.models.video_text import VideoTextModel
@@ -64,12 +64,22 @@ def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
     return cache if main else cached_or_built(cfg.teacher.cache, build=False, **kw)
 
 
-def build_task(cfg: Config, model: VideoTextModel, teacher=None, teacher_cache=None) -> PretrainTask:
+def masker_from(cfg: Config, teacher=None):
+    """cfg.mask's strategy; a ConfigError naming mask.strategy or mask.params when they are wrong."""
     params = dict(cfg.mask.params)
     if cfg.mask.strategy == "stm" and "dim" not in params:
         # stm looks at what the masker sees: teacher tokens, or pixel patches
         params["dim"] = teacher.token_dim if teacher is not None else cfg.model.patch * cfg.model.patch * 3
-    masker = build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio, **params)
+    try:
+        return build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio, **params)
+    except KeyError as e:
+        raise ConfigError(f"mask.strategy: {e.args[0]}") from None
+    except TypeError as e:
+        raise ConfigError(f"mask.params: {e}") from None
+
+
+def build_task(cfg: Config, model: VideoTextModel, teacher=None, teacher_cache=None, masker=None) -> PretrainTask:
+    masker = masker if masker is not None else masker_from(cfg, teacher)
     return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
                         grid=cfg.data.size // cfg.model.patch, teacher_cache=teacher_cache)
 
@@ -139,7 +149,8 @@ def pretrain_job(cfg: Config, device: torch.device, model: VideoTextModel | None
     teacher = build_teacher_from(cfg)
     if teacher is not None:
         teacher.to(device)
-    task = build_task(cfg, model, teacher, teacher_cache_for(cfg, teacher, items, device)).to(device)
+    masker = masker_from(cfg, teacher)  # a wrong mask setting stops the run before the teacher cache is built
+    task = build_task(cfg, model, teacher, teacher_cache_for(cfg, teacher, items, device), masker).to(device)
     test_path = cfg.data.path(cfg.data.test_anno)
     # read before training, so a broken test file stops the run at once, not after it
     test = load_annotations(test_path, root=root) if cfg.data.test_anno else None
