@@ -150,3 +150,24 @@ def test_public_format_with_real_clips_end_to_end(tmp_path):
             "train.batch_size=3", f"run_dir={tmp_path / 'run2'}")
     res = json.loads((tmp_path / "run2" / "eval_retrieval.json").read_text())
     assert res["num_texts"] == 8 and 0 <= res["t2v"]["R@1"] <= 100
+
+
+def test_eval_and_resume_from_another_folder(tiny_set, tmp_path):
+    """A run's config keeps relative paths; eval and --resume from elsewhere find them where the run
+    was started (run.json `cwd`), and evaluation never reads the training annotations."""
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_set, project / "data")
+    vidmask("pretrain", "data.corpus=data", *TINY, "train.steps=2", "run_dir=runs/r", cwd=project)
+    run = project / "runs" / "r"
+    assert json.loads((run / "run.json").read_text())["cwd"] == str(project)
+    (project / "data" / "train.json").rename(project / "data" / "train.json.bak")  # eval must not need it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = elsewhere / "eval.json"
+    vidmask("eval", "retrieval", "--run", str(run), "--json", str(out), cwd=elsewhere)
+    assert json.loads(out.read_text())["t2v"] == json.loads((run / "eval_retrieval.json").read_text())["t2v"]
+    (project / "data" / "train.json.bak").rename(project / "data" / "train.json")
+    vidmask("pretrain", "--resume", str(run), "train.steps=3", cwd=elsewhere)
+    assert max(losses(run)) == 3

@@ -320,5 +320,29 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+# Config fields that hold file or folder paths (or a keyword: model.text.init "minilm" / "random")
+PATH_FIELDS = ("data.corpus", "data.video_root", "teacher.path", "teacher.cache", "model.text.init", "finetune.init")
+
+
+def rebase_paths(cfg: Config, base: str | Path) -> list[str]:
+    """Make relative paths of ``cfg`` (:data:`PATH_FIELDS`) that do not exist from the working
+    folder but do from ``base`` (the folder a run was started from) point there; returns the
+    keys changed. A run's config.yaml keeps paths as given, relative to where it was trained."""
+    changed = []
+    for dotted in PATH_FIELDS:
+        holder = cfg
+        for part in dotted.split(".")[:-1]:
+            holder = getattr(holder, part)
+        leaf = dotted.rsplit(".", 1)[1]
+        value = getattr(holder, leaf)
+        if not value or Path(value).is_absolute() or Path(value).exists():
+            continue
+        candidate = Path(base) / value
+        if candidate.exists():
+            setattr(holder, leaf, str(candidate))
+            changed.append(dotted)
+    return changed
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

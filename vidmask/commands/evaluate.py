@@ -47,6 +47,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     import torch
 
+    from vidmask.commands.runconfig import rebase_on_origin
     from vidmask.config import load_config
     from vidmask.train import checkpoint as ckpt
     from vidmask.train.distributed import pick_device
@@ -55,6 +56,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         run_dir = find_run_dir(args.run)
         cfg = load_config(run_dir / "config.yaml")
+        rebase_on_origin(cfg, run_dir)
         weights = ckpt.resolve_weights(args.run)
     except (FileNotFoundError, ValueError) as e:
         print(f"vidmask eval: {e}", file=sys.stderr)

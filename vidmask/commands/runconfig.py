@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidmask.config import Config, ConfigError, load_config
+import json
+import logging
+
+from vidmask.config import Config, ConfigError, load_config, rebase_paths
+
+log = logging.getLogger(__name__)
 
 
 def config_from_args(config: str | None, overrides: list[str], resume: str | None,
@@ -14,5 +19,19 @@ def config_from_args(config: str | None, overrides: list[str], resume: str | Non
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {resume}: {saved} not found (is it a run folder?)")
-        return load_config(config or saved, [*overrides, f"run_dir={resume}"])
+        cfg = load_config(config or saved, [*overrides, f"run_dir={resume}"])
+        rebase_on_origin(cfg, resume)
+        return cfg
     return load_config(config, [*defaults, *overrides])
+
+
+def rebase_on_origin(cfg: Config, run_dir: str | Path) -> None:
+    """Relative paths of a run's saved config, read from another folder than the one it was
+    trained from (its run.json `cwd`), are found where they were."""
+    try:
+        origin = json.loads((Path(run_dir) / "run.json").read_text()).get("cwd")
+    except (OSError, ValueError):
+        return  # a run folder from before run.json kept its folder: paths stay as written
+    if origin:
+        for key in rebase_paths(cfg, origin):
+            log.info("%s is relative to %s, where the run was started", key, origin)

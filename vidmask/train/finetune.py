@@ -136,14 +136,18 @@ def finetune_job(cfg: Config, device: torch.device, evaluating: bool = False) ->
     train_path, test_path = cfg.data.path(cfg.data.train_anno), cfg.data.path(cfg.data.test_anno)
     root = cfg.data.root()
     if task_name == "retrieval":
-        return pretrain_job(cfg, device, model)  # the pretraining task, on the fine-tuning data
+        return pretrain_job(cfg, device, model, evaluating)  # the pretraining task, on the fine-tuning data
     if task_name == "qa":
-        answers = load_answer_list(cfg.data.path(cfg.finetune.answer_list))
+        answer_path = cfg.data.path(cfg.finetune.answer_list)
+        if not answer_path.is_file():
+            raise FileNotFoundError(f"finetune.answer_list: {answer_path} not found (a JSON list of answers, "
+                                    "relative to data.corpus unless absolute)")
+        answers = load_answer_list(answer_path)
         fusion = FusionEncoder(model.text.width, model.visual.dim, depth=cfg.loss.fusion_depth)
         qa = QATask(model, fusion, len(answers)).to(device)
-        items, test = qa_items(train_path, root), qa_items(test_path, root)
-        table = torch.tensor(answer_ids([str(it.meta["answer"]) for it in items], answers))  # (n,)
-        if bool((table == UNANSWERABLE).all()):
+        items, test = [] if evaluating else qa_items(train_path, root), qa_items(test_path, root)
+        table = torch.tensor(answer_ids([str(it.meta["answer"]) for it in items], answers), dtype=torch.long)  # (n,)
+        if items and bool((table == UNANSWERABLE).all()):
             raise ValueError(f"{train_path}: no answer is in {cfg.finetune.answer_list}")
 
         def prepare(batch: dict) -> dict:
@@ -155,7 +159,8 @@ def finetune_job(cfg: Config, device: torch.device, evaluating: bool = False) ->
                    short=lambda r: {"eval_qa_acc": r["acc"]}, eval_name="eval_qa.json", masked=False)
     if task_name == "caption":
         cap = CaptionTask(model).to(device)
-        items, test = load_annotations(train_path, root=root), load_annotations(test_path, root=root)
+        items = [] if evaluating else load_annotations(train_path, root=root)
+        test = load_annotations(test_path, root=root)
         return Job(task=CaptionStep(cap), model=model, items=items, summary=caption_table,
                    evaluate=lambda: eval_caption(cap, test, cfg, device),
                    short=lambda r: {"eval_CIDEr": r["CIDEr"]}, eval_name="eval_caption.json", masked=False)

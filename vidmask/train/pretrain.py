@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,13 @@ class Job:
     masked: bool = True  # whether the task drops tokens by cfg.mask (QA and captioning see them all)
 
 
-def pretrain_job(cfg: Config, device: torch.device, model: VideoTextModel | None = None) -> Job:
-    """Pretraining, or retrieval fine-tuning when given an initialised `model`."""
+def pretrain_job(cfg: Config, device: torch.device, model: VideoTextModel | None = None,
+                 evaluating: bool = False) -> Job:
+    """Pretraining, or retrieval fine-tuning when given an initialised `model`; `evaluating`: only
+    the evaluation is wanted (the training annotations are not read)."""
     model = model if model is not None else build_model(cfg).to(device)
     root = cfg.data.root()
-    items = load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    items = [] if evaluating else load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
     teacher = build_teacher_from(cfg)
     if teacher is not None:
         teacher.to(device)
@@ -219,7 +222,8 @@ def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "run.json", {"git": git_revision(), "world_size": info.world,
                                           "device": str(info.device), "torch": torch.__version__,
-                                          "train_samples": len(items), "config": to_dict(cfg)})
+                                          "train_samples": len(items), "config": to_dict(cfg),
+                                          "cwd": os.getcwd()})  # what the config's relative paths are relative to
         n_params = sum(p.numel() for p in task.parameters() if p.requires_grad)
         mask = f"mask {cfg.mask.strategy} @ {cfg.mask.ratio:.2f}" if job.masked else "all tokens"
         log.info("run folder %s; %d training samples; %.2fM trainable parameters; %s",
