@@ -116,6 +116,11 @@ def test_bad_videos_are_skipped_logged_and_capped(tiny_set, tmp_path):
     # evaluation never skips: it names the file
     e = vidmask("eval", "retrieval", "--run", str(ok), "--anno", str(data / "test.json"), check=False)
     assert e.returncode != 0 and "red_left.mp4" in e.stderr
+    # a wrong media folder: every file missing stops the run before its first step, naming the key
+    p = vidmask("pretrain", f"data.corpus={data}", *TINY, f"data.video_root={tmp_path / 'nope'}",
+                f"run_dir={tmp_path / 'nowhere'}", check=False)
+    assert p.returncode == 2 and "16 of 16 training media files do not exist" in p.stderr
+    assert "data.video_root" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_public_format_with_real_clips_end_to_end(tmp_path):

@@ -182,6 +182,20 @@ def run_job(cfg: Config, resume: bool, make_job: Callable[[Config, torch.device]
     return run_dir
 
 
+def check_media_exist(items, cfg: Config) -> None:
+    """Stop at once when more than data.max_bad_share of the training files do not exist (a wrong
+    data.video_root or data.corpus), rather than after the first hundred bad samples; warn about a few."""
+    missing = [it.path for it in items if not os.path.exists(it.path)]
+    if not missing:
+        return
+    where = f"data.video_root={cfg.data.video_root}" if cfg.data.video_root else "the annotation file's folder"
+    if len(missing) > cfg.data.max_bad_share * len(items):
+        raise ConfigError(f"{len(missing)} of {len(items)} training media files do not exist (first: {missing[0]}); "
+                          f"check data.video_root and data.corpus (paths are relative to {where})")
+    log.warning("%d of %d training media files do not exist (first: %s); they are skipped as bad samples",
+                len(missing), len(items), missing[0])
+
+
 def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
     run_dir = make_run_dir(cfg, info)
     setup_logging(run_dir, info.main)
@@ -190,6 +204,7 @@ def _run(cfg: Config, info: DistInfo, resume: bool, make_job) -> Path:
     job = make_job(cfg, info.device)
     task, model, items = job.task, job.model, job.items
     steps_per_epoch(len(items), cfg.train.batch_size, info.world)  # too few samples: stop before any step
+    check_media_exist(items, cfg)
     optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
 
