@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 import logging
+from pathlib import Path
 
 from vidmask.config import Config, ConfigError, load_config, rebase_paths
 

@@ -146,7 +146,8 @@ def finetune_job(cfg: Config, device: torch.device, evaluating: bool = False) ->
         fusion = FusionEncoder(model.text.width, model.visual.dim, depth=cfg.loss.fusion_depth)
         qa = QATask(model, fusion, len(answers)).to(device)
         items, test = [] if evaluating else qa_items(train_path, root), qa_items(test_path, root)
-        table = torch.tensor(answer_ids([str(it.meta["answer"]) for it in items], answers), dtype=torch.long)  # (n,)
+        ids = answer_ids([str(it.meta["answer"]) for it in items], answers)
+        table = torch.tensor(ids, dtype=torch.long)  # (n,) answer index per training question
         if items and bool((table == UNANSWERABLE).all()):
             raise ValueError(f"{train_path}: no answer is in {cfg.finetune.answer_list}")
 
