@@ -21,7 +21,10 @@ fraction of the decoding (``bench/decode_seek.py``). A container that does
 not store its frame count (mkv, webm) is counted from its packets, one
 shown frame each, as decord counts; only a file whose packets cannot be
 trusted (no timestamps) is counted by decoding it. Every failure raises
-:class:`VideoError` naming the file; nothing is substituted.
+:class:`VideoError` naming the file; nothing is substituted. (A damaged
+stretch of a long video that seeking jumps over is never decoded, so such a
+file can still give its sampled frames; decoding it whole stops there, and
+``vidmask anno check`` reports it when its middle frames cross it.)
 
 Frames are turned upright as the container's display matrix says (a phone
 held upright records landscape pixels and a -90 degree rotation), as the
