@@ -817,3 +817,21 @@ def test_check_media_lists_unreadable_files_once(media, tmp_path, capsys):
     assert str(media["missing"]) in out.out and "4 of 6 media files unreadable" in out.err
     assert [e["caption"] for e in json.loads(clean.read_text())] == ["clip", "png", "clip"]
     assert main(["anno", "check", str(clean), "--frames", "4", "--workers", "1"]) == 0
+    assert main(["anno", "check", str(clean), "--whole", "--workers", "2"]) == 0
+
+
+def test_whole_file_check_finds_damage_between_sampled_frames(long_media, media, tmp_path):
+    from vidmask.data.check import check_one
+    from vidmask.data.video import decode_through
+
+    assert decode_through(long_media["closed_gop"]) == 600 and decode_through(media["png"]) == 1
+    data = bytearray(long_media["closed_gop"].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match="damaged.mp4"):
+        decode_through(damaged)
+    assert "corrupt" in check_one(str(damaged), False, 4, whole=True)
+    with pytest.raises(VideoError, match="trunc_faststart.mp4: corrupt or truncated"):
+        decode_through(media["truncated_faststart"])

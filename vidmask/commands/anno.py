@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     k.add_argument("--video-root", help="folder the entries' paths are relative to (default: ANNO's folder)")
     k.add_argument("--frames", type=int, default=8, help="frames read per video (data.num_frames)")
     k.add_argument("--workers", type=int, default=2, help="reading processes")
+    k.add_argument("--whole", action="store_true",
+                   help="decode every frame of every video (slower): also finds damage between the sampled frames")
     k.add_argument("--write-clean", metavar="OUT", help="also write ANNO without the entries whose media failed")
     k.set_defaults(func=run_check)
 
@@ -123,7 +125,7 @@ def run_check(args: argparse.Namespace) -> int:
     items = load_annotations(args.anno, args.video_root, require_caption=False)
     files = len({str(i.path) for i in items})
     with tqdm(total=files, desc="check", unit="video", dynamic_ncols=True, file=sys.stderr) as bar:
-        bad = check_media(items, args.frames, args.workers, progress=bar.update)
+        bad = check_media(items, args.frames, args.workers, progress=bar.update, whole=args.whole)
     for b in bad:
         print(f"{b.path}: {b.reason}")
     print(f"{len(bad)} of {files} media files unreadable ({len(items)} entries in {args.anno})", file=sys.stderr)

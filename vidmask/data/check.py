@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
 from vidmask.data.annotations import VideoText
-from vidmask.data.video import VideoError, decode_frames, load_image
+from vidmask.data.video import VideoError, decode_frames, decode_through, load_image
 
 
 class BadMedia(NamedTuple):
@@ -23,11 +23,14 @@ class BadMedia(NamedTuple):
     reason: str
 
 
-def check_one(path: str, is_image: bool, num_frames: int) -> str | None:
-    """Why ``path`` cannot be read as training reads it, or None when it can."""
+def check_one(path: str, is_image: bool, num_frames: int, whole: bool = False) -> str | None:
+    """Why ``path`` cannot be read as training reads it (``whole``: or any frame of it cannot
+    be decoded), or None when it can."""
     try:
         if is_image:
             load_image(path)
+        elif whole:
+            decode_through(path)
         else:
             decode_frames(path, num_frames, "middle")
     except VideoError as e:
@@ -35,8 +38,8 @@ def check_one(path: str, is_image: bool, num_frames: int) -> str | None:
     return None
 
 
-def _check_chunk(chunk: list[tuple[str, bool]], num_frames: int) -> list[str | None]:
-    return [check_one(path, is_image, num_frames) for path, is_image in chunk]
+def _check_chunk(chunk: list[tuple[str, bool]], num_frames: int, whole: bool) -> list[str | None]:
+    return [check_one(path, is_image, num_frames, whole) for path, is_image in chunk]
 
 
 def check_media(
@@ -44,18 +47,21 @@ def check_media(
     num_frames: int = 8,
     workers: int = 1,
     progress: Callable[[int], object] | None = None,
+    whole: bool = False,
 ) -> list[BadMedia]:
     """The unreadable files among ``items`` (each distinct file read once), in file order.
 
     ``workers`` > 1 reads in that many processes; ``progress(n)`` is called as
-    each batch of n files is done (e.g. a tqdm bar's ``update``).
+    each batch of n files is done (e.g. a tqdm bar's ``update``); ``whole``
+    decodes every frame (slower; finds damage the sampled frames miss).
     """
     files = list(dict.fromkeys((str(i.path), i.is_image) for i in items))  # distinct, in order
     size = max(1, min(64, len(files) // max(1, 4 * workers)))
     chunks = [files[s : s + size] for s in range(0, len(files), size)]
     reasons: list[str | None] = []
     with ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool:
-        for chunk, done in zip(chunks, pool.map(_check_chunk, chunks, [num_frames] * len(chunks))):
+        for chunk, done in zip(chunks, pool.map(_check_chunk, chunks, [num_frames] * len(chunks),
+                                                [whole] * len(chunks))):
             reasons += done
             if progress is not None:
                 progress(len(chunk))

@@ -208,6 +208,31 @@ def count_frames(path: str | Path) -> int:
         container.close()
 
 
+def decode_through(path: str | Path) -> int:
+    """Decode every frame of a video (keeping none) and return how many there are.
+
+    Raises :class:`VideoError` where :func:`decode_all_frames` would (a
+    damaged packet anywhere, fewer frames than the container lists) without
+    holding the frames: the whole-file check of ``vidmask anno check --whole``.
+    """
+    if is_image_path(path):
+        return len(load_image(path))
+    container = _open_video(Path(path))
+    try:
+        declared = video_stream(container).frames
+        n = _decode(container, Path(path), None)[1]
+    finally:
+        container.close()
+    _check_count(Path(path), declared, n)
+    return n
+
+
+def _check_count(path: Path, declared: int, decoded: int) -> None:
+    """A :class:`VideoError` when far fewer frames decode than the container lists (``FRAME_COUNT_SLACK``)."""
+    if declared > 0 and decoded < declared * (1 - FRAME_COUNT_SLACK):
+        raise VideoError(path, f"truncated or corrupt: the container lists {declared} frames but only {decoded} decode")
+
+
 def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as ``uint8[H,W,3]`` RGB, rotated by its display matrix.
 
@@ -426,12 +451,7 @@ def decode_sampled(
         container.close()
     if decoded <= indices[-1]:
         # the decoder ran out before the container's count
-        if decoded < declared * (1 - FRAME_COUNT_SLACK):
-            raise VideoError(
-                path,
-                f"truncated or corrupt: the container lists {declared} frames "
-                f"but only {decoded} decode",
-            )
+        _check_count(path, declared, decoded)
         indices = [min(i, decoded - 1) for i in indices]
     return _stack(path, [frames[i] for i in indices], first_size), indices  # (T, H, W, 3)
 
@@ -466,8 +486,5 @@ def decode_all_frames(path: str | Path) -> Tensor:
         container.close()
     if not out:
         raise VideoError(path, "no decodable frames")
-    if declared > 0 and len(out) < declared * (1 - FRAME_COUNT_SLACK):
-        raise VideoError(
-            path, f"truncated or corrupt: the container lists {declared} frames but only {len(out)} decode"
-        )
+    _check_count(path, declared, len(out))
     return _stack(path, out, out[0].shape[:2])  # (n, H, W, 3)
