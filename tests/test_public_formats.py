@@ -57,6 +57,17 @@ def test_msrvtt_1k_csv(tmp_path):
         convert("msrvtt-1k", bad)
 
 
+def test_webvid_csv(tmp_path):
+    src = write(tmp_path / "results_2M_val.csv",
+                "videoid,contentUrl,duration,page_dir,name\n"
+                '31353427,https://x/y.mp4,PT00H00M11S,1019_0to60,"Aerial shot, winter forest"\n'
+                "8,https://x/z.mp4,PT00H00M20S,,A dog runs \n")
+    assert convert("webvid", src) == [{"video": "1019_0to60/31353427.mp4", "caption": "Aerial shot, winter forest"},
+                                      {"video": "8.mp4", "caption": "A dog runs"}]
+    with pytest.raises(AnnotationError, match="row 2 lacks videoid or name"):
+        convert("webvid", write(tmp_path / "other.csv", "id,text\n1,a\n"))
+
+
 def test_qa_formats_and_answer_list(tmp_path):
     qa = [{"answer": "dog", "id": 7, "question": "What is running?", "video_id": 12, "category_id": 3},
           {"answer": "man", "id": 8, "question": "who sings?", "video_id": 3},
@@ -120,8 +131,10 @@ def test_paragraph_formats(tmp_path):
 
 
 def test_wrong_format_or_file_names_the_file(msrvtt_info, tmp_path):
-    with pytest.raises(AnnotationError, match="unknown format 'webvid'"):
-        convert("webvid", msrvtt_info)
+    with pytest.raises(AnnotationError, match="unknown format 'howto100m'"):
+        convert("howto100m", msrvtt_info)
+    with pytest.raises(AnnotationError, match="no rows; expected WebVid's csv"):
+        convert("webvid", msrvtt_info)  # a JSON file given as the csv
     with pytest.raises(AnnotationError, match="train_val_videodatainfo.json: the top level is a list, not an object"):
         convert("activitynet", write(msrvtt_info, []))
     with pytest.raises(AnnotationError, match="missing.json: file not found"):

@@ -24,6 +24,9 @@ entries for :func:`vidmask.data.annotations.load_annotations`:
 * ``msvd-caption``: MSVD's ``AllVideoDescriptions.txt`` (``<clip> <sentence>`` per line,
   ``#`` comments); one entry per clip with its sentences. ``split`` (with the mapping)
   takes the standard split: vid1-1200 train, 1201-1300 val, 1301-1970 test.
+* ``webvid``: WebVid-2M / 10M's ``results_*.csv`` (``videoid, contentUrl, duration,
+  page_dir, name``), pretraining pairs; videos at ``<page_dir>/<videoid>.mp4``, as its
+  download script stores them.
 * ``didemo``: DiDeMo's ``{train,val,test}_data.json`` (one moment per item:
   ``{"video", "description", "times", ...}``); one entry per video with its moment
   descriptions in file order, for paragraph retrieval (``--paragraph``).
@@ -79,6 +82,14 @@ def _read_lines(path: Path) -> list[str]:
         raise _fail(path, "file not found") from None
 
 
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with Path(path).open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise _fail(path, "file not found") from None
+
+
 def read_id_list(path: Path) -> list[str]:
     """Video ids, one per line (first column of a csv; a ``video_id`` header is skipped)."""
     ids = []
@@ -124,11 +135,7 @@ def msrvtt(path: Path, split: str | None = None, ids: list[str] | None = None, e
 
 
 def msrvtt_1k(path: Path, ext: str = ".mp4") -> list[Entry]:
-    try:
-        with Path(path).open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise _fail(path, "file not found") from None
+    rows = _read_csv(path)
     out = []
     for i, row in enumerate(rows):
         if not row.get("video_id") or row.get("sentence") is None:
@@ -238,6 +245,21 @@ def msvd_caption(path: Path, mapping: dict[int, str] | None = None, split: str |
     return [{"video": c + ext, "caption": captions[c]} for c in clips]
 
 
+def webvid(path: Path, ext: str = ".mp4") -> list[Entry]:
+    rows = _read_csv(path)
+    out = []
+    for i, row in enumerate(rows):
+        if not row.get("videoid") or row.get("name") is None:
+            raise _fail(path, f"row {i + 2} lacks videoid or name (columns: {sorted(k for k in row if k)}); "
+                        "expected WebVid's videoid,contentUrl,duration,page_dir,name")
+        folder = (row.get("page_dir") or "").strip()
+        video = f"{folder}/{row['videoid']}{ext}" if folder else f"{row['videoid']}{ext}"
+        out.append({"video": video, "caption": row["name"].strip()})
+    if not out:
+        raise _fail(path, "no rows; expected WebVid's csv (videoid,contentUrl,duration,page_dir,name)")
+    return out
+
+
 def didemo(path: Path, ext: str | None = None) -> list[Entry]:
     data = _read_json(path)
     if not isinstance(data, list):
@@ -263,7 +285,8 @@ def activitynet(path: Path, ext: str = ".mp4") -> list[Entry]:
 
 # each format's video file extension, unless ``ext`` says otherwise (DiDeMo's file names its videos)
 DEFAULT_EXT = {"msrvtt": ".mp4", "msrvtt-1k": ".mp4", "msrvtt-qa": ".mp4", "msvd-qa": ".avi",
-               "activitynet-qa": ".mp4", "msvd-caption": ".avi", "didemo": None, "activitynet": ".mp4"}
+               "activitynet-qa": ".mp4", "msvd-caption": ".avi", "webvid": ".mp4", "didemo": None,
+               "activitynet": ".mp4"}
 FORMATS = tuple(DEFAULT_EXT)
 FORMAT_HELP = {
     "msrvtt": "MSR-VTT train_val_videodatainfo.json / test_videodatainfo.json / MSRVTT_data.json "
@@ -273,6 +296,7 @@ FORMAT_HELP = {
     "msvd-qa": "MSVD-QA {train,val,test}_qa.json (--mapping youtube_mapping.txt)",
     "activitynet-qa": "ActivityNet-QA {train,val,test}_q.json, with the _a.json beside it",
     "msvd-caption": "MSVD AllVideoDescriptions.txt (--split train|val|test with --mapping youtube_mapping.txt)",
+    "webvid": "WebVid-2M/10M results_*.csv (pretraining pairs; videos at <page_dir>/<videoid>.mp4)",
     "didemo": "DiDeMo {train,val,test}_data.json, one paragraph per video",
     "activitynet": "ActivityNet Captions train.json / val_1.json / val_2.json, one paragraph per video",
 }
@@ -306,6 +330,8 @@ def convert(fmt: str, src: str | Path, *, split: str | None = None, ids: str | P
         return activitynet_qa(src, ext)
     if fmt == "msvd-caption":
         return msvd_caption(src, msvd_map, split, ext)
+    if fmt == "webvid":
+        return webvid(src, ext)
     if fmt == "didemo":
         return didemo(src, ext)
     return activitynet(src, ext)
