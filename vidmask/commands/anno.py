@@ -68,15 +68,12 @@ def run_formats(args: argparse.Namespace) -> int:
 
 
 def _write_json(path, obj) -> None:
-    import json
-    import os
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    from vidmask.train.runlog import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(path), obj)  # atomic: a temporary file, then renamed
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -82,12 +82,21 @@ def _read_lines(path: Path) -> list[str]:
         raise _fail(path, "file not found") from None
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _csv_rows(path: Path, key: str, text: str, layout: str) -> list[dict]:
+    """The rows of a csv with a header, each checked to have a non-empty ``key`` and a ``text``
+    column; errors name the row and the ``layout`` expected."""
     try:
         with Path(path).open(encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
+            rows = list(csv.DictReader(f))
     except FileNotFoundError:
         raise _fail(path, "file not found") from None
+    for i, row in enumerate(rows):
+        if not row.get(key) or row.get(text) is None:
+            columns = sorted(k for k in row if k)  # None holds a row's extra fields
+            raise _fail(path, f"row {i + 2} lacks {key} or {text} (columns: {columns}); expected {layout}")
+    if not rows:
+        raise _fail(path, f"no rows; expected {layout}")
+    return rows
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -135,16 +144,10 @@ def msrvtt(path: Path, split: str | None = None, ids: list[str] | None = None, e
 
 
 def msrvtt_1k(path: Path, ext: str = ".mp4") -> list[Entry]:
-    rows = _read_csv(path)
     out = []
-    for i, row in enumerate(rows):
-        if not row.get("video_id") or row.get("sentence") is None:
-            raise _fail(path, f"row {i + 2} lacks video_id or sentence (columns: {sorted(row)}); "
-                        "expected MSRVTT_JSFUSION_test.csv's key,vid_key,video_id,sentence")
+    for row in _csv_rows(path, "video_id", "sentence", "MSRVTT_JSFUSION_test.csv (key,vid_key,video_id,sentence)"):
         sentence = ",".join([row["sentence"], *row.get(None, [])])  # an unquoted comma split it
         out.append({"video": row["video_id"] + ext, "caption": sentence.strip()})
-    if not out:
-        raise _fail(path, "no rows")
     return out
 
 
@@ -246,17 +249,11 @@ def msvd_caption(path: Path, mapping: dict[int, str] | None = None, split: str |
 
 
 def webvid(path: Path, ext: str = ".mp4") -> list[Entry]:
-    rows = _read_csv(path)
     out = []
-    for i, row in enumerate(rows):
-        if not row.get("videoid") or row.get("name") is None:
-            raise _fail(path, f"row {i + 2} lacks videoid or name (columns: {sorted(k for k in row if k)}); "
-                        "expected WebVid's videoid,contentUrl,duration,page_dir,name")
+    for row in _csv_rows(path, "videoid", "name", "WebVid's csv (videoid,contentUrl,duration,page_dir,name)"):
         folder = (row.get("page_dir") or "").strip()
         video = f"{folder}/{row['videoid']}{ext}" if folder else f"{row['videoid']}{ext}"
         out.append({"video": video, "caption": row["name"].strip()})
-    if not out:
-        raise _fail(path, "no rows; expected WebVid's csv (videoid,contentUrl,duration,page_dir,name)")
     return out
 
 

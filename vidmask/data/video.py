@@ -196,16 +196,39 @@ def count_frames(path: str | Path) -> int:
         return 1
     container = _open_video(path)
     try:
-        n = video_stream(container).frames
-        if n > 0:
-            return n
-        index = packet_index(container)
-        if index is not None:
-            return len(index.pts)
-        container = _reopen(container, path)
-        return _decode(container, path, None)[1]
+        n, _, _, container = _count(container, path, want_index=False)
+        return n
     finally:
         container.close()
+
+
+def _count(container, path: Path, want_index: bool):
+    """(n, listed, index, container) for a freshly opened video.
+
+    n: its frames (the container's count, else its packets, else counted by
+    a decoding pass); listed: the count the container or its packets give
+    (0 when decoding had to count: nothing to check the decode against);
+    index: its :class:`PacketIndex` when ``want_index`` or the count came
+    from the packets (None when untrustworthy); container: ready to decode
+    from the start (reopened when reading the packets or counting used it).
+    """
+    declared = video_stream(container).frames
+    index = None
+    if want_index or declared <= 0:
+        index = packet_index(container)
+        container = _reopen(container, path)
+    listed = declared if declared > 0 else len(index.pts) if index is not None else 0
+    if listed > 0:
+        return listed, listed, index, container
+    # no count anywhere: count by a first decoding pass that keeps no pixels,
+    # then decode again for the chosen frames (reopening is simpler and safer
+    # than seeking back in every format)
+    try:
+        n = _decode(container, path, None)[1]
+    except VideoError:
+        container.close()  # the caller's handle may be the one closed before this reopened copy
+        raise
+    return n, 0, None, _reopen(container, path)
 
 
 def decode_through(path: str | Path) -> int:
@@ -241,7 +264,7 @@ def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
     display; ``np.rot90`` turns counter-clockwise too.
     """
     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
-    quarter_turns = round(frame.rotation / 90) % 4
+    quarter_turns = _quarter_turns(frame)
     if quarter_turns:
         rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))  # (W, H, 3) for odd turns
     return rgb
@@ -249,8 +272,13 @@ def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
     """(H, W) of :func:`_upright_rgb`'s output, without converting the frame."""
-    turned = round(frame.rotation / 90) % 2
+    turned = _quarter_turns(frame) % 2
     return (frame.width, frame.height) if turned else (frame.height, frame.width)
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns (0-3) the frame's display matrix asks for."""
+    return round(frame.rotation / 90) % 4
 
 
 def _decode(
@@ -424,21 +452,7 @@ def decode_sampled(
         return image.expand(T, -1, -1, -1).contiguous(), [0] * T  # (T, H, W, 3)
     container = _open_video(path)
     try:
-        declared = video_stream(container).frames
-        index = None
-        if declared >= SEEK_MIN_FRAMES or declared <= 0:
-            index = packet_index(container)
-            container = _reopen(container, path)
-        if declared <= 0 and index is not None:
-            declared = len(index.pts)  # no count in the container: its packets, one frame each
-        if declared > 0:
-            n = declared
-        else:
-            # no count anywhere: count by a first decoding pass that keeps no
-            # pixels, then decode again for the chosen frames (reopening is
-            # simpler and safer than seeking back in every format)
-            n = _decode(container, path, None)[1]
-            container = _reopen(container, path)
+        n, listed, index, container = _count(container, path, video_stream(container).frames >= SEEK_MIN_FRAMES)
         indices = sample_indices(n, T, mode, generator)
         if index is not None and n >= SEEK_MIN_FRAMES:
             found = _decode_seeking(container, index, indices)
@@ -451,7 +465,7 @@ def decode_sampled(
         container.close()
     if decoded <= indices[-1]:
         # the decoder ran out before the container's count
-        _check_count(path, declared, decoded)
+        _check_count(path, listed, decoded)
         indices = [min(i, decoded - 1) for i in indices]
     return _stack(path, [frames[i] for i in indices], first_size), indices  # (T, H, W, 3)
 

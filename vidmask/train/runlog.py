@@ -111,7 +111,7 @@ class MetricsWriter:
             self.tb.close()
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data) -> None:
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
