@@ -50,13 +50,17 @@ def vidmask(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "vidmask", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def ci_half(xs: list[float]) -> float:
+    """Half-width of the 95 % interval of the mean (t distribution over seeds); 0 for one value."""
+    if len(xs) < 2:
+        return 0.0
+    return T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
 def mean_ci(xs: list[float]) -> str:
     """'mean ± half-width of the 95 % interval' (t distribution over seeds)."""
     m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return f"{m:.2f}"
-    half = T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return f"{m:.2f} ± {half:.2f}"
+    return f"{m:.2f}" if len(xs) < 2 else f"{m:.2f} ± {ci_half(xs):.2f}"
 
 
 def step_stats(run: Path) -> tuple[float, float]:
@@ -118,8 +122,7 @@ def chart(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
     names = list(results)
     means = [statistics.fmean(r["R@1"] for r in results[n]) for n in names]
-    errs = [0 if len(results[n]) < 2 else T95.get(len(results[n]) - 1, 1.96)
-            * statistics.stdev(r["R@1"] for r in results[n]) / math.sqrt(len(results[n])) for n in names]
+    errs = [ci_half([r["R@1"] for r in results[n]]) for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, means, yerr=errs, capsize=4, color="#4c72b0")
     ax.set_ylabel("t2v R@1 (%), mean ± 95 % CI")
