@@ -80,11 +80,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from vidmask.data.annotations import load_annotations
     from vidmask.data.public_formats import QA_FORMATS, answer_list, convert, find_videos
 
-    entries = convert(args.format, args.src, split=args.split, ids=args.ids, mapping=args.mapping, ext=args.ext)
     qa = args.format in QA_FORMATS
     if args.answer_list and not qa:
         print(f"vidmask anno convert: --answer-list is for {' and '.join(QA_FORMATS)}", file=sys.stderr)
         return 2
+    entries = convert(args.format, args.src, split=args.split, ids=args.ids, mapping=args.mapping, ext=args.ext)
     if args.video_root:
         found, missing = find_videos(entries, args.video_root)
         if missing:
@@ -104,7 +104,8 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.answer_list:
         answers = answer_list(entries, args.top)
         _write_json(args.answer_list, answers)
-        covered = sum(e["answer"] in set(answers) for e in entries)
+        listed = set(answers)
+        covered = sum(e["answer"] in listed for e in entries)
         print(f"{len(answers)} answers -> {args.answer_list} (they cover {100 * covered / max(1, len(entries)):.1f} % "
               f"of these questions)")
     return 0
