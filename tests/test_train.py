@@ -176,3 +176,18 @@ def test_eval_and_resume_from_another_folder(tiny_set, tmp_path):
     (project / "data" / "train.json.bak").rename(project / "data" / "train.json")
     vidmask("pretrain", "--resume", str(run), "train.steps=3", cwd=elsewhere)
     assert max(losses(run)) == 3
+
+
+def test_media_check_samples_large_sets(tmp_path, monkeypatch):
+    from vidmask.config import Config, ConfigError
+    from vidmask.data import VideoText
+    from vidmask.train import pretrain
+
+    monkeypatch.setattr(pretrain, "MEDIA_CHECK_MAX", 4)
+    (tmp_path / "v0.mp4").write_bytes(b"x")
+    items = [VideoText(path=tmp_path / f"v{i}.mp4", captions=["c"]) for i in range(10)]
+    with pytest.raises(ConfigError, match=r"3 of 4 looked up \(of 10\) training media files do not exist"):
+        pretrain.check_media_exist(items, Config())  # v0, v3, v6, v9 looked up; only v0 exists
+    for i in (3, 6, 9):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"x")
+    pretrain.check_media_exist(items, Config())  # the 6 others are missing but never looked up
