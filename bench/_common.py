@@ -36,7 +36,8 @@ def median_pretrain_step(cfg, captions: list[str], steps: int) -> tuple[float, i
     """(median seconds per step, kept tokens per clip): a pretraining task built from ``cfg`` on
     synthetic clips and the given captions (one per clip), forward + backward of the summed
     losses + AdamW, after two warm-up steps."""
-    from vidmask.train.pretrain import build_model, build_task, param_groups
+    from vidmask.train.optim import param_groups
+    from vidmask.train.wiring import build_model, build_task
 
     torch.manual_seed(0)
     task = build_task(cfg, build_model(cfg))

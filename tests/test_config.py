@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vidmask.config import Config, ConfigError, load_config, save_config
+from vidmask.config import Config, ConfigError, load_config, save_config, to_dict
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -84,11 +84,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 ABLATIONS = {
     "clusterstm-no-cluster": {"mask.strategy": "random"},
     "clusterstm-no-density": {"mask.strategy": "cluster-random"},
-    "clusterstm-no-relevance": {"loss.relevance": 0.0},
+    "clusterstm-no-relevance": {"loss.relevance.weight": 0.0},
     "clusterstm-ratio0.75": {"mask.ratio": 0.75},
     "clusterstm-ratio0.85": {},
     "clusterstm-ratio0.9": {"mask.ratio": 0.9},
-    "clusterstm-window1": {"loss.relevance_window": 1},
+    "clusterstm-window1": {"loss.relevance.window": 1},
     "clusterstm-density-topk": {"mask.strategy": "density-topk"},
     "clusterstm-dynamics": {"mask.params.select": "dynamics"},
 }
@@ -96,11 +96,9 @@ ABLATIONS = {
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_clusterstm_ablation_changes_one_thing(name):
-    from dataclasses import asdict
-
     recipes = Path(__file__).resolve().parents[1] / "configs" / "recipes"
-    ref = _flat(asdict(load_config(recipes / "clusterstm.yaml")))
-    abl = _flat(asdict(load_config(recipes / f"{name}.yaml")))
+    ref = _flat(to_dict(load_config(recipes / "clusterstm.yaml")))
+    abl = _flat(to_dict(load_config(recipes / f"{name}.yaml")))
     diff = {k: abl.get(k) for k in set(ref) | set(abl) if k != "name" and ref.get(k) != abl.get(k)}
     assert diff == ABLATIONS[name]
     assert abl["name"] == name

@@ -2,7 +2,6 @@
 strategy against what its paper promises; ClusterSTM against a slow float64
 transcription of the supplement's Algorithms I and II (corrected)."""
 
-import inspect
 import math
 
 import pytest
@@ -10,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidmask.masking import MaskOut, build_masker, gather_tokens, keep_to_ids, list_maskers, replace_patches
-from vidmask.masking.base import _REGISTRY, kept_per_frame
+from vidmask.masking import (MaskOut, build_masker, gather_tokens, keep_to_ids, list_maskers, replace_patches,
+                             strategy_ratio)
+from vidmask.masking.base import kept_per_frame
 from vidmask.masking.clusterstm import (
     DC_MIN,
     cutoff_distance,
@@ -40,22 +40,8 @@ def clip(b=B, t=T, n=N, c=C, seed=0):
 
 
 def make(name, ratio=0.75, c=C, **params):
-    """Build any registered masker with what it needs: `dim` from the tokens, ratio 0 for `none`."""
-    masker_cls = _REGISTRY[name]
-    if "dim" in inspect.signature(masker_cls.__init__).parameters:
-        params.setdefault("dim", c)
-    return build_masker(name, ratio=0.0 if name == "none" else ratio, **params)
-
-
-def expected_per_frame(name, n, ratio):
-    """Kept tokens per frame where the strategy promises a per-frame count."""
-    if name == "none":
-        return n
-    if name in ("random", "tube", "umt", "stm"):
-        return kept_per_frame(n, ratio)
-    if name in ("clusterstm", "cluster-random", "density-topk"):
-        return num_clusters(n, ratio)
-    return None  # e.g. MASCOT: a count per clip (checked in its own test)
+    """Build any registered masker with what it needs: the token width, its fixed ratio if it has one."""
+    return build_masker(name, ratio=strategy_ratio(name, ratio), token_dim=c, **params)
 
 
 # ----------------------------------------------------------------------------
@@ -74,7 +60,7 @@ def test_contract(name):
     assert keep.shape == (B, T, N) and keep.dtype == torch.bool and keep.device == tokens.device
 
     K = out.num_kept  # raises if clips disagree
-    per_frame = expected_per_frame(name, N, masker.ratio)
+    per_frame = masker.kept_per_frame(N)  # None: a count per clip only (MASCOT, checked in its own test)
     if per_frame is not None:
         assert (keep.sum(-1) == per_frame).all(), keep.sum(-1)
     assert 0 < K <= T * N
@@ -99,7 +85,7 @@ def test_contract(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = masker(tokens, attn=attn, generator=gen(0))
     assert torch.equal(auto.keep, keep), "autocast changed the mask"
-    for extra in (auto.saliency, *(auto.extra or {}).values()):
+    for extra in (auto.saliency, auto.token_weight, *(auto.extra or {}).values()):
         if torch.is_tensor(extra) and extra.is_floating_point():
             assert extra.dtype == torch.float32
 
@@ -498,14 +484,14 @@ def test_replace_patches_both_conventions():
 # ----------------------------------------------------------------------------
 
 
-def test_stm_is_a_module_and_trains_through_st_weight():
+def test_stm_is_a_module_and_trains_through_token_weight():
     tokens, attn = clip()
     masker = make("stm", ratio=0.75)
     assert isinstance(masker, torch.nn.Module) and isinstance(masker, StmMasker)
     for a in (attn, None):
         masker.zero_grad(set_to_none=True)
         out = masker(tokens, attn=a, generator=gen(0))
-        st = out.extra["st_weight"]
+        st = out.token_weight
         assert st.shape == out.ids_keep.shape and st.dtype == torch.float32
         assert torch.equal(st.detach(), torch.ones_like(st))  # exactly 1.0 forward
         kept = gather_tokens(tokens.reshape(B, T * N, C), out.ids_keep)  # (B, K, C)
@@ -523,7 +509,7 @@ def test_stm_masks_tokens_that_leak_across_adjacent_frames():
     tokens = torch.randn(2, 6, n, c, generator=g)
     static = torch.arange(20)  # these positions show the same content in every frame
     tokens[:, :, static] = torch.randn(2, 1, 20, c, generator=g)
-    masker = StmMasker(ratio=0.5, dim=c).eval()  # no Gumbel noise: the score alone decides
+    masker = StmMasker(ratio=0.5, token_dim=c).eval()  # no Gumbel noise: the score alone decides
     out = masker(tokens)
     assert not out.keep[:, :, static].any()
     assert (out.keep.sum(-1) == 20).all()

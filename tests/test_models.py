@@ -6,7 +6,8 @@ import torch
 from vidmask.config import ModelConfig, TextConfig
 from vidmask.masking import build_masker
 from vidmask.models import VideoTextModel, VideoViT
-from vidmask.models.video_vit import resample_space, resample_time
+from vidmask.models.pos_embed import resample_time
+from vidmask.tokens import resample_grid
 from vidmask.objectives import vtc_loss
 from vidmask.tasks import PretrainTask
 
@@ -22,11 +23,11 @@ def test_vit_encodes_only_kept_tokens():
     tokens = vit.embed(video)
     assert tokens.shape == (2, 4, 16, 32)
     out = build_masker("random", ratio=0.75)(tokens, generator=torch.Generator().manual_seed(0))
-    feats = vit.forward_features(tokens, out.ids_keep)
+    feats = vit.forward_features(tokens, out.ids_keep).tokens
     assert feats.shape == (2, 4 * 4, 32)  # 4 kept per frame x 4 frames
     # the encoder sees exactly the gathered tokens: same as running on them by hand
     manual = torch.stack([tokens[b].flatten(0, 1)[out.keep[b].flatten()] for b in range(2)])
-    assert torch.allclose(feats, vit.forward_features(manual.unsqueeze(1), None), atol=1e-5)
+    assert torch.allclose(feats, vit.forward_features(manual.unsqueeze(1), None).tokens, atol=1e-5)
 
 
 def test_grad_checkpointing_same_output_and_grads():
@@ -45,8 +46,8 @@ def test_grad_checkpointing_same_output_and_grads():
 
 def test_position_embeddings_resample():
     pos = torch.randn(16, 8)
-    assert resample_space(pos, 4) is pos
-    assert resample_space(pos, 6).shape == (36, 8)
+    assert resample_grid(pos, 16, mode="bicubic") is pos
+    assert resample_grid(pos, 36, mode="bicubic").shape == (36, 8)
     assert resample_time(torch.randn(8, 8), 4).shape == (4, 8)
     vit = VideoViT(img_size=64, patch=16, frames=8, dim=32, depth=1, heads=2)
     # other frame counts and resolutions than the table was made for

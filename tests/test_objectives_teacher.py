@@ -8,15 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidmask.masking.base import gather_tokens, keep_to_ids
+from vidmask.masking.base import keep_to_ids
 from vidmask.objectives.align import AlignHead, align_loss
-from vidmask.objectives.relevance import (
-    RelevanceDecoder,
-    relevance_loss,
-    relevance_map,
-    scatter_kept,
-    window_tokens,
-)
+from vidmask.objectives.relevance import RelevanceDecoder, relevance_loss, relevance_map
+from vidmask.tokens import gather_tokens, scatter_kept, window_tokens
 from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
 
 

@@ -58,7 +58,7 @@ def test_qa_task_forward_backward_predict(model):
     fusion = FusionEncoder(model.text.width, model.visual.dim, depth=2)
     task = QATask(model, fusion, num_answers=7)
     questions = ["what is red?", "who moves left", "how many stars are there"]
-    losses, report = task(video(), questions, torch.tensor([3, UNANSWERABLE, 6]))
+    losses, report = task({"video": video(), "caption": questions, "answer_id": torch.tensor([3, UNANSWERABLE, 6])})
     assert set(losses) == {"qa_loss"} and torch.isfinite(losses["qa_loss"])
     assert report["answerable"] == pytest.approx(200 / 3)
     losses["qa_loss"].backward()
@@ -68,7 +68,7 @@ def test_qa_task_forward_backward_predict(model):
     pred = task.predict(video(), questions)
     assert pred.shape == (3,) and pred.dtype == torch.long and (pred < 7).all()
     # a batch with no answerable question: zero loss, no NaN
-    none, _ = task(video(), questions, torch.full((3,), UNANSWERABLE))
+    none, _ = task({"video": video(), "caption": questions, "answer_id": torch.full((3,), UNANSWERABLE)})
     assert float(none["qa_loss"].detach()) == 0.0
 
 
@@ -76,10 +76,11 @@ def test_qa_task_forward_backward_predict(model):
 
 def test_caption_task_forward_backward_and_decoding(model):
     task = CaptionTask(model, depth=2, max_positions=16)
-    words = model.text.bert.get_input_embeddings().weight
+    words = model.text.word_embeddings().weight
     assert torch.equal(task.decoder.tok.weight, words)  # initialised from BERT (same width) ...
     assert task.decoder.tok.weight.data_ptr() != words.data_ptr()  # ... as a copy
-    losses, report = task(video(), ["a red circle moves left", "two stars", "the blue square turns slowly around"])
+    captions = ["a red circle moves left", "two stars", "the blue square turns slowly around"]
+    losses, report = task({"video": video(), "caption": captions})
     assert set(losses) == {"caption_loss"} and torch.isfinite(losses["caption_loss"])
     assert report["caption_tokens"] == 5 + 2 + 6 + 3  # words + [SEP] per caption
     losses["caption_loss"].backward()

@@ -14,9 +14,9 @@ from vidmask.teachers import (
     list_teachers,
     resample_attn,
     resample_grid,
-    train_lit_teacher,
 )
 from vidmask.teachers.lit_effnet import AttentionPool, packaged_effnet_weights
+from vidmask.train.teacher import train_lit_teacher
 
 
 def _assert_frozen(teacher):

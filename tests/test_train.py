@@ -181,7 +181,7 @@ def test_eval_and_resume_from_another_folder(tiny_set, tmp_path):
 def test_media_check_samples_large_sets(tmp_path, monkeypatch):
     from vidmask.config import Config, ConfigError
     from vidmask.data import VideoText
-    from vidmask.train import pretrain
+    from vidmask.train import run as pretrain
 
     monkeypatch.setattr(pretrain, "MEDIA_CHECK_MAX", 4)
     (tmp_path / "v0.mp4").write_bytes(b"x")

@@ -8,7 +8,9 @@ ones, and every section validates itself in ``__post_init__``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ class ModelConfig:
     embed_dim: int = 256  # joint video-text space
     temperature: float = 0.07  # initial contrastive temperature (learnable)
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
+    fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm, QA)
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -115,38 +118,72 @@ class TeacherConfig:
             raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder")
 
 
-@dataclass
 class LossConfig:
-    vtc: float = 1.0  # video-text contrastive weight
-    vtm: float = 0.0  # video-text matching (fusion layers, one hard negative per sample)
-    mlm: float = 0.0  # masked language modelling through the fusion layers
-    align: float = 0.0  # UMT unmasked-teacher alignment of the last student layers (needs a teacher)
-    relevance: float = 0.0  # ClusterSTM video-text relevance reconstruction (needs a teacher)
-    stm: float = 0.0  # STM decoder: masked teacher tokens from kept tokens + text (needs a teacher)
-    mlm_prob: float = 0.5  # share of caption tokens masked for MLM (UMT uses 0.5)
-    align_layers: int = 1  # last k student blocks aligned to the teacher
-    relevance_window: int = 3  # sliding window of relevance generation (the supplement compares 1 and 3)
-    fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm)
-    decoder_dim: int = 128  # width of the relevance and STM decoders
+    """The objectives' sections: one typed section per registered objective.
 
-    def __post_init__(self):
-        for k in ("vtc", "vtm", "mlm", "align", "relevance", "stm"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"loss.{k} must be >= 0")
-        if not 0.0 < self.mlm_prob < 1.0:
-            raise ConfigError("loss.mlm_prob must be in (0, 1)")
-        if self.relevance_window < 1 or self.relevance_window % 2 == 0:
-            raise ConfigError("loss.relevance_window must be odd (1, 3, 5, ...)")
-        if self.align_layers < 1:
-            raise ConfigError("loss.align_layers must be >= 1")
+    ``loss: {vtc: 1.0, relevance: {weight: 1.0, window: 3}}``: a number alone is
+    the section's weight; the section types live beside their objectives
+    (``vidmask.objectives.list_objectives()``), so adding an objective adds its
+    section here without touching this file. ``cfg.loss.relevance.window``
+    reads a field; :meth:`active` lists the objectives whose weight is above 0.
+    """
+
+    def __init__(self, **sections: Any):
+        from vidmask.objectives import list_objectives, objective_class
+
+        names = list_objectives()
+        unknown = sorted(set(sections) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown config key 'loss.{unknown[0]}'; valid keys here: {', '.join(names)}")
+        self._sections: dict[str, Any] = {}
+        for name in names:
+            section_type = objective_class(name).config
+            value = sections.get(name, {})
+            if _is_dataclass_type(type(value)) and isinstance(value, section_type):
+                section = value
+            else:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    value = {"weight": value}  # the shorthand: a number is the weight
+                section = _coerce(value, section_type, f"loss.{name}")
+            w = section.weight
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ConfigError(f"loss.{name}.weight must be a finite number >= 0, got {w!r}")
+            self._sections[name] = section
+
+    def __getattr__(self, name: str):
+        sections = self.__dict__.get("_sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"LossConfig has no objective {name!r}; known: {', '.join(sections)}")
+
+    def __getitem__(self, name: str):
+        return self._sections[name]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LossConfig) and self._sections == other._sections
+
+    def __repr__(self) -> str:
+        return f"LossConfig({', '.join(f'{k}={v!r}' for k, v in self._sections.items())})"
+
+    def weight(self, name: str) -> float:
+        return float(self._sections[name].weight)
+
+    def active(self) -> list[str]:
+        """Objectives with a weight above 0, in registration order."""
+        return [k for k, v in self._sections.items() if v.weight > 0]
 
     def needs_teacher(self) -> list[str]:
-        return [k for k in ("align", "relevance", "stm") if getattr(self, k) > 0]
+        from vidmask.objectives import objective_class
+
+        return [k for k in self.active() if objective_class(k).needs_teacher]
+
+    def to_dict(self) -> dict:
+        return {k: dataclasses.asdict(v) for k, v in self._sections.items()}
 
 
 @dataclass
 class FinetuneConfig:
-    task: str = ""  # "" = pretraining; retrieval | qa | caption (set by `vidmask finetune TASK`)
+    task: str = ""  # "" = pretraining; a task from vidmask.tasks.list_tasks() (set by `vidmask finetune TASK`)
     init: str = ""  # pretrained run folder, checkpoint folder or .safetensors; "" = train from scratch
     answer_list: str = "answer_list.json"  # QA answer vocabulary, relative to data.corpus unless absolute
     rerank_k: int = 128  # retrieval: re-rank each query's top-k with the matching head (UMT uses 128)
@@ -156,8 +193,12 @@ class FinetuneConfig:
     dsl: bool = False  # retrieval: also report dual-softmax re-weighted scores
 
     def __post_init__(self):
-        if self.task not in ("", "retrieval", "qa", "caption"):
-            raise ConfigError(f"finetune.task must be retrieval, qa or caption, got {self.task!r}")
+        if self.task:
+            from vidmask.tasks import list_tasks
+
+            if self.task not in list_tasks(finetune=True):
+                raise ConfigError(f"finetune.task must be one of {', '.join(list_tasks(finetune=True))} "
+                                  f"(or empty for pretraining), got {self.task!r}")
         if self.rerank_k < 0 or self.beam < 1 or self.max_len < 2:
             raise ConfigError("finetune.rerank_k >= 0, finetune.beam >= 1 and finetune.max_len >= 2 are required")
 
@@ -220,6 +261,10 @@ def _is_dataclass_type(tp) -> bool:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check (and gently convert) a YAML value against a field's annotated type."""
     origin = typing.get_origin(tp)
+    if tp is LossConfig:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return LossConfig(**value)
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
@@ -261,24 +306,71 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config as plain nested dicts (what config.yaml and run.json hold)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, LossConfig):
+            out[f.name] = value.to_dict()
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
+# Keys of the flat `loss` section before objectives had sections of their own (run folders
+# written before then hold them): old key -> new dotted keys.
+LEGACY_KEYS = {
+    "loss.mlm_prob": ("loss.mlm.prob",),
+    "loss.align_layers": ("loss.align.layers",),
+    "loss.relevance_window": ("loss.relevance.window",),
+    "loss.decoder_dim": ("loss.relevance.decoder_dim", "loss.stm.decoder_dim"),
+    "loss.fusion_depth": ("model.fusion_depth",),
+}
+
+
+def migrate_legacy(tree: dict) -> list[str]:
+    """Rewrite the keys of :data:`LEGACY_KEYS` in a config tree in place; returns those found."""
+    found = []
+    for old, new in LEGACY_KEYS.items():
+        section, key = old.split(".")
+        holder = tree.get(section)
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder.pop(key)
+        found.append(old)
+        for dotted in new:
+            _set_dotted(tree, dotted, value)
+    return found
+
+
+def _as_section(value: Any) -> Any:
+    """A loss section given as a bare number is its weight: 1.0 -> {"weight": 1.0}."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"weight": value}
+    return value
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
+        if i == 1 and parts[0] == "loss" and not isinstance(node.get(p, {}), dict):
+            node[p] = _as_section(node[p])  # loss.relevance=1.0 then loss.relevance.window=1
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
     node[parts[-1]] = value
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
+def _deep_merge(base: dict, extra: dict, path: str = "") -> dict:
     out = dict(base)
     for k, v in extra.items():
+        if path == "loss" and (isinstance(v, dict) or isinstance(out.get(k), dict)):
+            v, out[k] = _as_section(v), _as_section(out.get(k, {}))  # a weight merges with a section
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params":
-            out[k] = _deep_merge(out[k], v)
+            out[k] = _deep_merge(out[k], v, f"{path}.{k}" if path else k)
         else:
             out[k] = v
     return out
@@ -289,6 +381,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict = {}
     if path is not None:
         tree = _read_yaml(Path(path))
+        migrate_legacy(tree)  # a run folder's config.yaml written before objectives had sections
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -297,7 +390,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             parsed = yaml.safe_load(v) if v != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
-        _set_dotted(tree, k.strip(), parsed)
+        key = k.strip()
+        if key in LEGACY_KEYS:
+            raise ConfigError(f"{key} is now {' and '.join(LEGACY_KEYS[key])}")
+        _set_dotted(tree, key, parsed)
     return from_dict(Config, tree)
 
 

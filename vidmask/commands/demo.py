@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"vidmask demo: {e}", file=sys.stderr)
         return 2
-    from vidmask.train.pretrain import run_pretrain
+    from vidmask.train.run import run_training
 
-    run_dir = run_pretrain(cfg)
+    run_dir = run_training(cfg)
     print(f"\nrun folder: {run_dir} (config.yaml, metrics.csv, loss.png, tb/, checkpoints/, eval_retrieval.json)")
     print(f"evaluate again with: vidmask eval retrieval --run {run_dir}")
     return 0

@@ -7,27 +7,22 @@ import sys
 
 
 def add_parser(sub) -> None:
+    from vidmask.tasks import list_tasks, task_info
+
     p = sub.add_parser("eval", help="evaluate a trained run", description="Evaluate a run's latest checkpoint.")
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    helps = {
-        "retrieval": "text-to-video and video-to-text retrieval (R@1/5/10, MdR, MnR, Rsum, twin accuracy; "
-                     "re-ranked with the matching head where the run has one)",
-        "qa": "video QA top-1 accuracy, overall and per question type",
-        "caption": "captioning CIDEr, BLEU-4, ROUGE-L (and METEOR with Java) via pycocoevalcap",
-    }
-    for name, text in helps.items():
+    for name in list_tasks(finetune=True):
+        text = task_info(name).eval_help
         r = tasks.add_parser(name, help=text, description=text)
         r.add_argument("--run", required=True, help="run folder (or a checkpoint folder inside it)")
         r.add_argument("--anno", help="annotation file (default: the run's data.test_anno)")
         r.add_argument("--json", metavar="OUT", help="write the metrics as JSON here")
         r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        if name == "retrieval":
-            r.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) re-weighted scores")
-            r.add_argument("--paragraph", action="store_true",
-                           help="join all captions of a video into one query (DiDeMo / ActivityNet paragraph retrieval)")
-            r.add_argument("--rerank-k", type=int, help="re-rank each query's top-k with the matching head (0: off)")
-        if name == "caption":
-            r.add_argument("--beam", type=int, help="beam size (1 = greedy)")
+        for opt in task_info(name).eval_options:  # the task's own options, each setting one config key
+            if opt.type is bool:
+                r.add_argument(opt.flag, action="store_true", default=None, help=f"{opt.help} (sets {opt.key})")
+            else:
+                r.add_argument(opt.flag, type=opt.type, help=f"{opt.help} (sets {opt.key})")
         r.set_defaults(func=run_eval)
 
 
@@ -51,7 +46,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from vidmask.config import load_config
     from vidmask.train import checkpoint as ckpt
     from vidmask.train.distributed import pick_device
-    from vidmask.train.finetune import TASK_FILES, evaluate_run
+    from vidmask.tasks import task_info
+    from vidmask.train.run import evaluate_run, task_name
 
     try:
         run_dir = find_run_dir(args.run)
@@ -61,21 +57,20 @@ def run_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"vidmask eval: {e}", file=sys.stderr)
         return 2
-    ran = cfg.finetune.task or "retrieval"  # a pretraining run is a retrieval model
+    info = task_info(task_name(cfg))
+    ran = info.eval_as or info.name  # a pretraining run is a retrieval model
     if ran != args.task:
         print(f"vidmask eval {args.task}: {run_dir} was trained for {ran}; evaluate it with `vidmask eval {ran}`",
               file=sys.stderr)
         return 2
     cfg.finetune.task = args.task
     if not args.anno and cfg.data.test_anno == "":
-        cfg.data.test_anno = TASK_FILES[args.task][1]
-    if args.task == "retrieval":
-        cfg.finetune.dsl = cfg.finetune.dsl or args.dsl
-        cfg.finetune.paragraph = cfg.finetune.paragraph or args.paragraph
-        if args.rerank_k is not None:
-            cfg.finetune.rerank_k = args.rerank_k
-    if args.task == "caption" and args.beam:
-        cfg.finetune.beam = args.beam
+        cfg.data.test_anno = task_info(args.task).files[1]
+    for opt in task_info(args.task).eval_options:
+        value = getattr(args, opt.flag.lstrip("-").replace("-", "_"))
+        if value is not None:  # a switch only turns its key on; an absent option keeps the run's value
+            section, key = opt.key.split(".")
+            setattr(getattr(cfg, section), key, value)
     device = pick_device(args.device, 0)
     with torch.no_grad():
         res, table = evaluate_run(cfg, weights, device, Path(args.anno) if args.anno else None)

@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from vidmask.data import VideoError, VideoTransform, decode_frames
-    from vidmask.masking import build_masker, list_maskers, masker_params
-    from vidmask.masking.saliency import colour_saliency, pixel_tokens
+    from vidmask.masking import (build_masker, list_maskers, masker_inputs, masker_params, masker_token_dim,
+                                 strategy_ratio)
     from vidmask.models.video_vit import patchify
     from vidmask.viz.masks import draw_masks, frames_for_model
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         k, v = item.split("=", 1)
         params[k] = yaml.safe_load(v)
-    unknown = sorted(set(params) - set(masker_params(args.strategy)) - {"dim"})  # stm's dim is set below
+    unknown = sorted(set(params) - set(masker_params(args.strategy)))
     if unknown:
         print(f"vidmask masks: --param {', '.join(unknown)}: {args.strategy} takes "
               f"{', '.join(masker_params(args.strategy)) or 'no parameters besides the ratio'}", file=sys.stderr)
@@ -64,12 +64,9 @@ def run(args: argparse.Namespace) -> int:
     video, _ = VideoTransform(size=args.size, train=False)(raw)  # (T, 3, S, S)
     p = args.patch
     patches = patchify(video.unsqueeze(0), p)  # (1, T, N, p*p*3)
-    tokens = pixel_tokens(patches)  # (1, T, N, P): what the strategy sees without a teacher
-    if args.strategy == "stm":
-        params.setdefault("dim", tokens.shape[-1])
-    ratio = 0.0 if args.strategy == "none" else args.ratio
-    masker = build_masker(args.strategy, ratio=ratio, **params)
-    attn = colour_saliency(patches)  # (1, T, N)
+    tokens, attn = masker_inputs(patches)  # (1, T, N, P), (1, T, N): what a strategy sees without a teacher
+    ratio = strategy_ratio(args.strategy, args.ratio)
+    masker = build_masker(args.strategy, ratio=ratio, token_dim=masker_token_dim(p), **params)
     with torch.no_grad():
         out = masker(tokens, attn=attn, generator=torch.Generator().manual_seed(args.seed))
     if out.saliency is None and masker.needs_attn:

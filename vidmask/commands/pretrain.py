@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"vidmask pretrain: {e}", file=sys.stderr)
         return 2
-    from vidmask.train.pretrain import run_pretrain
+    from vidmask.train.run import run_training
 
-    run_dir = run_pretrain(cfg, resume=bool(args.resume))
+    run_dir = run_training(cfg, resume=bool(args.resume))
     print(f"run folder: {run_dir}")
     return 0

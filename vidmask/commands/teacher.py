@@ -52,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from vidmask.teachers import train_lit_teacher
+    from vidmask.train.teacher import train_lit_teacher
 
     corpus = Path(args.corpus)
     if not (corpus / args.anno).is_file():
@@ -75,7 +75,7 @@ def run_cache(args: argparse.Namespace) -> int:
     from vidmask.data import load_annotations
     from vidmask.teachers.cache import cached_or_built
     from vidmask.train.distributed import pick_device
-    from vidmask.train.pretrain import build_teacher_from
+    from vidmask.train.wiring import build_teacher_from
 
     cfg = config_from_args(args.config, args.overrides, None)
     if not cfg.teacher.name or not cfg.teacher.cache:

@@ -24,6 +24,7 @@ from vidmask.data.dataset import (
     TooManyBadSamples,
     VideoTextDataset,
     collate_video_text,
+    eval_loader,
     sample_generator,
 )
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, swap_left_right
@@ -53,6 +54,7 @@ __all__ = [
     "decode_all_frames",
     "decode_frames",
     "decode_sampled",
+    "eval_loader",
     "flatten_captions",
     "load_annotations",
     "load_image",

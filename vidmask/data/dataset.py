@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
@@ -232,6 +232,13 @@ def collate_video_text(batch: list[dict]) -> dict:
         "path": [s["path"] for s in good],
         "bad": bad,
     }
+
+
+def eval_loader(items, num_frames: int, size: int, num_workers: int = 0, batch_size: int = 32) -> DataLoader:
+    """Evaluation clips in order (`middle` frames, no augmentation); a bad file raises, naming it."""
+    ds = VideoTextDataset(items, num_frames, size, train=False)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=min(num_workers, 2),
+                      collate_fn=collate_video_text)
 
 
 class TooManyBadSamples(RuntimeError):

@@ -28,6 +28,8 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from vidmask.tokens import gather_tokens  # noqa: F401  (re-exported: the gather that goes with ids_keep)
+
 Mode = Literal["drop", "replace"]
 
 
@@ -42,6 +44,10 @@ class MaskOut:
     saliency: optional float[B,T,N] the strategy ranked by (attention,
         temporal density), for pictures.
     clusters: optional long[B,T,N] cluster id of every token within its frame.
+    token_weight: optional float[B,K] aligned with ``ids_keep``, from a learnable
+        strategy (``stm``): 1.0 in the forward pass, carrying the gradient of a
+        soft top-k backward. The encoder multiplies it onto the kept tokens, so
+        the task's loss reaches the strategy's parameters.
     extra: anything else a strategy exposes (e.g. MASCOT's interval).
     """
 
@@ -49,6 +55,7 @@ class MaskOut:
     ids_keep: Tensor | None = None
     saliency: Tensor | None = None
     clusters: Tensor | None = None
+    token_weight: Tensor | None = None
     extra: dict | None = None
 
     @property
@@ -79,12 +86,6 @@ def keep_to_ids(keep: Tensor) -> Tensor:
     return order[:, :K]  # (B, K)
 
 
-def gather_tokens(x: Tensor, ids_keep: Tensor) -> Tensor:
-    """x: [B,L,C], ids_keep: long[B,K] -> [B,K,C]."""
-    C = x.shape[-1]
-    return torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, C))  # (B, K, C)
-
-
 def topk_keep(score: Tensor, k: int) -> Tensor:
     """bool mask of the k highest scores along the last dim; ties to the lowest index.
 
@@ -100,7 +101,10 @@ def topk_keep(score: Tensor, k: int) -> Tensor:
 
 
 def kept_per_frame(num_tokens: int, ratio: float) -> int:
-    """Tokens each frame keeps at mask ratio `ratio`: round(N * (1 - ratio)), at least 1."""
+    """Tokens each frame keeps at mask ratio `ratio`: round(N * (1 - ratio)), at least 1.
+
+    The rounding rule of the per-frame strategies (random, tube, umt, stm);
+    each masker states its own count through :meth:`Masker.kept_per_frame`."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
     return max(1, int(round(num_tokens * (1.0 - ratio))))
@@ -118,6 +122,7 @@ class Masker:
     modes: tuple[Mode, ...] = ("drop", "replace")
     needs_attn: bool = False
     stochastic: bool = True
+    fixed_ratio: float | None = None  # a strategy that only works at one ratio (`none`: 0) states it
 
     def __init__(self, ratio: float = 0.75):
         if not 0.0 <= ratio < 1.0:
@@ -128,6 +133,12 @@ class Masker:
         self, tokens: Tensor, *, attn: Tensor | None = None, generator: torch.Generator | None = None
     ) -> MaskOut:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def kept_per_frame(self, num_tokens: int) -> int | None:
+        """Tokens every frame keeps out of ``num_tokens``, or None when the strategy
+        promises a count per clip only (MASCOT's tube over an interval). The default
+        is :func:`kept_per_frame`'s rounding; a strategy with another rule overrides it."""
+        return kept_per_frame(num_tokens, self.ratio)
 
     def _check(self, tokens: Tensor, attn: Tensor | None) -> None:
         if tokens.dim() != 4:
@@ -161,17 +172,32 @@ def list_maskers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def masker_params(name: str) -> list[str]:
-    """The keyword parameters strategy ``name`` takes besides ``ratio``."""
+def strategy_ratio(name: str, ratio: float) -> float:
+    """The ratio to build strategy ``name`` with: its fixed ratio if it has one, else ``ratio``."""
+    fixed = _REGISTRY[name].fixed_ratio if name in _REGISTRY else None
+    return ratio if fixed is None else fixed
+
+
+# What the run supplies to a strategy that asks for it (never set by a user in mask.params)
+SUPPLIED = ("token_dim",)
+
+
+def _signature(name: str) -> list[str]:
     import inspect
 
-    sig = inspect.signature(_REGISTRY[name].__init__)
-    return [p for p in sig.parameters if p not in ("self", "ratio")]
+    return [p for p in inspect.signature(_REGISTRY[name].__init__).parameters if p not in ("self", "ratio")]
 
 
-def build_masker(name: str, ratio: float = 0.75, **params) -> Masker:
+def masker_params(name: str) -> list[str]:
+    """The keyword parameters a user may give strategy ``name`` besides ``ratio``."""
+    return [p for p in _signature(name) if p not in SUPPLIED]
+
+
+def build_masker(name: str, ratio: float = 0.75, *, token_dim: int | None = None, **params) -> Masker:
     """Look a strategy up by its exact name and build it.
 
+    ``token_dim``: channels C of the tokens the strategy will see, passed to
+    strategies that take it (a learnable one sizes its weights by it).
     KeyError for an unknown name, TypeError for a parameter the strategy
     does not take; both messages list what is valid.
     """
@@ -181,4 +207,8 @@ def build_masker(name: str, ratio: float = 0.75, **params) -> Masker:
     if unknown:
         raise TypeError(f"mask strategy {name!r} takes no parameter {', '.join(unknown)}; "
                         f"it takes: {', '.join(masker_params(name)) or 'none besides the ratio'}")
+    if "token_dim" in _signature(name):
+        if token_dim is None:
+            raise TypeError(f"mask strategy {name!r} needs token_dim (the channels of the tokens it sees)")
+        params["token_dim"] = token_dim
     return _REGISTRY[name](ratio=ratio, **params)

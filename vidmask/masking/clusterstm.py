@@ -380,6 +380,10 @@ class _ClusterBase(Masker):
         self.dc_ratio = float(dc_ratio)
         self.knn = int(knn)
 
+    def kept_per_frame(self, num_tokens: int) -> int:
+        """One token per cluster: the paper's ``num_clusters = floor(N * (1 - ratio))``, at least 1."""
+        return num_clusters(num_tokens, self.ratio)
+
 
 @register("clusterstm")
 class ClusterStmMasker(_ClusterBase):

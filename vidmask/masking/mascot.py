@@ -110,6 +110,10 @@ class _MascotMasker(Masker):
             raise ValueError(f"{self.name}: interval must be None or a length >= 1, got {interval}")
         self.interval = None if interval is None else int(interval)
 
+    def kept_per_frame(self, num_tokens: int) -> None:
+        """None: frames inside the tube's interval keep N - floor(ratio * N), the others all N."""
+        return None
+
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape

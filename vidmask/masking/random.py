@@ -46,10 +46,15 @@ class TubeMasker(Masker):
 class NoMasker(Masker):
     """All tokens (the `full` recipe): ratio is ignored and must be 0."""
 
+    fixed_ratio = 0.0
+
     def __init__(self, ratio: float = 0.0):
         super().__init__(ratio)
         if ratio != 0.0:
             raise ValueError("`none` keeps every token; set mask.ratio=0")
+
+    def kept_per_frame(self, num_tokens: int) -> int:
+        return num_tokens
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)

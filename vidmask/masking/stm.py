@@ -13,13 +13,13 @@ of modelling time. This masker scores that leak and hides the leakiest tokens:
    ``w = sigmoid(attn_logit)``: ``keep_logit = (1 - w) * (-leak) + w * attn``,
    so attention-rich tokens stay visible as in UMT, leaky ones are hidden;
 4. a hard top-k per frame of ``keep_logit + Gumbel`` (the Gumbel noise only in
-   training mode), with a straight-through estimator: ``extra["st_weight"]``,
+   training mode), with a straight-through estimator: ``MaskOut.token_weight``,
    float[B,K] aligned with ``ids_keep``, is exactly 1.0 in the forward pass and
    carries the gradient of ``sigmoid((key - threshold) / tau)`` backward.
 
-The encoder multiplies ``st_weight`` onto the gathered kept tokens so the task
+The encoder multiplies ``token_weight`` onto the gathered kept tokens so the task
 loss reaches the masker's parameters (a trainer that wants the masker to make
-the task *harder* puts a gradient-reversal layer on ``st_weight``). The input
+the task *harder* puts a gradient-reversal layer on ``token_weight``). The input
 tokens are detached: only the masker's own parameters learn through it.
 
 ``StmMasker`` is the one strategy with learnable weights: it subclasses both
@@ -71,23 +71,23 @@ class StmMasker(nn.Module, Masker):
 
     Subclasses both ``torch.nn.Module`` (its parameters train with the model)
     and ``Masker`` (the mask contract). Keeps exactly
-    ``kept_per_frame(N, ratio)`` tokens per frame; ``extra["st_weight"]``
+    ``kept_per_frame(N, ratio)`` tokens per frame; ``token_weight``
     float[B,K] is the straight-through weight for the gathered kept tokens.
 
-    dim: token channels C. tau: temperature of the soft top-k the gradient
+    token_dim: token channels C (supplied by the run: `build_masker(..., token_dim=)`). tau: temperature of the soft top-k the gradient
     follows. proj_dim: width of the projection the similarity is taken in.
     """
 
     needs_attn = False
     stochastic = True
 
-    def __init__(self, ratio: float = 0.75, *, dim: int, tau: float = 1.0, proj_dim: int = 64):
+    def __init__(self, ratio: float = 0.75, *, token_dim: int, tau: float = 1.0, proj_dim: int = 64):
         nn.Module.__init__(self)
         Masker.__init__(self, ratio)
         if tau <= 0:
             raise ValueError(f"stm: tau must be > 0, got {tau}")
         self.tau = float(tau)
-        self.proj = nn.Linear(dim, proj_dim, bias=False)
+        self.proj = nn.Linear(token_dim, proj_dim, bias=False)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # similarity sharpness
         self.attn_logit = nn.Parameter(torch.zeros(()))  # blend weight of attn, sigmoid(0) = 0.5
 
@@ -117,8 +117,8 @@ class StmMasker(nn.Module, Masker):
             soft = torch.sigmoid((key - threshold.unsqueeze(-1)) / self.tau)  # (B, T, N)
             st = keep.float() + (soft - soft.detach())  # (B, T, N): 1.0 / 0.0 forward, soft gradient
         ids_keep = keep_to_ids(keep)  # (B, K)
-        st_weight = st.reshape(B, T * N).gather(1, ids_keep)  # (B, K)
-        return MaskOut(keep=keep, ids_keep=ids_keep, saliency=logit.detach(), extra={"st_weight": st_weight})
+        weight = st.reshape(B, T * N).gather(1, ids_keep)  # (B, K)
+        return MaskOut(keep=keep, ids_keep=ids_keep, saliency=logit.detach(), token_weight=weight)
 
     def __repr__(self) -> str:
-        return f"StmMasker(ratio={self.ratio}, dim={self.proj.in_features}, tau={self.tau})"
+        return f"StmMasker(ratio={self.ratio}, token_dim={self.proj.in_features}, tau={self.tau})"

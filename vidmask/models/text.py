@@ -84,6 +84,10 @@ class TextEncoder(nn.Module):
             self.bert.eval()  # a frozen tower never runs dropout
         return self
 
+    def word_embeddings(self) -> nn.Embedding:
+        """The tower's input word embeddings [V, W] (what an MLM head ties to, a caption decoder starts from)."""
+        return self.bert.get_input_embeddings()
+
     def tokenize(self, captions: list[str], device) -> dict[str, Tensor]:
         batch = self.tokenizer(
             captions, padding=True, truncation=True, max_length=self.cfg.max_len, return_tensors="pt"

@@ -32,18 +32,19 @@ class VideoTextModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
     def video_tokens(self, video: Tensor, ids_keep: Tensor | None = None,
-                     st_weight: Tensor | None = None) -> Tensor:
+                     token_weight: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> encoder output [B,K,C]: the kept tokens only (K = T*N when
         ids_keep is None). What the fusion layers, QA and captioning heads read."""
         if ids_keep is None:
             tokens = self.visual.embed(video)  # (B, T, N, C)
         else:
             tokens = self.visual.embed_kept(video, ids_keep)  # (B, K, C): only kept patches embedded
-        return self.visual.forward_features(tokens, None, st_weight)  # (B, K, C)
+        return self.visual.forward_features(tokens, None, token_weight).tokens  # (B, K, C)
 
-    def encode_video(self, video: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None) -> Tensor:
+    def encode_video(self, video: Tensor, ids_keep: Tensor | None = None,
+                     token_weight: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] (+ kept-token indices [B,K]) -> unit features [B,E]."""
-        return self.project_video(self.video_tokens(video, ids_keep, st_weight))
+        return self.project_video(self.video_tokens(video, ids_keep, token_weight))
 
     def project_video(self, feats: Tensor) -> Tensor:
         """Encoder output [B,K,C] -> unit features [B,E] (mean over the kept tokens)."""

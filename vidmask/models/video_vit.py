@@ -8,42 +8,29 @@ tokens first, so a 75 % mask really cuts the encoder's work by about 4x.
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vidmask.masking.base import gather_tokens
 from vidmask.models.blocks import Block, init_weights
-
-
-def resample_space(pos: Tensor, grid: int) -> Tensor:
-    """Bicubic resampling of a square spatial table: [N0, C] -> [grid*grid, C]."""
-    n0, C = pos.shape
-    g0 = math.isqrt(n0)
-    if g0 == grid:
-        return pos
-    img = pos.reshape(1, g0, g0, C).permute(0, 3, 1, 2)  # (1, C, g0, g0)
-    img = F.interpolate(img.float(), size=(grid, grid), mode="bicubic", align_corners=False)  # (1, C, g, g)
-    return img.permute(0, 2, 3, 1).reshape(grid * grid, C).to(pos.dtype)  # (N, C)
-
-
-def resample_time(pos: Tensor, frames: int) -> Tensor:
-    """Linear resampling of a temporal table: [T0, C] -> [frames, C]."""
-    t0, C = pos.shape
-    if t0 == frames:
-        return pos
-    seq = pos.T.unsqueeze(0)  # (1, C, T0)
-    seq = F.interpolate(seq.float(), size=frames, mode="linear", align_corners=True)  # (1, C, T)
-    return seq[0].T.to(pos.dtype)  # (T, C)
+from vidmask.models.pos_embed import space_time_pos
+from vidmask.tokens import gather_tokens
 
 
 def patchify(video: Tensor, patch: int) -> Tensor:
     """Pixel patches: video [B,T,3,H,W] -> [B,T,N,p*p*3], each patch in (p1 p2 c) order."""
     return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=patch, p2=patch)
+
+
+@dataclass
+class EncoderOut:
+    """What the video encoder returns."""
+
+    tokens: Tensor  # float[B,K,C] after the final norm (K = T*N without a mask)
+    layers: list[Tensor] = field(default_factory=list)  # raw outputs of the last k blocks, k x [B,K,C], when asked
 
 
 class VideoViT(nn.Module):
@@ -83,9 +70,7 @@ class VideoViT(nn.Module):
 
     def pos_embed(self, frames: int, grid: int) -> Tensor:
         """Space + time position embeddings: [T, N, C]."""
-        space = resample_space(self.pos_space, grid)  # (N, C)
-        time = resample_time(self.pos_time, frames)  # (T, C)
-        return time[:, None, :] + space[None, :, :]  # (T, N, C)
+        return space_time_pos(self.pos_space, self.pos_time, frames, grid * grid)  # (T, N, C)
 
     def embed(self, video: Tensor) -> Tensor:
         """video float[B,T,3,H,W] -> tokens float[B,T,N,C] (patches + positions)."""
@@ -111,24 +96,22 @@ class VideoViT(nn.Module):
         pos = self.pos_embed(T, grid).flatten(0, 1)  # (L, C)
         return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
 
-    def forward_features(
-        self, tokens: Tensor, ids_keep: Tensor | None = None, st_weight: Tensor | None = None,
-        return_layers: int = 0,
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+    def forward_features(self, tokens: Tensor, ids_keep: Tensor | None = None, token_weight: Tensor | None = None,
+                         return_layers: int = 0) -> EncoderOut:
         """Encode the kept tokens only.
 
         tokens: [B,T,N,C], or already gathered [B,K,C] (then ids_keep is None);
-        ids_keep: long[B,K] flat indices into T*N (None = all tokens); st_weight: optional float[B,K] straight-through weight
-        from a learnable masker, multiplied onto the kept tokens.
-        Returns [B,K,C] after the final norm; with ``return_layers=k`` also the
-        raw outputs of the last k blocks (what UMT's alignment reads), as
-        ``(out, [k x [B,K,C]])``.
+        ids_keep: long[B,K] flat indices into T*N (None = all tokens);
+        token_weight: optional float[B,K] from a learnable masker (``MaskOut.token_weight``),
+        multiplied onto the kept tokens so the task's gradient reaches the masker.
+        ``return_layers=k`` also keeps the raw outputs of the last k blocks (what
+        UMT's alignment reads) in ``EncoderOut.layers``.
         """
         x = tokens.flatten(1, 2) if tokens.dim() == 4 else tokens  # (B, L, C)
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (B, K, C)
-        if st_weight is not None:
-            x = x * st_weight.unsqueeze(-1).to(x.dtype)  # (B, K, C)
+        if token_weight is not None:
+            x = x * token_weight.unsqueeze(-1).to(x.dtype)  # (B, K, C)
         layers = []
         first_kept = len(self.blocks) - return_layers
         for i, blk in enumerate(self.blocks):
@@ -138,9 +121,8 @@ class VideoViT(nn.Module):
                 x = blk(x)  # (B, K, C)
             if i >= first_kept:
                 layers.append(x)
-        out = self.norm(x)  # (B, K, C)
-        return (out, layers) if return_layers else out
+        return EncoderOut(self.norm(x), layers)  # tokens (B, K, C)
 
     def forward(self, video: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> pooled clip feature [B,C] (mean over kept tokens)."""
-        return self.forward_features(self.embed(video), ids_keep).mean(1)  # (B, C)
+        return self.forward_features(self.embed(video), ids_keep).tokens.mean(1)  # (B, C)

@@ -1,5 +1,35 @@
-"""Pretraining objectives; each returns a dict of named `*_loss` terms."""
+"""Pretraining objectives: a registry of named losses (see `vidmask.objectives.base`).
 
-from vidmask.objectives.vtc import gather_with_grad, vtc_loss
+Importing this package registers every objective, in the order below: the
+order they are built, computed and summed.
+"""
 
-__all__ = ["gather_with_grad", "vtc_loss"]
+from vidmask.objectives.base import (
+    Objective,
+    ObjectiveConfig,
+    ObjectiveEnv,
+    StepContext,
+    build_objective,
+    list_objectives,
+    objective_class,
+    register_objective,
+)
+from vidmask.objectives.vtc import gather_with_grad, vtc_loss  # registers vtc
+from vidmask.objectives import vtm as _vtm  # noqa: F401  (vtm)
+from vidmask.objectives import mlm as _mlm  # noqa: F401  (mlm)
+from vidmask.objectives import align as _align  # noqa: F401  (align)
+from vidmask.objectives import relevance as _relevance  # noqa: F401  (relevance)
+from vidmask.objectives import stm_decoder as _stm_decoder  # noqa: F401  (stm)
+
+__all__ = [
+    "Objective",
+    "ObjectiveConfig",
+    "ObjectiveEnv",
+    "StepContext",
+    "build_objective",
+    "gather_with_grad",
+    "list_objectives",
+    "objective_class",
+    "register_objective",
+    "vtc_loss",
+]

@@ -11,11 +11,15 @@ layer targets the same teacher features.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidmask.masking.base import gather_tokens
+from vidmask.config import ConfigError
 from vidmask.models.blocks import init_weights
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.tokens import gather_tokens
 
 
 class AlignHead(nn.Module):
@@ -63,3 +67,31 @@ def align_loss(student_feats: list[Tensor], teacher_tokens: Tensor, ids_keep: Te
         pred = F.normalize(pred.float(), dim=-1)  # (B, K, D)
         losses.append((2 - 2 * (pred * target).sum(-1)).mean())
     return {"align_loss": sum(losses) / len(losses)}
+
+
+@dataclass
+class AlignConfig(ObjectiveConfig):
+    layers: int = 1  # last k student blocks aligned to the teacher
+
+    def __post_init__(self):
+        if self.layers < 1:
+            raise ConfigError("loss.align.layers must be >= 1")
+
+
+@register_objective("align", AlignConfig)
+class Align(Objective):
+    """UMT's unmasked-teacher alignment of the last ``layers`` student blocks on the kept tokens."""
+
+    needs_teacher = True
+
+    def __init__(self, cfg: AlignConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.layers = cfg.layers
+        self.head = AlignHead(env.model.cfg.dim, env.teacher.token_dim, layers=cfg.layers)
+
+    def student_layers(self) -> int:
+        return self.layers
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        own = ctx.layers[len(ctx.layers) - self.layers:]  # k x (B, K, C): the last k blocks
+        return align_loss(own, ctx.teacher_out.tokens, ctx.masking.ids_keep, self.head)

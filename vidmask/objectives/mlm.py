@@ -17,11 +17,15 @@ One step, with a `VideoTextModel` ``model``::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidmask.config import ConfigError
 from vidmask.models.fusion import FusionEncoder
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 
 IGNORE = -100  # the label of a position that is not predicted (F.cross_entropy's ignore_index)
 
@@ -98,3 +102,33 @@ def mlm_loss(fusion: FusionEncoder, head: MlmHead, text_states: Tensor, text_mas
     target = labels[chosen]  # (M,)
     total = F.cross_entropy(logits.float(), target, reduction="sum")
     return {"mlm_loss": total / chosen.sum().clamp(min=1)}
+
+
+@dataclass
+class MlmConfig(ObjectiveConfig):
+    prob: float = 0.5  # share of caption tokens masked (UMT uses 0.5, ALBEF 0.15)
+
+    def __post_init__(self):
+        if not 0.0 < self.prob < 1.0:
+            raise ConfigError("loss.mlm.prob must be in (0, 1)")
+
+
+@register_objective("mlm", MlmConfig)
+class Mlm(Objective):
+    """Masked language modelling through the shared fusion encoder, conditioned on the kept video tokens."""
+
+    uses_fusion = True
+
+    def __init__(self, cfg: MlmConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.prob = cfg.prob
+        words = env.model.text.word_embeddings()
+        self.head = MlmHead(env.model.text.width, words.num_embeddings, tie_to=words)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        text = ctx.model.text
+        tok = ctx.tokenized()
+        ids, labels = mask_tokens(tok["input_ids"], tok["attention_mask"], text.tokenizer, self.prob,
+                                  ctx.generator)  # (B, S), (B, S)
+        states, mask = text.token_states(ctx.captions, ids, tok["attention_mask"])  # (B, S, W), (B, S)
+        return mlm_loss(ctx.fusion, self.head, states, mask, ctx.feats, labels)

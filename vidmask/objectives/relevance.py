@@ -16,44 +16,17 @@ masked regions and text", the ClusterSTM summary).
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidmask.models.blocks import Block, init_weights
-from vidmask.models.video_vit import resample_space, resample_time
-
-
-def check_window(N: int, window: int) -> int:
-    """The side of a square grid of N tokens, after checking that an odd ``window`` fits it."""
-    L = math.isqrt(N)
-    if L * L != N:
-        raise ValueError(f"relevance needs a square token grid per frame, got N={N} (a CLS token left in?)")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"relevance window must be odd and >= 1 (a centre token), got {window}")
-    return L
-
-
-def window_tokens(frames: Tensor, window: int) -> Tensor:
-    """Every token's neighbourhood: frames float[F,N,C] -> [F*N, window*window, C].
-
-    Tokens sit on the sqrt(N) x sqrt(N) grid in row-major order. Borders are
-    padded by replicating the edge tokens (Algorithm III's
-    ``pad(mode="replicate")``); inside a window the tokens are row-major, so
-    the centre token is at index ``window*window // 2``.
-    """
-    Fr, N, C = frames.shape
-    L = check_window(N, window)
-    x = frames.transpose(1, 2).reshape(Fr, C, L, L)  # (F, C, L, L)
-    r = window // 2
-    if r:
-        x = F.pad(x, (r, r, r, r), mode="replicate")  # (F, C, L+2r, L+2r)
-    x = x.unfold(2, window, 1).unfold(3, window, 1)  # (F, C, L, L, w, w)
-    x = x.permute(0, 2, 3, 4, 5, 1)  # (F, L, L, w, w, C)
-    return x.reshape(Fr * N, window * window, C)  # (F*N, w*w, C)
+from vidmask.config import ConfigError
+from vidmask.models.decoder import TokenDecoder
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.tokens import grid_side, window_tokens
 
 
 def relevance_map(
@@ -77,63 +50,15 @@ def relevance_map(
     """
     B, T, N, C = tokens.shape
     frames = tokens.reshape(B * T, N, C)  # (B*T, N, C)
-    check_window(N, window)  # whichever pooling path runs
+    grid_side(N, "relevance")  # whichever pooling path runs
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"relevance window must be odd and >= 1 (a centre token), got {window}")
     per = max(1, chunk // N)  # frames per pooler call
     pool = pool_windows or (lambda f, w: pooler(window_tokens(f, w)))
     pooled = torch.cat([pool(frames[s : s + per], window) for s in range(0, B * T, per)])  # (B*T*N, D)
     x = F.normalize(pooled.float(), dim=-1).reshape(B, T * N, -1)  # (B, L, D)
     y = F.normalize(text.float(), dim=-1)  # (B, D)
     return torch.einsum("bld,bd->bl", x, y).reshape(B, T, N)  # (B, T, N)
-
-
-def scatter_kept(kept: Tensor, ids_keep: Tensor, filler: Tensor) -> Tensor:
-    """Inverse of ``gather_tokens``: kept [B,K,C] placed at ids_keep in filler [B,L,C] -> [B,L,C].
-
-    Out of place, so gradients reach both the kept features and the filler
-    (a learned mask token, or STM's projected text).
-    """
-    C = kept.shape[-1]
-    return filler.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, C), kept.to(filler.dtype))  # (B, L, C)
-
-
-class TokenDecoder(nn.Module):
-    """A light MAE-style decoder over all L = T*N positions.
-
-    Kept student features (projected to ``dim``) go to their positions, a
-    filler (given by the subclass) to the masked ones; space + time position
-    embeddings are added everywhere, a few shared ``Block``s run, and a
-    linear head maps each position to ``out_dim``.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, dim: int, depth: int, heads: int,
-                 frames: int, grid: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.dim = dim
-        self.embed = nn.Linear(in_dim, dim)
-        self.pos_space = nn.Parameter(torch.zeros(grid * grid, dim))  # (N, dim)
-        self.pos_time = nn.Parameter(torch.zeros(frames, dim))  # (T, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, out_dim)
-        init_weights(self)
-        nn.init.trunc_normal_(self.pos_space, std=0.02)
-        nn.init.trunc_normal_(self.pos_time, std=0.02)
-
-    def pos_embed(self, frames: int, tokens: int) -> Tensor:
-        """[T, N, dim], resampled when the clip differs from the tables' frames / grid."""
-        space = resample_space(self.pos_space, math.isqrt(tokens))  # (N, dim)
-        time = resample_time(self.pos_time, frames)  # (T, dim)
-        return time[:, None, :] + space[None, :, :]  # (T, N, dim)
-
-    def decode(self, kept: Tensor, ids_keep: Tensor, filler: Tensor, frames: int, tokens: int) -> Tensor:
-        """kept [B,K,C], ids_keep long[B,K], filler [B or 1, 1 or L, dim] -> [B, L, out_dim]."""
-        B, L = kept.shape[0], frames * tokens
-        x = self.embed(kept)  # (B, K, dim)
-        full = scatter_kept(x, ids_keep, filler.expand(B, L, self.dim))  # (B, L, dim)
-        full = full + self.pos_embed(frames, tokens).flatten(0, 1).to(full.dtype)  # (B, L, dim)
-        for blk in self.blocks:
-            full = blk(full)  # (B, L, dim)
-        return self.head(self.norm(full))  # (B, L, out_dim)
 
 
 class RelevanceDecoder(TokenDecoder):
@@ -172,3 +97,37 @@ def relevance_loss(pred: Tensor, target: Tensor, keep: Tensor, eps: float = 1e-6
     masked = (~keep).reshape(B, -1).float()  # (B, L) 1 = masked
     err = (pred.float() - t).pow(2) * masked  # (B, L)
     return {"relevance_loss": err.sum() / masked.sum().clamp_min(1.0)}
+
+
+@dataclass
+class RelevanceConfig(ObjectiveConfig):
+    window: int = 3  # sliding window of relevance generation (the supplement compares 1 and 3)
+    decoder_dim: int = 128  # width of the relevance decoder
+
+    def __post_init__(self):
+        if self.window < 1 or self.window % 2 == 0:
+            raise ConfigError("loss.relevance.window must be odd (1, 3, 5, ...)")
+        if self.decoder_dim < 1:
+            raise ConfigError("loss.relevance.decoder_dim must be >= 1")
+
+
+@register_objective("relevance", RelevanceConfig)
+class Relevance(Objective):
+    """ClusterSTM's relevance reconstruction: the teacher's per-token relevance to the
+    caption (Algorithm III) predicted on the masked tokens from the kept ones."""
+
+    needs_teacher = True
+
+    def __init__(self, cfg: RelevanceConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.window = cfg.window
+        self.decoder = RelevanceDecoder(env.model.cfg.dim, dim=cfg.decoder_dim, frames=env.frames, grid=env.grid)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        teacher = ctx.teacher
+        with torch.no_grad():
+            text = teacher.encode_text(ctx.captions)  # (B, E_teacher)
+            target = relevance_map(ctx.teacher_out.tokens, text, teacher.pool, self.window,
+                                   pool_windows=teacher.pool_windows)  # (B, T, N)
+        pred = self.decoder(ctx.feats, ctx.masking.ids_keep, ctx.frames, ctx.tokens)  # (B, T*N)
+        return relevance_loss(pred, target, ctx.masking.keep)

@@ -17,12 +17,15 @@ every position (an ablation).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidmask.objectives.relevance import TokenDecoder
+from vidmask.config import ConfigError
+from vidmask.models.decoder import TokenDecoder
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 
 
 class StmDecoder(TokenDecoder):
@@ -54,3 +57,32 @@ def stm_decoder_loss(pred: Tensor, teacher_tokens: Tensor, keep: Tensor,
     cos = (F.normalize(pred.float(), dim=-1) * target).sum(-1)  # (B, L)
     weight = (~keep).reshape(B, -1).float() if positions == "masked" else cos.new_ones(cos.shape)  # (B, L)
     return {"stm_loss": ((2 - 2 * cos) * weight).sum() / weight.sum().clamp_min(1.0)}
+
+
+@dataclass
+class StmConfig(ObjectiveConfig):
+    decoder_dim: int = 128  # width of the STM decoder
+    positions: str = "masked"  # which positions the loss scores: masked | all (an ablation)
+
+    def __post_init__(self):
+        if self.decoder_dim < 1:
+            raise ConfigError("loss.stm.decoder_dim must be >= 1")
+        if self.positions not in ("masked", "all"):
+            raise ConfigError(f"loss.stm.positions must be masked or all, got {self.positions!r}")
+
+
+@register_objective("stm", StmConfig)
+class Stm(Objective):
+    """STM's decoder: the teacher's tokens predicted from the kept student tokens and the caption."""
+
+    needs_teacher = True
+
+    def __init__(self, cfg: StmConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.positions = cfg.positions
+        self.decoder = StmDecoder(env.model.cfg.dim, env.model.cfg.embed_dim, env.teacher.token_dim,
+                                  dim=cfg.decoder_dim, depth=2, heads=4, frames=env.frames, grid=env.grid)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        pred = self.decoder(ctx.feats, ctx.masking.ids_keep, ctx.text_feat, ctx.frames, ctx.tokens)  # (B, T*N, D)
+        return stm_decoder_loss(pred, ctx.teacher_out.tokens, ctx.masking.keep, self.positions)

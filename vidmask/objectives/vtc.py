@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 
 
 class _AllGather(torch.autograd.Function):
@@ -67,3 +71,19 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True) ->
     logits_t2v = scale * text.float() @ v_all.float().T  # (B, W*B)
     loss = 0.5 * (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels))
     return {"vtc_loss": loss}
+
+
+@dataclass
+class VtcConfig(ObjectiveConfig):
+    weight: float = 1.0  # on by default: every recipe aligns the two towers
+
+
+@register_objective("vtc", VtcConfig)
+class Vtc(Objective):
+    """Video-text contrastive loss on the joint-space features, with the model's learnable temperature."""
+
+    def __init__(self, cfg: VtcConfig, env: ObjectiveEnv):
+        super().__init__()
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        return vtc_loss(ctx.video_feat, ctx.text_feat, ctx.model.temperature_scale())

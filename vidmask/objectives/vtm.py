@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidmask.models.fusion import FusionEncoder
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 
 
 def positive_pairs(batch: int, pair_ids: Tensor | None, device) -> Tensor:
@@ -107,3 +108,26 @@ class VtmHead(nn.Linear):
         super().__init__(width, 2)
         nn.init.trunc_normal_(self.weight, std=0.02)
         nn.init.zeros_(self.bias)
+
+
+@register_objective("vtm", ObjectiveConfig)
+class Vtm(Objective):
+    """Video-text matching through the shared fusion encoder; its head also re-ranks retrieval."""
+
+    uses_fusion = True
+
+    def __init__(self, cfg: ObjectiveConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.head = VtmHead(env.model.text.width)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        tok = ctx.tokenized()
+        states, mask = ctx.model.text.token_states(ctx.captions, tok["input_ids"], tok["attention_mask"])
+        sim = (ctx.text_feat @ ctx.video_feat.T).detach()  # (B, B): text i against video j
+        return vtm_loss(ctx.fusion, self.head, states, mask, ctx.feats, sim, ctx.generator)
+
+    def scorer(self, fusion: FusionEncoder):
+        """The matching head re-scores retrieval pairs (ALBEF / UMT re-ranking, `vidmask.tasks.rerank`)."""
+        from vidmask.tasks.rerank import vtm_score_fn
+
+        return lambda states, mask, tokens: vtm_score_fn(fusion, self.head, states, mask, tokens)

@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidmask.config import Config
+from vidmask.data import eval_loader, load_annotations
+from vidmask.metrics.caption import caption_metrics
 from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids
 from vidmask.models.video_text import VideoTextModel
+from vidmask.tasks.base import EvalOption, Job, register_task
 
 
 class CaptionTask(nn.Module):
-    """forward(video, captions) -> ({"caption_loss"}, report); greedy / beam_search -> strings."""
+    """forward(batch) -> ({"caption_loss"}, report) on a batch with "video" and "caption";
+    greedy / beam_search -> strings."""
 
     def __init__(self, model: VideoTextModel, depth: int = 2, heads: int | None = None,
                  width: int | None = None, max_positions: int = 40):
@@ -27,7 +32,7 @@ class CaptionTask(nn.Module):
         self.tokenizer = model.text.tokenizer
         text_width = model.text.width
         width = width or text_width
-        words = model.text.bert.get_input_embeddings().weight  # (V, text_width)
+        words = model.text.word_embeddings().weight  # (V, text_width)
         tok = self.tokenizer
         self.decoder = CaptionDecoder(
             vocab_size=words.shape[0], width=width, video_width=model.visual.dim,
@@ -41,8 +46,9 @@ class CaptionTask(nn.Module):
         """video [B,T,3,H,W] -> video tokens [B,K,C] for the decoder."""
         return self.model.video_tokens(video)  # (B, K, C)
 
-    def forward(self, video: Tensor, captions: list[str]):
-        tokens = self.encode(video)  # (B, K, C)
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        captions = batch["caption"]
+        tokens = self.encode(batch["video"])  # (B, K, C)
         batch = self.tokenizer(captions, padding=True, truncation=True, max_length=self.decoder.max_positions,
                                return_tensors="pt")
         ids = batch["input_ids"].to(tokens.device)  # (B, L): [CLS] w1 .. wn [SEP] [PAD]..
@@ -66,3 +72,41 @@ class CaptionTask(nn.Module):
                     length_penalty: float = 1.0) -> list[str]:
         """video tokens [B,K,C] -> B captions (batched beam search, see `beam_search_ids`)."""
         return self.decode(beam_search_ids(self.decoder, video_tokens, beam, max_len, length_penalty))
+
+
+@torch.no_grad()
+def evaluate_caption(cap: CaptionTask, items, cfg: Config, device) -> dict:
+    """CIDEr, BLEU-4, ROUGE-L (and METEOR with Java) of captions generated for ``items``."""
+    cap.eval()
+    cands = {}
+    for batch in eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
+        tokens = cap.encode(batch["video"].to(device))  # (b, K, C)
+        if cfg.finetune.beam > 1:
+            texts = cap.beam_search(tokens, beam=cfg.finetune.beam, max_len=cfg.finetune.max_len)
+        else:
+            texts = cap.greedy(tokens, max_len=cfg.finetune.max_len)
+        for i, t in zip(batch["index"].tolist(), texts):
+            cands[i] = t
+    refs = {i: it.captions for i, it in enumerate(items)}
+    return {"n": len(items), **caption_metrics(cands, refs),
+            "samples": [{"video": items[i].path.name, "generated": cands[i], "references": refs[i]}
+                        for i in range(min(50, len(items)))]}
+
+
+def caption_table(r: dict) -> str:
+    names = [m for m in ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR") if m in r]
+    return f"captioning on {r['n']} videos: " + ", ".join(f"{m} {r[m]:.2f}" for m in names)
+
+
+@register_task("caption", help="video captioning: a text decoder with cross-attention to the video (MSVD style)",
+               files=("train_caption.json", "test_caption.json"),
+               eval_help="captioning CIDEr, BLEU-4, ROUGE-L (and METEOR with Java) via pycocoevalcap",
+               eval_options=(EvalOption("--beam", "finetune.beam", "beam size (1 = greedy)"),))
+def build_caption(cfg: Config, model: VideoTextModel, device, evaluating: bool = False) -> Job:
+    cap = CaptionTask(model).to(device)
+    root = cfg.data.root()
+    items = [] if evaluating else load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    test = load_annotations(cfg.data.path(cfg.data.test_anno), root=root)
+    return Job(task=cap, model=model, items=items, table=caption_table,
+               evaluate=lambda: evaluate_caption(cap, test, cfg, device),
+               short=lambda r: {"eval_CIDEr": r["CIDEr"]}, result_file="eval_caption.json", masked=False)

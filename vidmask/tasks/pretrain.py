@@ -1,44 +1,32 @@
-"""Masked video-text pretraining: mask, encode the kept tokens, and sum the paper's objectives.
+"""Masked video-text pretraining: mask, encode the kept tokens, and sum the active objectives.
 
-One task serves every recipe: the loss weights in `LossConfig` pick the
-terms (`vtc`, `vtm`, `mlm`, `align`, `relevance`, `stm`), the masker picks
-the tokens. A frozen teacher, when configured, supplies what the strategies
-and objectives consume from outside:
-
-* ``attn`` for `umt`, `mascot-*` and `stm` (its CLS-to-patch attention);
-* the tokens `clusterstm` clusters (its per-token features, L2-normalised:
-  lit-effnet's projected last EfficientNet-Lite0 feature map, or hf-clip's
-  patch tokens after the final norm and projection);
-* the targets of `align`, `relevance` (Algorithm III) and `stm`.
-
+One task serves every recipe: the loss sections of the config pick the
+objectives (`vidmask.objectives`, a registry), the masker picks the tokens.
+The task computes once per step what every objective may read (a
+:class:`~vidmask.objectives.StepContext`) and calls the active objectives in
+turn; it knows none of them by name. A frozen teacher, when configured,
+supplies what strategies and objectives consume from outside: its
+CLS-to-patch attention and per-token features for the masker
+(`vidmask.masking.masker_inputs`), and the targets of the teacher objectives.
 Without a teacher, strategies see per-patch normalised pixels and a
-colour-contrast stand-in for attention (`vidmask.masking.saliency`).
+colour-contrast stand-in for attention.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidmask.config import LossConfig
+from vidmask.config import Config, LossConfig
+from vidmask.data import load_annotations
 from vidmask.masking.base import Masker
-from vidmask.masking.saliency import colour_saliency, pixel_tokens
+from vidmask.masking.inputs import masker_inputs
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.video_text import VideoTextModel
-from vidmask.objectives.align import AlignHead, align_loss
-from vidmask.objectives.mlm import MlmHead, mask_tokens, mlm_loss
-from vidmask.objectives.relevance import RelevanceDecoder, relevance_loss, relevance_map
-from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
-from vidmask.objectives.vtc import vtc_loss
-from vidmask.objectives.vtm import VtmHead, vtm_loss
+from vidmask.objectives import ObjectiveEnv, StepContext, build_objective, objective_class
+from vidmask.tasks.base import EvalOption, Job, register_task
+from vidmask.tasks.retrieval import evaluate_retrieval, format_table
 from vidmask.teachers.base import TeacherOut
-
-
-def masker_input(model: VideoTextModel, video: Tensor) -> Tensor:
-    """What a strategy clusters or ranks when no teacher is configured:
-    per-patch normalised pixels (zero mean, unit norm), [B,T,N,p*p*3]."""
-    return pixel_tokens(model.visual.patchify(video.float()))  # (B, T, N, P)
 
 
 class PretrainTask(nn.Module):
@@ -55,30 +43,22 @@ class PretrainTask(nn.Module):
         teacher's trunk."""
         super().__init__()
         self.model = model
-        self.masker = masker
+        self.masker = masker  # a learnable strategy (an nn.Module) trains and is saved with the model
         self.loss_cfg = cfg = loss or LossConfig()
         # a list hides the frozen teacher from state_dict, the optimizer and DDP
         self._teacher = [teacher]
         self.teacher_cache = teacher_cache
         if cfg.needs_teacher() and teacher is None:
             raise ValueError(f"loss.{cfg.needs_teacher()[0]} needs a teacher")
-        if isinstance(masker, nn.Module):  # a learnable strategy (stm) trains with the model
-            self.add_module("masker_module", masker)
-        C, W = model.cfg.dim, model.text.width
-        if cfg.vtm > 0 or cfg.mlm > 0:
-            self.fusion = FusionEncoder(W, C, depth=cfg.fusion_depth)
-        if cfg.vtm > 0:
-            self.vtm_head = VtmHead(W)
-        if cfg.mlm > 0:
-            words = model.text.bert.embeddings.word_embeddings
-            self.mlm_head = MlmHead(W, words.num_embeddings, tie_to=words)
-        if cfg.align > 0:
-            self.align_head = AlignHead(C, teacher.token_dim, layers=cfg.align_layers)
-        if cfg.relevance > 0:
-            self.relevance_decoder = RelevanceDecoder(C, dim=cfg.decoder_dim, frames=frames, grid=grid)
-        if cfg.stm > 0:
-            self.stm_decoder = StmDecoder(C, model.cfg.embed_dim, teacher.token_dim, dim=cfg.decoder_dim,
-                                          depth=2, heads=4, frames=frames, grid=grid)
+        active = cfg.active()
+        # one fusion encoder over the text tower, shared by the objectives that read it (None: no reader)
+        self.fusion = None
+        if any(objective_class(name).uses_fusion for name in active):
+            self.fusion = FusionEncoder(model.text.width, model.cfg.dim, depth=model.cfg.fusion_depth)
+        env = ObjectiveEnv(model=model, teacher=teacher, frames=frames, grid=grid, fusion=self.fusion)
+        self.objectives = nn.ModuleDict({name: build_objective(name, cfg[name], env) for name in active})
+        self.weights = {name: cfg.weight(name) for name in active}
+        self.student_layers = max([o.student_layers() for o in self.objectives.values()], default=0)
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -110,61 +90,85 @@ class PretrainTask(nn.Module):
         if self.teacher is not None and teacher_out is None:
             teacher_out = self.run_teacher({"video": video})
         with torch.autocast(video.device.type, enabled=False):
-            if teacher_out is not None:
-                tokens = F.normalize(teacher_out.tokens.float(), dim=-1)  # (B, T, N, D)
-                attn = teacher_out.attn.float()  # (B, T, N)
-            else:
-                patches = self.model.visual.patchify(video.float())  # (B, T, N, P), once for both
-                tokens = pixel_tokens(patches)  # (B, T, N, P)
-                attn = colour_saliency(patches)  # (B, T, N)
+            patches = None if teacher_out is not None else self.model.visual.patchify(video.float())  # (B, T, N, P)
+            tokens, attn = masker_inputs(patches, teacher_out)  # (B, T, N, C), (B, T, N)
             out = self.masker(tokens, attn=attn, generator=generator)
         if out.ids_keep is None:
             raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
         return out, teacher_out
 
     def forward(self, batch: dict, generator: torch.Generator | None = None):
-        """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...}."""
+        """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...} -> (losses, report)."""
         video, captions = batch["video"], batch["caption"]  # (B, T, 3, H, W)
-        cfg = self.loss_cfg
         T, H = video.shape[1], video.shape[3]
         N = (H // self.model.visual.patch) ** 2
         out, t_out = self.choose_tokens(video, generator, self.run_teacher(batch))
-        st_weight = (out.extra or {}).get("st_weight")  # (B, K) or None
         embedded = self.model.visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
-        feats = self.model.visual.forward_features(embedded, None, st_weight,
-                                                   return_layers=cfg.align_layers if cfg.align > 0 else 0)
-        feats, layers = feats if isinstance(feats, tuple) else (feats, [])  # (B, K, C)
-        v = self.model.project_video(feats)  # (B, E)
-        t = self.model.encode_text(captions)  # (B, E)
+        enc = self.model.visual.forward_features(embedded, None, out.token_weight, return_layers=self.student_layers)
+        ctx = StepContext(
+            model=self.model, video=video, captions=captions, masking=out, feats=enc.tokens, layers=enc.layers,
+            video_feat=self.model.project_video(enc.tokens), text_feat=self.model.encode_text(captions),
+            teacher_out=t_out, teacher=self.teacher, fusion=self.fusion, generator=generator,
+            frames=T, tokens=N,
+        )
         losses: dict[str, Tensor] = {}
-        if cfg.vtc > 0:
-            losses["vtc_loss"] = cfg.vtc * vtc_loss(v, t, self.model.temperature_scale())["vtc_loss"]
-        if cfg.vtm > 0 or cfg.mlm > 0:
-            tok = self.model.text.tokenize(captions, video.device)
-            if cfg.vtm > 0:
-                states, mask = self.model.text.token_states(captions, tok["input_ids"], tok["attention_mask"])
-                sim = (t @ v.T).detach()  # (B, B): text i against video j
-                losses["vtm_loss"] = cfg.vtm * vtm_loss(self.fusion, self.vtm_head, states, mask, feats, sim,
-                                                        generator)["vtm_loss"]
-            if cfg.mlm > 0:
-                ids, labels = mask_tokens(tok["input_ids"], tok["attention_mask"], self.model.text.tokenizer,
-                                          cfg.mlm_prob, generator)  # (B, S), (B, S)
-                states, mask = self.model.text.token_states(captions, ids, tok["attention_mask"])
-                losses["mlm_loss"] = cfg.mlm * mlm_loss(self.fusion, self.mlm_head, states, mask, feats,
-                                                        labels)["mlm_loss"]
-        if cfg.align > 0:
-            losses["align_loss"] = cfg.align * align_loss(layers, t_out.tokens, out.ids_keep,
-                                                          self.align_head)["align_loss"]
-        if cfg.relevance > 0:
-            with torch.no_grad():
-                text_feat = self.teacher.encode_text(captions)  # (B, E_teacher)
-                target = relevance_map(t_out.tokens, text_feat, self.teacher.pool, cfg.relevance_window,
-                                       pool_windows=self.teacher.pool_windows)  # (B, T, N)
-            pred = self.relevance_decoder(feats, out.ids_keep, T, N)  # (B, T*N)
-            losses["relevance_loss"] = cfg.relevance * relevance_loss(pred, target, out.keep)["relevance_loss"]
-        if cfg.stm > 0:
-            pred = self.stm_decoder(feats, out.ids_keep, t, T, N)  # (B, T*N, D)
-            losses["stm_loss"] = cfg.stm * stm_decoder_loss(pred, t_out.tokens, out.keep)["stm_loss"]
-        report = {"kept_tokens": float(out.ids_keep.shape[1]),
-                  "scale": float(self.model.temperature_scale().detach())}
+        report: dict = {}
+        for name, objective in self.objectives.items():
+            for key, value in objective(ctx).items():
+                if key.endswith("_loss"):
+                    losses[key] = self.weights[name] * value
+                else:
+                    report[key] = value
+        report.update(kept_tokens=float(out.ids_keep.shape[1]), scale=float(self.model.temperature_scale().detach()))
         return losses, report
+
+    def reranker(self):
+        """``(text_states, text_mask, video_tokens) -> ScoreFn`` when an objective can re-score
+        pairs (the matching head of `vtm`), else None. See `vidmask.tasks.rerank`."""
+        for objective in self.objectives.values():
+            make = objective.scorer(self.fusion)
+            if make is not None:
+                return make
+        return None
+
+
+def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool = False) -> Job:
+    """Masked pretraining of ``model`` by cfg.mask and the loss sections, evaluated by retrieval.
+
+    Retrieval fine-tuning is the same job on the fine-tuning data from a pretrained model."""
+    from vidmask.train.wiring import build_teacher_from, masker_from, teacher_cache_for
+
+    root = cfg.data.root()
+    items = [] if evaluating else load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    teacher = build_teacher_from(cfg)
+    if teacher is not None:
+        teacher.to(device)
+    masker = masker_from(cfg, teacher)  # a wrong mask setting stops the run before the teacher cache is built
+    task = PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
+                        grid=cfg.data.size // cfg.model.patch,
+                        teacher_cache=teacher_cache_for(cfg, teacher, items, device)).to(device)
+    test_path = cfg.data.path(cfg.data.test_anno)
+    # read before training, so a broken test file stops the run at once, not after it
+    test = load_annotations(test_path, root=root) if cfg.data.test_anno else None
+    return Job(
+        task=task, model=model, items=items,
+        evaluate=lambda: evaluate_retrieval(model, test_path, cfg, device, reranker=task.reranker(), items=test),
+        table=format_table,
+        short=lambda r: {"eval_t2v_R@1": r["t2v"]["R@1"], "eval_rsum": r["rsum"]},
+        result_file="eval_retrieval.json",
+    )
+
+
+register_task("pretrain", help="masked video-text pretraining, evaluated by zero-shot retrieval",
+              files=("train.json", "test_retrieval.json"), finetune=False, eval_as="retrieval")(build_pretrain)
+register_task("retrieval", help="text-video retrieval with vtc (+ vtm re-ranking when loss.vtm > 0)",
+              files=("train.json", "test_retrieval.json"),
+              eval_help="text-to-video and video-to-text retrieval (R@1/5/10, MdR, MnR, Rsum, twin accuracy; "
+                        "re-ranked with the matching head where the run has one)",
+              eval_options=(
+                  EvalOption("--dsl", "finetune.dsl", "also report dual-softmax (DSL) re-weighted scores", bool),
+                  EvalOption("--paragraph", "finetune.paragraph", "join all captions of a video into one query "
+                             "(DiDeMo / ActivityNet paragraph retrieval)", bool),
+                  EvalOption("--rerank-k", "finetune.rerank_k", "re-rank each query's top-k with the matching head "
+                             "(0: off)"),
+              ))(build_pretrain)

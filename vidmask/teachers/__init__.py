@@ -6,7 +6,8 @@ Public API::
     Teacher(video [B,T,3,H,W], grid=None) -> TeacherOut(tokens [B,T,N,D], attn [B,T,N], video [B,E])
     Teacher.pool(tokens [M,W,D]) -> [M,E]; Teacher.encode_text(captions) -> [B,E]
     resample_grid(tokens [B,T,n,D], N) -> [B,T,N,D]
-    train_lit_teacher(corpus_dir, out_path, steps, batch_size, lr, ...) -> summary dict
+
+Training the lit-effnet heads is the trainer's job: vidmask.train.teacher.train_lit_teacher.
 """
 
 from vidmask.teachers.base import (
@@ -20,7 +21,7 @@ from vidmask.teachers.base import (
     resample_grid,
 )
 from vidmask.teachers.hf_clip import HfClipTeacher  # registers hf-clip
-from vidmask.teachers.lit_effnet import LitEffnetConfig, LitEffnetTeacher, train_lit_teacher  # registers lit-effnet
+from vidmask.teachers.lit_effnet import LitEffnetConfig, LitEffnetTeacher  # registers lit-effnet
 
 __all__ = [
     "FrameFeatures",
@@ -34,5 +35,4 @@ __all__ = [
     "register_teacher",
     "resample_attn",
     "resample_grid",
-    "train_lit_teacher",
 ]

@@ -31,13 +31,13 @@ Teachers are looked up by exact name: ``build_teacher("lit-effnet")``,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vidmask.tokens import resample_grid
 
 
 @dataclass
@@ -69,27 +69,12 @@ class FrameFeatures:
         return FrameFeatures(**{k: v.to(device, non_blocking=True) for k, v in self.fields().items()})
 
 
-def resample_grid(tokens: Tensor, N: int) -> Tensor:
-    """Bilinear resampling of per-frame square token grids: [B,T,n,D] -> [B,T,N,D].
-
-    When it runs: a teacher whose own grid already equals the student's
-    (``hf-clip`` with a patch-16 CLIP at the student's resolution: 8x8 at
-    128 px) returns its tokens untouched (n == N is a no-op here). It runs
-    when the grids differ: ``lit-effnet`` always (its stride-32 trunk gives
-    4x4 at 128 px, 7x7 at 224 px, for the student's 8x8 / 14x14), ``hf-clip``
-    with a patch-32 CLIP or at a resolution the patch sizes do not share.
-    Bilinear (``align_corners=False``) keeps each output token a convex mix of
-    its nearest teacher tokens, so features stay on the teacher's scale.
-    """
-    B, T, n, D = tokens.shape
-    if n == N:
-        return tokens
-    g0, g = math.isqrt(n), math.isqrt(N)
-    if g0 * g0 != n or g * g != N:
-        raise ValueError(f"resample_grid needs square grids, got {n} -> {N} tokens per frame")
-    img = tokens.reshape(B * T, g0, g0, D).permute(0, 3, 1, 2)  # (B*T, D, g0, g0)
-    img = F.interpolate(img.float(), size=(g, g), mode="bilinear", align_corners=False)  # (B*T, D, g, g)
-    return img.permute(0, 2, 3, 1).reshape(B, T, N, D).to(tokens.dtype)  # (B, T, N, D)
+# The teachers' grids are resampled onto the student's by the one grid resampler
+# (vidmask.tokens.resample_grid, bilinear). When it runs: a teacher whose grid already
+# equals the student's (hf-clip with a patch-16 CLIP at the student's resolution) is
+# untouched; lit-effnet always is resampled (its stride-32 trunk gives 4x4 at 128 px,
+# 7x7 at 224 px, for the student's 8x8 / 14x14), hf-clip with a patch-32 CLIP or at a
+# resolution the patch sizes do not share.
 
 
 def resample_attn(attn: Tensor, N: int) -> Tensor:
@@ -154,7 +139,7 @@ class Teacher(nn.Module):
     def pool_windows(self, frames: Tensor, window: int) -> Tensor:
         """:meth:`pool` of every token's ``window x window`` neighbourhood (replicate padding):
         frames float[F,N,D] -> [F*N,E]. Teachers whose pooler has per-token work override it."""
-        from vidmask.objectives.relevance import window_tokens
+        from vidmask.tokens import window_tokens
 
         return self.pool(window_tokens(frames, window))  # (F*N, E)
 

@@ -16,9 +16,11 @@ No CLIP can be downloaded here, so the default teacher is assembled LiT-style
   sentence-transformers), optionally followed by a learnable linear map
   (initialised to the identity).
 * **trainable heads**, aligned contrastively to the MiniLM caption embeddings
-  by :func:`train_lit_teacher`: a token projection (LayerNorm + Linear,
-  1280 -> D) applied on the trunk's own grid, then :func:`resample_grid`
-  (bilinear) to the student's grid (4x4 -> 8x8 at 128 px), and an
+  (:func:`lit_contrastive_loss`) by the trainer
+  :func:`vidmask.train.teacher.train_lit_teacher`: a token projection
+  (LayerNorm + Linear, 1280 -> D) applied on the trunk's own grid, then
+  :func:`resample_grid` (bilinear) to the student's grid (4x4 -> 8x8 at
+  128 px), and an
   attention-pooling head (one learnable query attending over tokens, the
   shared :class:`~vidmask.models.blocks.Attention`, then LayerNorm + Linear to
   E = 384). The pooling head's head-averaged attention weights over a
@@ -28,17 +30,14 @@ No CLIP can be downloaded here, so the default teacher is assembled LiT-style
 
 Without a trained head file the teacher still runs (random heads; for
 tests); ``build_teacher("lit-effnet", path="teacher.safetensors")`` loads the
-heads :func:`train_lit_teacher` saved.
+heads :func:`vidmask.train.teacher.train_lit_teacher` saved (training cost
+and results: that module's docstring).
 
 Cost on this 2-core CPU (measured, niced, beside another job, so upper
 bounds): the teacher forward takes about 0.12 s per clip of 8 frames at
 128 px (40 clips in 4.9 s; the trunk is nearly all of it; about 0.6 s per
-clip at 224 px); decoding + trunk while precomputing training features
-0.2 s per clip. Training (:func:`train_lit_teacher`, 150 steps of 32 clips
-on cached features, D = 256) takes about 17 s; on a generated corpus of 139
-training clips it reached in-sample video-to-text R@1 0.93 and 0.35 on 40
-held-out clips (chance 0.025). Relevance generation (3x3 windows through
-the pooling head) for 40 clips: about 1 s.
+clip at 224 px). Relevance generation (3x3 windows through the pooling
+head) for 40 clips: about 1 s.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,7 +134,7 @@ class AttentionPool(nn.Module):
         instead of once per (token, window) pair: window*window times fewer
         multiply-adds in the projection, the bulk of the cost.
         """
-        from vidmask.objectives.relevance import window_tokens
+        from vidmask.tokens import window_tokens
 
         kv = self.attn.kv(self.norm_in(frames))  # (F, N, 2D): per token, once
         return self._pool_kv(window_tokens(kv, window))  # (F*N, E)
@@ -279,7 +277,7 @@ class LitEffnetTeacher(Teacher):
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(
-                f"lit-effnet heads: need {path} and {meta_path} (written by train_lit_teacher)"
+                f"lit-effnet heads: need {path} and {meta_path} (written by `vidmask teacher train`)"
             )
         meta = json.loads(meta_path.read_text())
         teacher = cls(LitEffnetConfig(**meta["config"]))
@@ -293,7 +291,7 @@ class LitEffnetTeacher(Teacher):
 
 @register_teacher("lit-effnet")
 def build_lit_effnet(path: str | Path | None = None, **cfg) -> LitEffnetTeacher:
-    """``path``: heads saved by :func:`train_lit_teacher`; None = untrained heads (tests only)."""
+    """``path``: heads saved by :func:`vidmask.train.teacher.train_lit_teacher`; None = untrained heads (tests only)."""
     if path:
         if cfg:
             raise ValueError(f"lit-effnet: the head file fixes the config; drop {sorted(cfg)}")
@@ -302,7 +300,7 @@ def build_lit_effnet(path: str | Path | None = None, **cfg) -> LitEffnetTeacher:
     return LitEffnetTeacher(LitEffnetConfig(**cfg))
 
 
-# ---- training the heads ---------------------------------------------------
+# ---- the heads' training loss (the trainer: vidmask.train.teacher) ----------
 
 
 def lit_contrastive_loss(video: Tensor, text: Tensor, scale: Tensor, same: Tensor) -> dict[str, Tensor]:
@@ -317,137 +315,3 @@ def lit_contrastive_loss(video: Tensor, text: Tensor, scale: Tensor, same: Tenso
     v2t = -(target * logits.log_softmax(1)).sum(1).mean()
     t2v = -(target.T * logits.T.log_softmax(1)).sum(1).mean()  # `same` is symmetric
     return {"lit_loss": 0.5 * (v2t + t2v)}
-
-
-@dataclass
-class LitTrainArgs:
-    """How :func:`train_lit_teacher` trains the heads (saved beside them)."""
-
-    steps: int = 150  # optimiser steps
-    batch_size: int = 32  # clips per step (all from the precomputed trunk features)
-    lr: float = 1e-3  # peak AdamW learning rate (cosine decay after a 5 % warm-up)
-    weight_decay: float = 0.05  # AdamW decay on matrices (not on norms, biases, the query, the scale)
-    num_frames: int = 8  # frames per clip (middle sampling)
-    size: int = 128  # frame side in pixels; the trunk grid is size // 32
-    seed: int = 0  # head initialisation, batch order and caption choice
-
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("steps must be >= 1 and batch_size >= 2 (contrastive needs negatives)")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-
-
-@torch.no_grad()
-def precompute_trunk(teacher: LitEffnetTeacher, dataset, batch: int = 8) -> tuple[Tensor, list[int]]:
-    """Trunk features of every readable clip: (float16[V,T,n,1280], dataset indices)."""
-    feats, kept = [], []
-    for s in range(0, len(dataset), batch):
-        samples = [dataset[i] for i in range(s, min(s + batch, len(dataset)))]
-        good = [x for x in samples if not x.get("bad")]
-        if not good:
-            continue
-        video = torch.stack([x["video"] for x in good])  # (b, T, 3, S, S)
-        feats.append(teacher.trunk_features(video).half())  # (b, T, n, 1280), half: 2x less memory
-        kept += [x["index"] for x in good]
-    if not kept:
-        raise ValueError("no readable clip in the corpus")
-    return torch.cat(feats), kept  # (V, T, n, 1280)
-
-
-def train_lit_teacher(
-    corpus_dir: str | Path,
-    out_path: str | Path,
-    steps: int = 150,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    *,
-    num_frames: int = 8,
-    size: int = 128,
-    weight_decay: float = 0.05,
-    seed: int = 0,
-    cfg: LitEffnetConfig | None = None,
-    anno: str = "train.json",
-    log_every: int = 50,
-    say=None,
-) -> dict:
-    """Train the lit-effnet heads on ``corpus_dir/anno`` and save them to ``out_path``.
-
-    Trunk features are computed once per clip (middle frames, no
-    augmentation), then every step samples ``batch_size`` clips and one of
-    each clip's captions and takes a contrastive step on the token
-    projection, the pooling head, the text linear map and the temperature.
-    Writes ``out_path`` (safetensors) and ``out_path.with_suffix('.json')``
-    (config + training arguments + summary); returns the summary:
-    ``{"clips", "captions", "trunk_s", "trunk_s_per_clip", "train_s", "loss", "r1_v2t"}``.
-    """
-    from vidmask.data import VideoTextDataset, load_annotations
-
-    say = say or log.info
-    args = LitTrainArgs(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                        num_frames=num_frames, size=size, seed=seed)
-    torch.manual_seed(seed)  # head initialisation
-    teacher = LitEffnetTeacher(cfg)
-    grid = size // teacher.student_patch
-    items = load_annotations(Path(corpus_dir) / anno)
-    ds = VideoTextDataset(items, num_frames, size, train=True, seed=seed, sample_mode="middle")
-
-    t0 = time.perf_counter()
-    feats, idx = precompute_trunk(teacher, ds)  # (V, T, n, 1280)
-    trunk_s = time.perf_counter() - t0
-    say(f"trunk features of {len(idx)} clips in {trunk_s:.1f} s ({trunk_s / len(idx):.3f} s/clip)")
-
-    # every caption of every kept clip, embedded once by the frozen MiniLM
-    caps = [items[i].captions for i in idx]
-    flat = sorted({c for cs in caps for c in cs})
-    where = {c: j for j, c in enumerate(flat)}
-    with torch.no_grad():
-        pooled = teacher.text(flat)  # (Q, W)
-    cap_ids = [torch.tensor([where[c] for c in cs]) for cs in caps]
-
-    teacher.requires_grad_(True)
-    teacher.trunk.requires_grad_(False)
-    teacher.text.requires_grad_(False)
-    teacher.train()
-    params = [p for p in teacher.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2 and p is not teacher.pool_head.query]
-    rest = [p for p in params if not any(p is d for d in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
-    g = torch.Generator().manual_seed(seed)
-    V, B = len(idx), min(batch_size, len(idx))
-    warm = max(1, steps // 20)
-    t0 = time.perf_counter()
-    loss = torch.tensor(float("nan"))
-    for step in range(steps):
-        lr_now = lr * (step + 1) / warm if step < warm else 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-        for group in opt.param_groups:
-            group["lr"] = lr_now
-        clips = torch.randperm(V, generator=g)[:B]  # (B,)
-        q = torch.stack([cap_ids[c][torch.randint(len(cap_ids[c]), (), generator=g)] for c in clips.tolist()])  # (B,)
-        tokens = teacher.project(feats[clips], grid)  # (B, T, N, D)
-        video = teacher.pool(tokens.flatten(1, 2))  # (B, E)
-        text = teacher.text_from_pooled(pooled[q])  # (B, E)
-        same = q[:, None] == q[None, :]  # (B, B)
-        loss = lit_contrastive_loss(video, text, teacher.logit_scale.exp().clamp(max=100.0), same)["lit_loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            say(f"lit-effnet step {step + 1}/{steps} loss {loss.item():.4f} scale {teacher.logit_scale.exp().item():.1f}")
-    train_s = time.perf_counter() - t0
-    teacher.freeze()
-
-    # in-sample video->text R@1 over every clip's first caption: a sanity figure, not an evaluation
-    with torch.no_grad():
-        vids = torch.cat([teacher.pool(teacher.project(feats[s:s + 256], grid).flatten(1, 2)) for s in range(0, V, 256)])  # (V, E)
-        first = torch.stack([c[0] for c in cap_ids])  # (V,)
-        texts = teacher.text_from_pooled(pooled[first])  # (V, E)
-        best = (vids @ texts.T).argmax(1)  # (V,)
-        r1 = float((first[best] == first).float().mean())  # a tie in caption text counts as a hit
-    summary = {"clips": V, "captions": len(flat), "trunk_s": round(trunk_s, 3),
-               "trunk_s_per_clip": round(trunk_s / V, 4), "train_s": round(train_s, 3),
-               "loss": round(loss.item(), 5), "r1_v2t": round(r1, 4)}
-    teacher.save(out_path, extra={"train": asdict(args), "corpus": str(corpus_dir), "summary": summary})
-    say(f"lit-effnet heads saved to {out_path}: {summary}")
-    return summary

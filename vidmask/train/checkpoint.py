@@ -10,6 +10,11 @@ Layout of ``RUN/checkpoints``::
 A checkpoint is written into ``step_XXXXXX.tmp`` and renamed when complete;
 ``latest`` is then replaced atomically. A crash at any point leaves the
 previous checkpoint intact and ``latest`` pointing at it.
+
+Weight names follow the task's modules. ``model.safetensors`` records the
+naming in its metadata (``vidmask_format``); a file written under an earlier
+naming is renamed on load (:data:`RENAMES`), so old runs keep evaluating,
+fine-tuning and resuming.
 """
 
 from __future__ import annotations
@@ -33,6 +38,53 @@ def model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
+# Weight naming of vidmask checkpoints. 1: heads as task attributes (`vtm_head.*`), a learnable
+# masker saved twice (`masker.*`, `masker_module.*`), fine-tuning tasks wrapped (`qa.*`, `cap.*`).
+# 2: objectives under `objectives.<name>.*`, each module once, tasks unwrapped.
+FORMAT = 2
+RENAMES = {  # format 1 prefix -> format 2 prefix ("" drops nothing but the prefix; None drops the key)
+    "masker_module.": None,
+    "vtm_head.": "objectives.vtm.head.",
+    "mlm_head.": "objectives.mlm.head.",
+    "align_head.": "objectives.align.head.",
+    "relevance_decoder.": "objectives.relevance.decoder.",
+    "stm_decoder.": "objectives.stm.decoder.",
+    "qa.": "",
+    "cap.": "",
+}
+
+
+def upgrade_names(weights: dict[str, torch.Tensor], fmt: int) -> dict[str, torch.Tensor]:
+    """Weights saved under naming ``fmt`` -> today's names (see :data:`RENAMES`)."""
+    if fmt >= FORMAT:
+        return weights
+    out = {}
+    for key, value in weights.items():
+        for old, new in RENAMES.items():
+            if key.startswith(old):
+                if new is None:
+                    break
+                key = new + key[len(old):]
+                out[key] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a run, checkpoint or .safetensors file, under today's names."""
+    from safetensors import safe_open
+
+    file = resolve_weights(path)
+    with safe_open(str(file), "pt") as f:
+        fmt = int((f.metadata() or {}).get("vidmask_format", 1))
+    if fmt > FORMAT:
+        raise ValueError(f"{file} was written by a newer vidmask (weight format {fmt}, this one reads up to "
+                         f"{FORMAT}); upgrade vidmask to load it")
+    return upgrade_names(load_file(str(file)), fmt)
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +93,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, state: di
     tmp = ckpt_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"step": str(step)})
+    save_file(model_state(model), str(tmp / "model.safetensors"),
+              metadata={"step": str(step), "vidmask_format": str(FORMAT)})
     torch.save(state, tmp / "state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -78,15 +131,27 @@ def resolve_weights(path: str | Path) -> Path:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> list[str]:
-    weights = load_file(str(resolve_weights(path)))
-    result = model.load_state_dict(weights, strict=strict)
-    return list(result.missing_keys) + list(result.unexpected_keys)
+    """Load a checkpoint's weights into ``model``; with ``strict``, a mismatch is an error naming
+    the missing and unexpected weights. Returns them (empty when everything matched)."""
+    weights = read_weights(path)
+    result = model.load_state_dict(weights, strict=False)
+    bad = list(result.missing_keys) + list(result.unexpected_keys)
+    if strict and bad:
+        raise ValueError(f"{resolve_weights(path)} does not fit this model: missing {_few(result.missing_keys)}; "
+                         f"unexpected {_few(result.unexpected_keys)} (was it trained with another config?)")
+    return bad
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "model.") -> None:
     """Load only the dual encoder (keys under `prefix`) from a task checkpoint: what
     evaluation and fine-tuning need, without the pretraining heads or the teacher."""
-    weights = load_file(str(resolve_weights(path)))
+    weights = read_weights(path)
     sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if not sub:
         raise ValueError(f"{path}: no weights under {prefix!r}; is it a vidmask checkpoint?")
@@ -95,3 +160,31 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "
 
 def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------- trainer state (state.pt)
+
+def trainer_state(step: int, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None) -> dict:
+    """What ``state.pt`` holds besides the weights: the step, the optimiser (and fp16 grad scaler),
+    the RNG states and the bad-sample count. Tensors and plain containers only."""
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+    if bad_samples is not None:
+        state["bad_samples"] = bad_samples.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_trainer_state(state: dict, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None) -> int:
+    """The inverse of :func:`trainer_state`: restores everything it saved; returns the step."""
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if torch.cuda.is_available() and "rng_cuda" in state:
+        torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
+    if bad_samples is not None:
+        bad_samples.load_state_dict(state.get("bad_samples", {}))
+    return int(state["step"])

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval evaluation of a dual encoder on an annotation file."""
+"""Text-video retrieval evaluation of a dual encoder on an annotation file (R@k, MdR, MnR, twins, DSL, re-ranking)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,19 @@ import logging
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from vidmask.config import Config
-from vidmask.data import VideoTextDataset, collate_video_text, flatten_captions, load_annotations
+from vidmask.data import eval_loader, flatten_captions, load_annotations
 from vidmask.metrics import dual_softmax, retrieval_metrics, twin_accuracy
 from vidmask.models.video_text import VideoTextModel
-from vidmask.tasks.rerank import rerank, vtm_score_fn
+from vidmask.tasks.rerank import rerank
 
 log = logging.getLogger("vidmask")
 
 
-def eval_loader(items, cfg: Config) -> DataLoader:
-    """Evaluation clips in order (`middle` frames); a bad file raises, naming it."""
-    ds = VideoTextDataset(items, cfg.data.num_frames, cfg.data.size, train=False)
-    return DataLoader(ds, batch_size=32, shuffle=False, num_workers=min(cfg.data.num_workers, 2),
-                      collate_fn=collate_video_text)
+def config_loader(items, cfg: Config):
+    """The evaluation loader of a run's config: its frames, size and (at most 2) workers."""
+    return eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers)
 
 
 @torch.no_grad()
@@ -48,19 +45,21 @@ def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
 
 
 @torch.no_grad()
-def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, device, task=None, items=None) -> dict:
+def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, device, reranker=None,
+                       items=None) -> dict:
     """Retrieval on every caption of every video in `anno` (or one paragraph per video).
 
-    Dual-encoder scores; with `task` holding a matching head (loss.vtm > 0), also
-    each query's top-k re-ranked by it; DSL when cfg.finetune.dsl. A bad video
+    Dual-encoder scores; with a ``reranker`` ``(text_states [Nt,S,W], text_mask [Nt,S],
+    video_tokens [Nv,K,C]) -> ScoreFn`` (a task's :meth:`reranker`, e.g. the matching head of
+    `vtm`), also each query's top-k re-ranked by it; DSL when cfg.finetune.dsl. A bad video
     stops the evaluation with an error naming the file.
     """
     anno = Path(anno)
     items = items if items is not None else load_annotations(anno, root=cfg.data.root())
     model.eval()
     toks, feats = [], []
-    keep_tokens = task is not None and hasattr(task, "vtm_head") and cfg.finetune.rerank_k > 0
-    for batch in eval_loader(items, cfg):
+    keep_tokens = reranker is not None and cfg.finetune.rerank_k > 0
+    for batch in config_loader(items, cfg):
         f = model.video_tokens(batch["video"].to(device))  # (b, K, C)
         feats.append(model.project_video(f).cpu())
         if keep_tokens:
@@ -86,7 +85,7 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
         states = torch.cat([model.text.token_states(None, enc["input_ids"][s:s + 256],
                                                     enc["attention_mask"][s:s + 256])[0]
                             for s in range(0, len(texts), 256)])  # (Nt, S, W)
-        score = vtm_score_fn(task.fusion, task.vtm_head, states, enc["attention_mask"], vtok)
+        score = reranker(states, enc["attention_mask"], vtok)
         k = min(cfg.finetune.rerank_k, len(items))
         t2v_sim = rerank(sim, score, k=k)  # (Nt, Nv)
         v2t_sim = rerank(sim.T, lambda v_idx, t_idx: score(t_idx, v_idx), k=min(k, len(texts)))  # (Nv, Nt)

@@ -1,0 +1,254 @@
+"""The runner: any registered task from a Config to a finished run folder.
+
+Pretraining and every fine-tuning task share it (run folders, checkpoints,
+exact resume, DDP, logging); a task only says, through its registry entry
+(`vidmask.tasks`), what it trains, on which files and how it is evaluated.
+The step loop itself is `vidmask.train.engine.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from vidmask.config import Config, ConfigError, save_config, to_dict
+from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text
+from vidmask.tasks import Job, task_info
+from vidmask.train import checkpoint as ckpt
+from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
+from vidmask.train.engine import LoopSpec, train
+from vidmask.train.optim import param_groups
+from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
+from vidmask.train.schedule import epoch_batches, steps_per_epoch
+from vidmask.train.wiring import init_model
+
+log = logging.getLogger("vidmask")
+
+# At most this many training files are looked up at start (evenly spaced): enough to see a wrong
+# media folder, without stat-ing millions of files (WebVid-10M) on every rank before step 1.
+MEDIA_CHECK_MAX = 2000
+
+
+def task_name(cfg: Config) -> str:
+    """The registered task a config trains: finetune.task, or pretraining when it is empty."""
+    return cfg.finetune.task or "pretrain"
+
+
+def make_job(cfg: Config, device: torch.device, evaluating: bool = False) -> Job:
+    """The model (from finetune.init when set) and the task's job around it."""
+    model = init_model(cfg, device, evaluating)
+    return task_info(task_name(cfg)).build(cfg, model, device, evaluating)
+
+
+def run_training(cfg: Config, resume: bool = False) -> Path:
+    """Train (or resume) a run of cfg's task; returns its folder. Works under torchrun."""
+    info = init_distributed(cfg.train.device)
+    try:
+        run_dir = _run(cfg, info, resume)
+    except BaseException:
+        teardown(clean=False)  # no barrier: the other ranks may never reach it
+        raise
+    # the model and optimiser died with _run's frame, before the group goes
+    teardown()
+    return run_dir
+
+
+def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tuple[dict, callable]:
+    """Evaluate a run's weights on its test file (or `anno`): (result, its table function)."""
+    if anno is not None:
+        cfg.data.test_anno = str(Path(anno).resolve())  # a command-line path is relative to the working folder
+    cfg.finetune.init = ""  # the weights below replace whatever the model starts from
+    cfg.teacher.cache = ""  # evaluation never runs the teacher on training frames
+    job = make_job(cfg, device, evaluating=True)
+    ckpt.load_weights(job.task, weights, strict=True)
+    log.info("evaluating the weights of %s", weights)
+    return job.evaluate(), job.table
+
+
+# ---------------------------------------------------------------- pieces of a run
+
+def make_run_dir(cfg: Config, info: DistInfo) -> Path:
+    name = cfg.run_dir or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if info.enabled:
+        box = [name]
+        dist.broadcast_object_list(box, src=0)  # ranks may disagree on the clock
+        name = box[0]
+    run_dir = Path(name)
+    if info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    return run_dir
+
+
+def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
+    """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order."""
+    spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
+    step = start_step
+    while step < cfg.train.steps:
+        epoch, skip = divmod(step, spe)
+        dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world)
+        loader = DataLoader(
+            dataset, batch_sampler=batches[skip:], num_workers=cfg.data.num_workers,
+            collate_fn=collate_video_text, persistent_workers=False,
+        )
+        for batch in loader:
+            yield step, batch
+            step += 1
+            if step >= cfg.train.steps:
+                return
+
+
+def check_media_exist(items, cfg: Config) -> None:
+    """Stop at once when more than data.max_bad_share of the training files do not exist (a wrong
+    data.video_root or data.corpus), rather than after the first hundred bad samples; warn about a few.
+    Large sets are judged on an even sample of ``MEDIA_CHECK_MAX`` files."""
+    step = max(1, -(-len(items) // MEDIA_CHECK_MAX))  # ceil: at most MEDIA_CHECK_MAX looked up
+    checked = items[::step]
+    missing = [it.path for it in checked if not os.path.exists(it.path)]
+    if not missing:
+        return
+    of = f"{len(checked)}" if step == 1 else f"{len(checked)} looked up (of {len(items)})"
+    where = f"data.video_root={cfg.data.video_root}" if cfg.data.video_root else "the annotation file's folder"
+    if len(missing) > cfg.data.max_bad_share * len(checked):
+        raise ConfigError(f"{len(missing)} of {of} training media files do not exist (first: {missing[0]}); "
+                          f"check data.video_root and data.corpus (paths are relative to {where})")
+    log.warning("%d of %s training media files do not exist (first: %s); they are skipped as bad samples",
+                len(missing), of, missing[0])
+
+
+@dataclass
+class Trainer:
+    """The optimisation state of a run: what a checkpoint's state.pt restores."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    tracker: BadSampleTracker
+    start_step: int = 0
+
+    @classmethod
+    def build(cls, task: torch.nn.Module, cfg: Config, device: torch.device) -> "Trainer":
+        optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98))
+        scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+        return cls(optimizer, scaler, BadSampleTracker(cfg.data.max_bad_share))
+
+    def resume(self, task: torch.nn.Module, run_dir: Path) -> None:
+        latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        ckpt.load_weights(task, latest)
+        state = ckpt.load_state(latest)
+        self.start_step = ckpt.restore_trainer_state(state, self.optimizer, self.scaler, self.tracker)
+        log.info("resumed from %s at step %d", latest, self.start_step)
+
+    def save(self, task: torch.nn.Module, run_dir: Path, step: int) -> Path:
+        state = ckpt.trainer_state(step, self.optimizer, self.scaler, self.tracker)
+        return ckpt.save_checkpoint(run_dir / "checkpoints", step, task, state)
+
+
+def _describe_run(cfg: Config, run_dir: Path, info: DistInfo, job: Job) -> None:
+    """config.yaml, run.json and the opening log line (rank 0)."""
+    save_config(cfg, run_dir / "config.yaml")
+    write_json(run_dir / "run.json", {"git": git_revision(), "world_size": info.world,
+                                      "device": str(info.device), "torch": torch.__version__,
+                                      "train_samples": len(job.items), "config": to_dict(cfg),
+                                      "cwd": os.getcwd()})  # what the config's relative paths are relative to
+    n_params = sum(p.numel() for p in job.task.parameters() if p.requires_grad)
+    mask = f"mask {cfg.mask.strategy} @ {cfg.mask.ratio:.2f}" if job.masked else "all tokens"
+    log.info("run folder %s; %d training samples; %.2fM trainable parameters; %s",
+             run_dir, len(job.items), n_params / 1e6, mask)
+
+
+class Hooks:
+    """What the loop calls back into: logging, checkpoints, evaluation, per-batch bookkeeping."""
+
+    def __init__(self, cfg: Config, run_dir: Path, info: DistInfo, job: Job, trainer: Trainer,
+                 metrics: MetricsWriter | None):
+        self.cfg, self.run_dir, self.info, self.job, self.trainer, self.metrics = cfg, run_dir, info, job, trainer, metrics
+
+    def on_log(self, step: int, row: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(step, row)
+
+    def on_checkpoint(self, step: int) -> None:
+        if self.info.main:
+            path = self.trainer.save(self.job.task, self.run_dir, step)
+            self.metrics.plot()
+            log.info("checkpoint %s", path)
+        barrier()
+
+    def on_eval(self, step: int) -> None:
+        if self.info.main:
+            short = self.job.short(self.job.evaluate())
+            self.metrics.write(step, short)
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.2f}" for k, v in short.items()))
+        barrier()
+
+    def on_batch(self, batch: dict) -> None:
+        try:
+            self.trainer.tracker.update(len(batch["caption"]), batch["bad"])
+        except TooManyBadSamples as e:
+            raise TooManyBadSamples(f"{e} The allowed share is the config key data.max_bad_share "
+                                    f"(now {self.cfg.data.max_bad_share}).") from None
+        self.job.prepare(batch)
+
+
+def _loop_spec(cfg: Config, task: torch.nn.Module) -> LoopSpec:
+    t = cfg.train
+    return LoopSpec(total_steps=t.steps, peak_lr=t.lr, min_lr=t.min_lr, warmup=t.warmup_steps,
+                    grad_clip=t.grad_clip, seed=t.seed, precision=t.precision, log_every=t.log_every,
+                    ckpt_every=t.ckpt_every, eval_every=t.eval_every, time_limit_s=t.time_limit_min * 60.0,
+                    params=[p for p in task.parameters() if p.requires_grad])
+
+
+def _finish(cfg: Config, run_dir: Path, job: Job, last: int, seconds: float) -> None:
+    """The closing log lines and the final evaluation (rank 0)."""
+    log.info("trained to step %d in %.1f min", last, seconds / 60)
+    if last < cfg.train.steps:
+        log.warning("stopped at step %d of %d by train.time_limit_min=%g; `--resume %s` continues it",
+                    last, cfg.train.steps, cfg.train.time_limit_min, run_dir)
+    if cfg.data.test_anno:
+        res = job.evaluate()
+        res["step"] = last
+        res["complete"] = last >= cfg.train.steps
+        write_json(run_dir / job.result_file, res)
+        print(job.table(res), flush=True)
+
+
+def _run(cfg: Config, info: DistInfo, resume: bool) -> Path:
+    run_dir = make_run_dir(cfg, info)
+    setup_logging(run_dir, info.main)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    job = make_job(cfg, info.device)
+    steps_per_epoch(len(job.items), cfg.train.batch_size, info.world)  # too few samples: stop before any step
+    check_media_exist(job.items, cfg)
+    trainer = Trainer.build(job.task, cfg, info.device)
+    if resume:
+        trainer.resume(job.task, run_dir)
+    dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
+                               hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
+    # frozen text tower: every caption's features once, before the clock starts
+    job.model.text.warm_cache([c for it in job.items for c in it.captions])
+    if info.main:
+        _describe_run(cfg, run_dir, info, job)
+    metrics = MetricsWriter(run_dir, resume_step=trainer.start_step) if info.main else None
+    wrapped = job.task
+    if info.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            job.task, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    hooks = Hooks(cfg, run_dir, info, job, trainer, metrics)
+    t0 = time.time()
+    last = train(wrapped, trainer.optimizer, trainer.scaler, batch_stream(dataset, cfg, info, trainer.start_step),
+                 trainer.start_step, _loop_spec(cfg, job.task), info.device, info.rank, hooks.on_log,
+                 hooks.on_checkpoint, hooks.on_eval, hooks.on_batch, show_progress=info.main)
+    if info.main:
+        _finish(cfg, run_dir, job, last, time.time() - t0)
+        metrics.close()
+    return run_dir

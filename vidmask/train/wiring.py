@@ -1,0 +1,88 @@
+"""Building a run's parts from its config: the model, the teacher and its cache, the masker.
+
+Shared by every task's build function (`vidmask.tasks`), the commands and the
+benchmarks; the config's mistakes become :class:`ConfigError`s naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vidmask.config import Config, ConfigError
+from vidmask.masking import build_masker, masker_token_dim
+from vidmask.models.video_text import VideoTextModel
+from vidmask.train import checkpoint as ckpt
+from vidmask.train.distributed import barrier
+
+log = logging.getLogger("vidmask")
+
+
+def build_model(cfg: Config) -> VideoTextModel:
+    return VideoTextModel(cfg.model, num_frames=cfg.data.num_frames, img_size=cfg.data.size)
+
+
+def init_model(cfg: Config, device, evaluating: bool = False) -> VideoTextModel:
+    """The dual encoder, started from ``finetune.init`` when it is set (a run, checkpoint or .safetensors)."""
+    model = build_model(cfg)
+    if cfg.finetune.init:
+        ckpt.load_model_weights(model, cfg.finetune.init)
+        log.info("initialised from %s", cfg.finetune.init)
+    elif cfg.finetune.task and not evaluating:
+        log.info("no finetune.init: training from scratch")
+    return model.to(device)
+
+
+def build_teacher_from(cfg: Config):
+    if not cfg.teacher.name:
+        return None
+    from vidmask.teachers import build_teacher
+
+    if cfg.teacher.path and not Path(cfg.teacher.path).exists():
+        raise FileNotFoundError(f"teacher.path={cfg.teacher.path} does not exist "
+                                "(lit-effnet: train one with `vidmask teacher train`; hf-clip: a local CLIPModel folder)")
+    kw = {"path": cfg.teacher.path} if cfg.teacher.path else {}
+    if cfg.teacher.name == "lit-effnet" and not cfg.teacher.path:
+        log.warning("teacher lit-effnet without teacher.path: its heads are untrained (random)")
+    return build_teacher(cfg.teacher.name, **kw)
+
+
+def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
+    """The per-frame teacher features of the training videos (`teacher.cache`), or None.
+
+    Built once by rank 0 in `teacher.cache` (a file named by the teacher's
+    weights, the videos and the frame size, so a stale one is never read),
+    then loaded by every rank.
+    """
+    if teacher is None or not cfg.teacher.cache:
+        return None
+    from vidmask.teachers.cache import cached_or_built
+
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    kw = dict(teacher=teacher, teacher_path=cfg.teacher.path or None, items=items, size=cfg.data.size)
+    cache = cached_or_built(cfg.teacher.cache, device=device, progress=True, **kw) if main else None
+    barrier()
+    return cache if main else cached_or_built(cfg.teacher.cache, build=False, **kw)
+
+
+def masker_from(cfg: Config, teacher=None):
+    """cfg.mask's strategy; a ConfigError naming mask.strategy or mask.params when they are wrong."""
+    try:
+        return build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio,
+                            token_dim=masker_token_dim(cfg.model.patch, teacher), **cfg.mask.params)
+    except KeyError as e:
+        raise ConfigError(f"mask.strategy: {e.args[0]}") from None
+    except TypeError as e:
+        raise ConfigError(f"mask.params: {e}") from None
+
+
+def build_task(cfg: Config, model: VideoTextModel, teacher=None, teacher_cache=None, masker=None):
+    """The pretraining task of ``cfg`` around ``model`` (the masker from cfg.mask unless given)."""
+    from vidmask.tasks.pretrain import PretrainTask
+
+    masker = masker if masker is not None else masker_from(cfg, teacher)
+    return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
+                        grid=cfg.data.size // cfg.model.patch, teacher_cache=teacher_cache)
