@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from _common import table, write
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vidmask.data import VideoTransform, decode_sampled  # noqa: E402
-from vidmask.masking import build_masker  # noqa: E402
+from vidmask.masking import build_masker, masker_inputs  # noqa: E402
 from vidmask.teachers import build_teacher  # noqa: E402
 
 STRATEGIES = [
@@ -78,10 +77,10 @@ def main() -> None:
         video, on = torch.stack(clips), torch.stack(on)  # (B, T, 3, S, S), (B, T, N)
         total_on, total = total_on + int(on.sum()), total + on.numel()
         t_out = teacher(video, grid=grid)
-        tokens, attn = F.normalize(t_out.tokens.float(), dim=-1), t_out.attn.float()  # (B, T, N, D), (B, T, N)
+        tokens, attn = masker_inputs(teacher_out=t_out)  # (B, T, N, D), (B, T, N): as in pretraining
         for name, params in STRATEGIES:
             label = name + "".join(f" {k}={v}" for k, v in params.items())
-            masker = build_masker(name, ratio=RATIOS.get(name, 0.85), **params)
+            masker = build_masker(name, ratio=RATIOS.get(name, 0.85), token_dim=tokens.shape[-1], **params)
             keep = masker(tokens, attn=attn, generator=torch.Generator().manual_seed(s)).keep  # (B, T, N)
             a, b = kept_on.get(label, (0, 0))
             kept_on[label] = (a + int((keep & on).sum()), b + int(keep.sum()))

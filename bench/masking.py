@@ -38,7 +38,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidmask.masking import build_masker, list_maskers  # noqa: E402
+from vidmask.masking import build_masker, list_maskers, strategy_ratio  # noqa: E402
 from vidmask.masking.clusterstm import _CHUNK_BYTES, DEFAULT_DC_RATIO, DC_MIN, clusterstm_keep, num_clusters  # noqa: E402
 
 B, N, C, RATIO = 8, 196, 768, 0.85
@@ -183,8 +183,7 @@ def step_time(model, kept: int) -> float:
 
 
 def masker_for(name: str):
-    params = {"dim": C} if name == "stm" else {}
-    return build_masker(name, ratio=0.0 if name == "none" else RATIO, **params)
+    return build_masker(name, ratio=strategy_ratio(name, RATIO), token_dim=C)
 
 
 # ----------------------------------------------------------------------------

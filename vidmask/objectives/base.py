@@ -30,30 +30,24 @@ from the global RNG) and their terms are computed and summed.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from vidmask.config import ConfigError
 
 
 @dataclass
 class ObjectiveConfig:
     """Every objective's section has a weight; 0 switches the objective off.
 
-    A section's ``__post_init__`` raises :class:`ConfigError` with a message that
-    starts with the field's name ("window must be odd ..."): the loss config
-    prefixes it with ``loss.<objective>.``.
+    The loss config checks the weight (finite, >= 0); a section's own
+    ``__post_init__`` checks its other fields and raises :class:`ConfigError`
+    naming them in full (``loss.relevance.window must be odd ...``).
     """
 
     weight: float = 0.0  # multiplies the objective's loss; 0 = not built, not computed
-
-    def __post_init__(self):
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ConfigError(f"weight must be a finite number >= 0, got {self.weight}")
 
 
 @dataclass

@@ -144,7 +144,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
 
 def _few(keys: list[str], n: int = 4) -> str:
     if not keys:
-        return "none"
+        return "nothing"
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
