@@ -11,27 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidmask.config import ConfigError, LossConfig, ModelConfig, TextConfig, load_config
+from vidmask.config import ConfigError, LossConfig, load_config
 from vidmask.data import VideoTextDataset, collate_video_text
 from vidmask.masking import build_masker, list_maskers
-from vidmask.models import VideoTextModel
 from vidmask.objectives import ObjectiveConfig, list_objectives, objective_class, register_objective
 from vidmask.tasks import PretrainTask, list_tasks, task_info
 from vidmask.teachers import build_teacher
 
+from test_pretrain_objectives import batch, tiny_model  # the same tiny model and batch
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=32, depth=2, heads=2, embed_dim=16, text=TextConfig(init="random"))
-    return VideoTextModel(cfg, num_frames=2, img_size=64)
-
-
-def batch():
-    g = torch.Generator().manual_seed(0)
-    return {"video": torch.randn(3, 2, 3, 64, 64, generator=g),
-            "caption": ["a red circle moves left", "a blue square grows", "two stars spin"]}
 
 
 # ---------------------------------------------------------------- objectives
