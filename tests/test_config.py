@@ -102,3 +102,78 @@ def test_clusterstm_ablation_changes_one_thing(name):
     diff = {k: abl.get(k) for k in set(ref) | set(abl) if k != "name" and ref.get(k) != abl.get(k)}
     assert diff == ABLATIONS[name]
     assert abl["name"] == name
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=.inf", "train.lr must be a finite number > 0, got inf"),
+        ("train.lr=.nan", "train.lr must be a finite number > 0, got nan"),
+        ("train.min_lr=-1", "train.min_lr must be a finite number >= 0, got -1.0"),
+        ("train.min_lr=0.01", "train.min_lr (0.01) must not exceed train.lr (0.0005)"),
+        ("train.weight_decay=-1", "train.weight_decay must be a finite number >= 0, got -1.0"),
+        ("train.grad_clip=-1", "train.grad_clip must be a finite number >= 0 (0 = no clipping), got -1.0"),
+        ("train.time_limit_min=-1", "train.time_limit_min must be a finite number >= 0 (0 = no limit), got -1.0"),
+        ("train.ckpt_every=0", "train.ckpt_every must be >= 1, got 0"),
+        ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("train.eval_every=-1", "train.eval_every must be >= 0 (0 = only at the end), got -1"),
+        ("train.seed=-1", "train.seed must be >= 0, got -1"),
+        ("train.warmup_steps=-1", "train.warmup_steps must be >= 0, got -1"),
+        ("model.embed_dim=0", "model.embed_dim must be >= 1, got 0"),
+        ("model.mlp_ratio=0", "model.mlp_ratio must be a finite number > 0, got 0.0"),
+        ("model.heads=0", "model.heads must be >= 1, got 0"),
+        ("model.dim=0", "model.dim must be >= 1, got 0"),
+        ("model.fusion_depth=0", "model.fusion_depth must be >= 1, got 0"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0 (0 = load in the main process), got -1"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("override", ["train.grad_clip=0", "train.min_lr=0", "train.min_lr=5.0e-4",
+                                      "data.num_workers=0", "train.eval_every=0", "train.time_limit_min=0"])
+def test_boundary_values_are_valid(override):
+    load_config(None, [override])
+
+
+def test_base_cycle_names_the_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "a.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert f"config files extend each other in a cycle: {a} -> {b} -> {a}" in str(e.value)
+
+
+@pytest.mark.parametrize("base", ["5", "[3]", "{x: 1}"])
+def test_base_of_the_wrong_type(tmp_path, base):
+    (tmp_path / "child.yaml").write_text(f"base: {base}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "child.yaml")
+    assert f"config file {tmp_path / 'child.yaml'}: base must be a file name or a list of file names" in str(e.value)
+
+
+def test_missing_base_names_it_and_the_file_naming_it(tmp_path):
+    (tmp_path / "child.yaml").write_text("base: [nope.yaml]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "child.yaml")
+    assert f"config file {tmp_path / 'child.yaml'}: base file 'nope.yaml' not found" in str(e.value)
+
+
+def test_duplicate_yaml_key_is_refused(tmp_path):
+    (tmp_path / "twice.yaml").write_text("train:\n  steps: 3\n  lr: 1.0e-3\n  steps: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "twice.yaml")
+    assert f"config file {tmp_path / 'twice.yaml'}: key 'steps' appears twice in one mapping (line 4)" in str(e.value)
+    with pytest.raises(ConfigError, match="key 'knn' appears twice"):
+        load_config(None, ["mask.params={knn: 3, knn: 4}"])
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    (tmp_path / "merge.yaml").write_text("train: {steps: 3, lr: 1.0e-3}\n")
+    (tmp_path / "child.yaml").write_text("base: merge.yaml\ntrain:\n  <<: {steps: 5, seed: 2}\n  steps: 6\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.train.steps == 6 and cfg.train.seed == 2 and cfg.train.lr == 1e-3

@@ -65,8 +65,18 @@ def write_video(path: Path, frames, codec: str = "libx264", pix_fmt: str = "yuv4
         if i == 0:
             stream.height, stream.width = a.shape[:2]
             stream.pix_fmt = pix_fmt
-        for packet in stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
-            container.mux(packet)
+        mux(container, stream, av.VideoFrame.from_ndarray(a, format="rgb24"))
+    return finish(container, stream, path)
+
+
+def mux(container, stream, frame) -> None:
+    """Encode one frame into ``stream`` and write its packets."""
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
+
+def finish(container, stream, path: Path) -> Path:
+    """Flush ``stream``'s encoder and close the file."""
     for packet in stream.encode():
         container.mux(packet)
     container.close()
@@ -134,12 +144,8 @@ def _make_audio_only(path: Path, cover: bool = False) -> Path:
     for i in range(4):
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
         frame.sample_rate, frame.pts = 16000, i * 1024
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+        mux(container, stream, frame)
+    return finish(container, stream, path)
 
 
 def write_json(path: Path, obj) -> Path:
@@ -213,6 +219,51 @@ def test_annotation_file_missing_and_qa_without_caption(tmp_path):
     ann = write_json(tmp_path / "qa.json", [{"video": "a.mp4", "question": "q?", "answer": "a"}])
     (item,) = load_annotations(ann, require_caption=False)
     assert item.captions == [] and item.problem is not None and item.meta["answer"] == "a"
+
+
+def test_annotation_file_with_byte_order_mark(tmp_path):
+    ann = tmp_path / "bom.json"
+    ann.write_text(json.dumps([{"video": "a.mp4", "caption": "a dog runs"}]), encoding="utf-8-sig")
+    assert load_annotations(ann)[0].captions == ["a dog runs"]
+
+
+DUPLICATED = [{"video": "a.mp4", "caption": ["x", "y"]}, {"video": "b.mp4", "caption": "z"},
+              {"video": "a.mp4", "caption": ["x", "y"]}]
+
+
+def test_duplicate_entries_refused_for_evaluation_kept_for_training(tmp_path):
+    ann = write_json(tmp_path / "dup.json", DUPLICATED)
+    assert len(load_annotations(ann)) == 3  # training: a repeated entry is drawn more often
+    with pytest.raises(AnnotationError) as info:
+        load_annotations(ann, unique=True)
+    assert f"{ann}: entries 0 and 2 are the same ('a.mp4', same captions)" in str(info.value)
+    # the same video with other captions, or another question on it, is no duplicate
+    other = write_json(tmp_path / "other.json", [*DUPLICATED[:2], {"video": "a.mp4", "caption": ["x"]},
+                                                 {"video": "a.mp4", "question": "q?", "answer": "1"},
+                                                 {"video": "a.mp4", "question": "r?", "answer": "1"}])
+    assert len(load_annotations(other, unique=True, require_caption=False)) == 5
+
+
+def test_empty_annotation_list(tmp_path):
+    ann = write_json(tmp_path / "empty.json", [])
+    assert load_annotations(ann) == []
+    with pytest.raises(AnnotationError) as info:
+        load_annotations(ann, nonempty=True)
+    assert f"{ann}: holds no entries" in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [([], "holds no entries"), (DUPLICATED, "entries 0 and 2 are the same")])
+def test_evaluation_paths_refuse_empty_and_duplicated_files(tmp_path, content, message):
+    from vidmask.config import Config
+    from vidmask.tasks.qa import qa_items
+    from vidmask.tasks.retrieval import evaluate_retrieval
+
+    ann = write_json(tmp_path / "test.json", content)
+    with pytest.raises(AnnotationError, match=message):
+        evaluate_retrieval(None, ann, Config(), "cpu")  # refused before the model is used
+    qa = write_json(tmp_path / "test_qa.json", [{**e, "question": "q?", "answer": "1"} for e in content])
+    with pytest.raises(AnnotationError, match=message):
+        qa_items(qa, None)
 
 
 # --- frame sampling ---------------------------------------------------------------
@@ -575,6 +626,108 @@ def test_truncated_real_clip(tmp_path):
         decode_frames(cut, 8)
 
 
+# --- variable-frame-rate AVI: a header counting time slots ---------------------------
+
+# the time slot (1/15 s) of each of 20 frames: gaps are slots where a variable-frame-rate
+# writer kept the previous picture, which cost an AVI an empty chunk and no packet
+VFR_SLOTS = [0, 3, 7, 8, 15, 20, 21, 30, 33, 40, 44, 50, 51, 52, 60, 66, 70, 71, 77, 83]
+VFR_STEP = 12  # grey steps: 20 frames fit in 8..236
+
+
+def make_vfr_avi(path: Path, slots: list[int] = VFR_SLOTS) -> Path:
+    """A Cinepak AVI (the codec of OpenCV's ``tree.avi``) with frame i at time slot ``slots[i]``;
+    frame i as :func:`make_video` draws it (grey ``level(i, VFR_STEP)``, square at x = 3i). The muxer
+    fills the gaps with empty chunks and counts them: the header lists slots[-1] + 1 frames."""
+    from fractions import Fraction
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("cinepak", rate=15)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+    stream.codec_context.time_base = Fraction(1, 15)  # one slot per tick: a pts is a slot
+    for i, slot in enumerate(slots):
+        a = np.full((48, 64, 3), level(i, VFR_STEP), np.uint8)  # (H, W, 3)
+        a[20:28, 3 * i + 4 : 3 * i + 8] = 255
+        frame = av.VideoFrame.from_ndarray(a, format="rgb24")
+        frame.pts, frame.time_base = slot, Fraction(1, 15)
+        mux(container, stream, frame)
+    return finish(container, stream, path)
+
+
+@pytest.fixture(scope="module")
+def vfr_avi(tmp_path_factory) -> Path:
+    path = make_vfr_avi(tmp_path_factory.mktemp("vfr") / "vfr.avi")
+    with av.open(str(path)) as c:  # the situation of tree.avi (444 slots, 68 packets)
+        s = c.streams.video[0]
+        assert s.codec_context.name == "cinepak"
+        assert s.frames == VFR_SLOTS[-1] + 1 == 84
+        assert sorted(p.pts for p in c.demux(s) if p.size) == VFR_SLOTS  # 20 packets
+    return path
+
+
+def test_vfr_avi_counts_its_packets(vfr_avi):
+    n = len(VFR_SLOTS)
+    assert count_frames(vfr_avi) == n
+    whole = decode_all_frames(vfr_avi)
+    assert whole.shape == (n, 48, 64, 3)
+    assert decoded_indices(whole, VFR_STEP) == list(range(n))  # every packet, in order
+    from vidmask.data.video import decode_through
+
+    assert decode_through(vfr_avi) == n
+
+
+@pytest.mark.parametrize("T", [4, 8])
+def test_vfr_avi_samples_from_its_packets(vfr_avi, monkeypatch, T):
+    n = len(VFR_SLOTS)
+    whole = decode_all_frames(vfr_avi)  # (n, H, W, 3)
+    for mode, seed in [("middle", None)] + [("rand", s) for s in range(3)]:
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        frames, indices = decode_sampled(vfr_avi, T, mode, g)
+        expect = sample_indices(n, T, mode, None if seed is None else torch.Generator().manual_seed(seed))
+        assert indices == expect and frames.shape == (T, 48, 64, 3)
+        assert decoded_indices(frames, VFR_STEP) == expect  # the right frames: grey level ...
+        cols = [int(f[24].float().mean(-1).argmax()) for f in frames]  # ... and the square's column
+        assert cols == [3 * i + 4 for i in expect]
+        assert torch.equal(whole[indices], frames)
+    assert torch.equal(decode_frames(vfr_avi, T), decode_sampled(vfr_avi, T)[0])
+    # seeking (as for a long video) reads the same frames through the packet index
+    monkeypatch.setattr(video_module, "SEEK_MIN_FRAMES", 1)
+    monkeypatch.setattr(video_module, "SEEK_MIN_SKIP", 1)
+    frames, indices = decode_sampled(vfr_avi, T, "middle")
+    assert decoded_indices(frames, VFR_STEP) == indices == sample_indices(n, T, "middle")
+
+
+def test_vfr_avi_passes_the_media_check(vfr_avi):
+    from vidmask.data.check import check_one
+
+    with av.open(str(vfr_avi)) as c:
+        index = video_module.packet_index(c)
+    assert index is not None and index.pts == VFR_SLOTS
+    assert check_one(str(vfr_avi), False, 8) is None
+    assert check_one(str(vfr_avi), False, 8, whole=True) is None
+
+
+@pytest.mark.parametrize("cut", ["middle", "packet_boundary", "after_first_packet"])
+def test_truncated_vfr_avi_is_still_refused(vfr_avi, tmp_path, cut):
+    # cutting an AVI loses its packet table (idx1, at the end): fewer packets than
+    # the header counts no longer prove a variable frame rate. After the first
+    # packet, the demuxer's probing has read every packet there is; the RIFF
+    # header running past the end of the file tells that one.
+    with av.open(str(vfr_avi)) as c:
+        ends = [p.pos + p.size for p in c.demux(video=0) if p.size]
+    data = vfr_avi.read_bytes()
+    at = {"middle": (ends[9] + ends[10]) // 2, "packet_boundary": ends[9], "after_first_packet": ends[0]}[cut]
+    path = tmp_path / "vfr_cut.avi"
+    path.write_bytes(data[:at])
+    with av.open(str(path)) as c:
+        assert video_module.packet_index(c) is None
+    from vidmask.data.video import decode_through
+
+    for read in (lambda: decode_frames(path, 4), lambda: decode_frames(path, 8, "rand", torch.Generator()),
+                 lambda: decode_all_frames(path), lambda: decode_through(path)):
+        with pytest.raises(VideoError, match="vfr_cut.avi: .*truncated"):
+            read()
+
+
 def test_video_error_pickles():
     import pickle
 
@@ -818,6 +971,41 @@ def test_check_media_lists_unreadable_files_once(media, tmp_path, capsys):
     assert [e["caption"] for e in json.loads(clean.read_text())] == ["clip", "png", "clip"]
     assert main(["anno", "check", str(clean), "--frames", "4", "--workers", "1"]) == 0
     assert main(["anno", "check", str(clean), "--whole", "--workers", "2"]) == 0
+
+
+def test_check_reports_empty_captions(media, tmp_path, capsys):
+    from vidmask.cli import main
+
+    clip = str(media["clip"])
+    entries = [{"video": clip, "caption": "fine"}, {"video": clip, "caption": " "},
+               {"video": clip, "caption": ["ok", ""]},
+               {"video": clip, "question": "q?", "answer": "a"}]  # a QA entry has no caption to check
+    anno = write_json(tmp_path / "anno.json", entries)
+    clean = tmp_path / "clean.json"
+    assert main(["anno", "check", str(anno), "--frames", "4", "--workers", "1", "--write-clean", str(clean)]) == 1
+    out = capsys.readouterr()
+    assert f"{anno}: entry 1 ({clip}): caption is empty" in out.out
+    assert f"{anno}: entry 2 ({clip}): caption 1 is empty" in out.out
+    assert "2 of 4 entries have an empty caption" in out.err
+    assert [e.get("caption") for e in json.loads(clean.read_text())] == ["fine", None]
+    assert main(["anno", "check", str(clean), "--frames", "4", "--workers", "1"]) == 0
+
+
+def test_check_counts_entries_outside_the_media_root(media, tmp_path, capsys):
+    from vidmask.cli import main
+    from vidmask.data.check import outside_root
+
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "a.mp4").symlink_to(media["clip"])  # a linked file is inside the root
+    (tmp_path / "b.mp4").symlink_to(media["clip"])
+    anno = write_json(tmp_path / "media" / "anno.json", [
+        {"video": "a.mp4", "caption": "inside"}, {"video": "../b.mp4", "caption": "up"},
+        {"video": str(media["clip"]), "caption": "absolute"}])
+    items = load_annotations(anno)
+    assert outside_root(items, anno.parent) == [1, 2]
+    assert outside_root(items, tmp_path) == [2]
+    assert main(["anno", "check", str(anno), "--frames", "4", "--workers", "1"]) == 0  # allowed: read from there
+    assert f"2 of 3 entries point outside the media root {anno.parent}" in capsys.readouterr().err
 
 
 def test_whole_file_check_finds_damage_between_sampled_frames(long_media, media, tmp_path):

@@ -55,26 +55,62 @@ def test_bad_config_key_is_named(tiny_set, tmp_path):
     assert p.returncode == 2 and "train.stepz" in p.stderr
 
 
-def test_kill_and_resume_gives_the_same_losses(tiny_set, tmp_path):
-    common = [f"data.corpus={tiny_set}", *TINY, "train.steps=24", "train.ckpt_every=3"]
-    full = tmp_path / "full"
-    vidmask("pretrain", *common, f"run_dir={full}")
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "vidmask", "pretrain", *common, f"run_dir={killed}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    pointer = killed / "checkpoints" / "latest"
+KILL_COMMON = [*TINY, "train.steps=24", "train.ckpt_every=1", "data.test_anno="]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_set, tmp_path_factory):
+    full = tmp_path_factory.mktemp("full") / "run"
+    vidmask("pretrain", f"data.corpus={tiny_set}", *KILL_COMMON, f"run_dir={full}")
+    return losses(full)
+
+
+def start_and_wait(tiny_set, run: Path, until_step: int, *extra: str) -> subprocess.Popen:
+    """A training process, returned once it has logged step `until_step` or later."""
+    proc = subprocess.Popen([sys.executable, "-m", "vidmask", "pretrain", f"data.corpus={tiny_set}", *KILL_COMMON,
+                             *extra, f"run_dir={run}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
     deadline = time.time() + 240
-    while not pointer.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, as a lost machine would be
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if max(losses(run), default=0) >= until_step:
+                break
+        except (OSError, ValueError, KeyError):
+            pass  # metrics.csv not written yet, or a row being written
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.mark.parametrize("kill_after", [2, 9, 17])
+def test_kill_and_resume_gives_the_same_losses(tiny_set, tmp_path, uninterrupted, kill_after):
+    """SIGKILL (a lost machine) at three moments, a checkpoint every step: --resume continues exactly."""
+    killed = tmp_path / "killed"
+    proc = start_and_wait(tiny_set, killed, kill_after)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    at = int(pointer.read_text().strip().split("_")[1])
-    assert at < 24, "the run finished before it could be killed; make it longer"
+    at = int((killed / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert kill_after - 1 <= at < 24, "the run finished before it could be killed; make it longer"
     vidmask("pretrain", "--resume", str(killed))
-    a, b = losses(full), losses(killed)
-    assert sorted(b) == sorted(a)  # no repeated or missing rows after the resume
+    b = losses(killed)
+    assert sorted(b) == sorted(uninterrupted)  # no repeated or missing rows after the resume
     for step in range(at + 1, 25):
-        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+        assert b[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_set, tmp_path, uninterrupted):
+    """What a cluster scheduler sends before a kill: a checkpoint at the next step, exit 0, resumable."""
+    run = tmp_path / "term"
+    proc = start_and_wait(tiny_set, run, 4, "train.ckpt_every=1000")  # no periodic checkpoint would save the work
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, loader workers included, as SLURM does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    at = int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 4 <= at < 24 and "by SIGTERM" in (run / "log.txt").read_text()
+    vidmask("pretrain", "--resume", str(run))
+    b = losses(run)
+    assert sorted(b) == sorted(uninterrupted)
+    for step in range(at + 1, 25):
+        assert b[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
 
 
 def free_port() -> int:

@@ -49,8 +49,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vidmask.data.annotations import AnnotationError
     from vidmask.data.dataset import TooManyBadSamples
     from vidmask.data.video import VideoError
+    from vidmask.train.checkpoint import CheckpointWriteError
+    from vidmask.train.engine import RunStopped
 
-    return ConfigError, CorpusError, AnnotationError, TooManyBadSamples, VideoError, FileNotFoundError
+    return (ConfigError, CorpusError, AnnotationError, TooManyBadSamples, VideoError, FileNotFoundError,
+            RunStopped, CheckpointWriteError)
 
 
 def main(argv: list[str] | None = None) -> int:

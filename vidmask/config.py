@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied."""
 
 
+def _require(key: str, value: float, low: float, strict: bool = False, note: str = "") -> None:
+    """Raise unless ``value`` is a finite number >= ``low`` (> ``low`` when ``strict``)."""
+    if not (math.isfinite(value) and (value > low if strict else value >= low)):
+        raise ConfigError(f"{key} must be a finite number {'>' if strict else '>='} {low:g}{note}, got {value!r}")
+
+
 @dataclass
 class DataConfig:
     corpus: str = "corpus"  # corpus folder; annotation paths below are relative to it unless absolute
@@ -46,6 +52,8 @@ class DataConfig:
             raise ConfigError(f"data.hflip_p must be in [0, 1], got {self.hflip_p}")
         if not 0.0 <= self.max_bad_share < 1.0:
             raise ConfigError(f"data.max_bad_share must be in [0, 1), got {self.max_bad_share}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -84,10 +92,14 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
-        if self.dim % self.heads:
+        for key in ("dim", "heads", "embed_dim", "fusion_depth"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+        if self.dim % self.heads:  # heads >= 1 checked above
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
         if self.patch < 1 or self.depth < 1:
             raise ConfigError("model.patch and model.depth must be >= 1")
+        _require("model.mlp_ratio", self.mlp_ratio, 0, strict=True)
         if not 0.0 < self.temperature < 1.0:
             raise ConfigError("model.temperature must be in (0, 1)")
 
@@ -218,7 +230,8 @@ class TrainConfig:
     log_every: int = 10  # steps between metric rows
     ckpt_every: int = 200  # steps between checkpoints (and one at the end)
     eval_every: int = 0  # steps between retrieval evaluations on the test split; 0 = only at the end
-    time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes; 0 = no limit
+    time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes on rank 0's clock; 0 = no limit
+    dist_timeout_min: float = 30.0  # a collective (or rank 0 building the teacher cache) waited on longer fails
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -227,8 +240,23 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ConfigError("train.warmup_steps must be >= 0 and train.lr > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require("train.lr", self.lr, 0, strict=True)
+        _require("train.min_lr", self.min_lr, 0)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr}): "
+                              "the cosine schedule decays from train.lr down to train.min_lr")
+        _require("train.weight_decay", self.weight_decay, 0)
+        _require("train.grad_clip", self.grad_clip, 0, note=" (0 = no clipping)")
+        _require("train.time_limit_min", self.time_limit_min, 0, note=" (0 = no limit)")
+        for key in ("log_every", "ckpt_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_every < 0:
+            raise ConfigError(f"train.eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -387,7 +415,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {item!r} must look like section.key=value")
         k, v = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(v) if v != "" else ""
+            parsed = _parse_yaml(v) if v != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         key = k.strip()
@@ -397,21 +425,63 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(Config, tree)
 
 
-def _read_yaml(path: Path) -> dict:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"key {key!r} appears twice in one mapping (line {line})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` entries may be overridden by the mapping's own keys
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+                except TypeError:
+                    pass  # an unhashable key: the base class names it
+        return super().construct_mapping(node, deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's tree with its ``base:`` files merged in; ``chain``: the files that extend it."""
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _parse_yaml(path.read_text()) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {path}: {e}; keep one of them") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    chain = (*chain, path.resolve())
     base = data.pop("base", None)
     if base is not None:
+        bases = [base] if isinstance(base, str) else base
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ConfigError(f"config file {path}: base must be a file name or a list of file names, got {base!r}")
         # a recipe names the file(s) it extends, relative to itself; later ones win
         merged: dict = {}
-        for b in [base] if isinstance(base, str) else list(base):
-            merged = _deep_merge(merged, _read_yaml((path.parent / b).resolve()))
+        for b in bases:
+            parent = (path.parent / b).resolve()
+            if parent in chain:
+                cycle = " -> ".join(str(p) for p in chain[chain.index(parent):] + (parent,))
+                raise ConfigError(f"config files extend each other in a cycle: {cycle}; "
+                                  "remove one of these base: entries")
+            if not parent.is_file():
+                raise ConfigError(f"config file {path}: base file {b!r} not found (looked for {parent})")
+            merged = _deep_merge(merged, _read_yaml(parent, chain))
         data = _deep_merge(merged, data)
     return data
 

@@ -46,8 +46,9 @@ def add_parser(sub) -> None:
     k = jobs.add_parser(
         "check", help="read every video of an annotation file once and list the unreadable ones",
         description="Read every distinct video (or image) of ANNO as training reads it (--frames frames, "
-        "evaluation's choice of frames) and list the ones that fail, with the reason. Exit code 0 when all "
-        "read, 1 when some do not, 2 for a bad command or annotation file.",
+        "evaluation's choice of frames) and list the ones that fail, with the reason, and the entries whose "
+        "caption is empty; count the entries whose path leaves the media root. Exit code 0 when all read and "
+        "every caption is there, 1 when not, 2 for a bad command or annotation file.",
     )
     k.add_argument("anno", metavar="ANNO", help="a vidmask (UMT/VINDLU) annotation JSON file")
     k.add_argument("--video-root", help="folder the entries' paths are relative to (default: ANNO's folder)")
@@ -55,7 +56,8 @@ def add_parser(sub) -> None:
     k.add_argument("--workers", type=int, default=2, help="reading processes")
     k.add_argument("--whole", action="store_true",
                    help="decode every frame of every video (slower): also finds damage between the sampled frames")
-    k.add_argument("--write-clean", metavar="OUT", help="also write ANNO without the entries whose media failed")
+    k.add_argument("--write-clean", metavar="OUT",
+                   help="also write ANNO without the entries whose media failed or whose caption is empty")
     k.set_defaults(func=run_check)
 
 
@@ -118,9 +120,20 @@ def run_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vidmask.data.annotations import load_annotations
-    from vidmask.data.check import check_media, without_bad
+    from vidmask.data.check import check_captions, check_media, outside_root, without_bad
 
     items = load_annotations(args.anno, args.video_root, require_caption=False)
+    root = args.video_root or Path(args.anno).parent
+    outside = outside_root(items, root)
+    if outside:
+        print(f"{len(outside)} of {len(items)} entries point outside the media root {root} (a ../ or absolute path), "
+              f"e.g. entry {outside[0]}: {items[outside[0]].path}; they are read from there", file=sys.stderr)
+    bad_captions = check_captions(items)
+    for b in bad_captions:
+        print(f"{args.anno}: entry {b.index} ({b.path}): {b.reason}")
+    if bad_captions:
+        print(f"{len(bad_captions)} of {len(items)} entries have an empty caption (evaluation refuses them, training "
+              "skips them)", file=sys.stderr)
     files = len({str(i.path) for i in items})
     with tqdm(total=files, desc="check", unit="video", dynamic_ncols=True, file=sys.stderr) as bar:
         bad = check_media(items, args.frames, args.workers, progress=bar.update, whole=args.whole)
@@ -128,8 +141,8 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{b.path}: {b.reason}")
     print(f"{len(bad)} of {files} media files unreadable ({len(items)} entries in {args.anno})", file=sys.stderr)
     if args.write_clean:
-        entries = json.loads(Path(args.anno).read_text(encoding="utf-8"))
-        kept = without_bad(entries, items, bad)
+        entries = json.loads(Path(args.anno).read_text(encoding="utf-8-sig"))
+        kept = without_bad(entries, items, bad, bad_captions)
         _write_json(args.write_clean, kept)
         print(f"{len(kept)} of {len(entries)} entries -> {args.write_clean}", file=sys.stderr)
-    return 1 if bad else 0
+    return 1 if bad or bad_captions else 0

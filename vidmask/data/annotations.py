@@ -85,19 +85,28 @@ def _parse_entry(entry, idx: int, ann_path: Path, root: Path, require_caption: b
 
 
 def load_annotations(
-    path: str | Path, root: str | Path | None = None, *, require_caption: bool = True
+    path: str | Path, root: str | Path | None = None, *, require_caption: bool = True,
+    unique: bool = False, nonempty: bool = False,
 ) -> list[VideoText]:
     """Read an annotation JSON file into :class:`VideoText` items, in file order.
 
     ``root`` is the folder media paths are relative to (default: the
-    annotation file's folder; absolute paths in the file are kept as they are).
-    Files are not checked for existence here: a missing one is a bad sample
-    when it is read, so one lost file does not stop a large corpus.
+    annotation file's folder). Paths may leave it (``../clips/a.mp4``, or an
+    absolute path, kept as it is): datasets often keep their media apart from
+    the annotations, so such entries are read from where they point, and
+    ``vidmask anno check`` counts them. Files are not checked for existence
+    here: a missing one is a bad sample when it is read, so one lost file does
+    not stop a large corpus.
+
+    Evaluation files pass ``unique=True``: an entry repeated exactly (same
+    media, captions and other keys) would be scored twice, so it is an error.
+    Training files may repeat entries (a repeat is drawn more often). With
+    ``nonempty=True`` a file holding no entries is an error.
     """
     path = Path(path)
     root = path.parent if root is None else Path(root)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark some editors write is skipped
     except FileNotFoundError:
         raise _fail(path, "annotation file not found", "Check the path in the config") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -110,7 +119,19 @@ def load_annotations(
     if not isinstance(data, list):
         raise _fail(path, f"the top level is a {type(data).__name__}, not a list",
                     'The file must be a JSON list: [{"video": ..., "caption": ...}, ...]')
-    return [_parse_entry(entry, i, path, root, require_caption) for i, entry in enumerate(data)]
+    if nonempty and not data:
+        raise _fail(path, "holds no entries", "Evaluation needs at least one; check the file is the right one")
+    items = [_parse_entry(entry, i, path, root, require_caption) for i, entry in enumerate(data)]
+    if unique:
+        first: dict[tuple, int] = {}
+        for i, it in enumerate(items):
+            key = (it.path, it.is_image, tuple(it.captions), json.dumps(it.meta, sort_keys=True))
+            j = first.setdefault(key, i)
+            if j != i:
+                video = data[i].get("video", data[i].get("image"))
+                raise _fail(path, f"entries {j} and {i} are the same ({video!r}, same captions)",
+                            "Remove one: evaluation would count it twice")
+    return items
 
 
 def flatten_captions(items: Sequence[VideoText]) -> tuple[list[str], list[int]]:

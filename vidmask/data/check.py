@@ -5,11 +5,14 @@ training and evaluation will (T frames through :func:`decode_frames`, or the
 image), in worker processes, and returns the ones that fail with the
 reader's reason. Training would skip them as bad samples (and stop past
 ``data.max_bad_share``); evaluation would stop at the first. Checking first
-lets a user drop or repair them.
+lets a user drop or repair them. :func:`check_captions` lists the entries
+evaluation would refuse for their captions, and :func:`outside_root` the
+ones whose media lies outside the media root.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
@@ -21,6 +24,29 @@ from vidmask.data.video import VideoError, decode_frames, decode_through, load_i
 class BadMedia(NamedTuple):
     path: str
     reason: str
+
+
+class BadEntry(NamedTuple):
+    index: int  # the entry's position in the annotation list
+    path: str  # its media file
+    reason: str
+
+
+def check_captions(items: Sequence[VideoText]) -> list[BadEntry]:
+    """The entries whose captions evaluation refuses (none, or an empty or whitespace-only one).
+
+    QA entries (those with a ``question``) carry no caption and are not checked."""
+    return [BadEntry(i, str(it.path), it.problem) for i, it in enumerate(items)
+            if "question" not in it.meta and it.problem is not None]
+
+
+def outside_root(items: Sequence[VideoText], root: str | Path) -> list[int]:
+    """Indices of the entries whose media path leaves ``root`` (``../`` or an absolute path).
+
+    Paths are compared as written (symbolic links are not followed): a media folder linked
+    into the root is inside it."""
+    top = os.path.abspath(root)
+    return [i for i, it in enumerate(items) if os.path.commonpath([top, os.path.abspath(it.path)]) != top]
 
 
 def check_one(path: str, is_image: bool, num_frames: int, whole: bool = False) -> str | None:
@@ -82,7 +108,10 @@ class _InProcess:
         return map(fn, *iterables)
 
 
-def without_bad(entries: list[dict], items: Sequence[VideoText], bad: Iterable[BadMedia]) -> list[dict]:
-    """The raw annotation ``entries`` whose media file (``items[k].path``) is not in ``bad``."""
+def without_bad(entries: list[dict], items: Sequence[VideoText], bad: Iterable[BadMedia],
+                bad_entries: Iterable[BadEntry] = ()) -> list[dict]:
+    """The raw annotation ``entries`` whose media file (``items[k].path``) is not in ``bad``
+    and whose index is not in ``bad_entries``."""
     bad_paths = {Path(b.path) for b in bad}
-    return [e for e, item in zip(entries, items) if Path(item.path) not in bad_paths]
+    drop = {b.index for b in bad_entries}
+    return [e for k, (e, item) in enumerate(zip(entries, items)) if Path(item.path) not in bad_paths and k not in drop]

@@ -269,19 +269,26 @@ class BadSampleTracker:
     def share(self) -> float:
         return self.bad / self.seen if self.seen else 0.0
 
-    def update(self, num_good: int, bad: Sequence[tuple[str, str]]) -> None:
-        """Count a batch; raise :class:`TooManyBadSamples` when the bad share is too high."""
-        self.seen += num_good + len(bad)
-        self.bad += len(bad)
+    def update(self, num_good: int, bad: Sequence[tuple[str, str]], total_bad: int | None = None) -> None:
+        """Count a batch; raise :class:`TooManyBadSamples` when the bad share is too high.
+
+        bad: this process's unreadable (path, reason) pairs, logged once per file. With several
+        processes, ``num_good`` and ``total_bad`` are the counts of all ranks (so every rank reaches
+        the same verdict at the same step) and ``bad`` only this rank's files."""
+        total_bad = len(bad) if total_bad is None else total_bad
+        self.seen += num_good + total_bad
+        self.bad += total_bad
         for path, error in bad:
             if path not in self.bad_files:
                 self.bad_files[path] = error
                 self.log.warning("bad training sample skipped: %s: %s", path, error)
         if self.seen >= self.min_samples and self.share > self.max_share:
-            examples = "; ".join(f"{p}: {e}" for p, e in list(self.bad_files.items())[:5])
+            examples = "; ".join(e if e.startswith(p) else f"{p}: {e}" for p, e in list(self.bad_files.items())[:5])
+            seen_here = (f"{len(self.bad_files)} distinct files here, e.g. {examples}" if self.bad_files else
+                         "read by the other processes (their warnings name the files)")
             raise TooManyBadSamples(
                 f"{self.bad} of {self.seen} training samples were unreadable ({self.share:.1%} > "
-                f"max {self.max_share:.1%}), {len(self.bad_files)} distinct files, e.g. {examples}. "
+                f"max {self.max_share:.1%}), {seen_here}. "
                 "Fix or remove these files from the annotations, or raise the allowed bad share "
                 "if the loss is acceptable."
             )

@@ -26,6 +26,20 @@ stretch of a long video that seeking jumps over is never decoded, so such a
 file can still give its sampled frames; decoding it whole stops there, and
 ``vidmask anno check`` reports it when its middle frames cross it.)
 
+A container's count can also be larger than its frames without any loss: a
+variable-frame-rate AVI (OpenCV's ``tree.avi``: 444 in the header, 68
+frames) counts time slots, and a slot that repeats the previous picture is
+an empty chunk, which is no packet. Such a file is told from a truncated one
+by its packets (:func:`packet_index`): when the file's own packet table
+(the AVI ``idx1``) lists exactly the packets read, every packet has a
+timestamp and the demuxer finds the file as long as its header says, the
+packets are the whole video and their count is its frame count, for
+sampling and for the checks (decoding must then give that many frames,
+within ``FRAME_COUNT_SLACK``, as it must give the header's count). A truncated
+file keeps the header's count and is refused: it has lost its table (kept at
+the end of an AVI) or the table lists packets that are not there (an mp4 cut
+after its ``moov``).
+
 Frames are turned upright as the container's display matrix says (a phone
 held upright records landscape pixels and a -90 degree rotation), as the
 ``ffmpeg`` command line does by default; decord and PyAV return the stored
@@ -187,9 +201,10 @@ def _open_video(path: Path):
 
 def count_frames(path: str | Path) -> int:
     """Frames in the video stream (:func:`video_stream`): the container's count when it has one
-    (mp4, mov, avi), otherwise (mkv, webm) its packets, or, when those carry
-    no usable timestamps, counted by decoding: the ``n`` that
-    :func:`decode_frames` samples from."""
+    (mp4, mov, avi) and its packets do not prove it a count of time slots
+    (see the module docstring), otherwise (mkv, webm, such an avi) its
+    packets, or, when those carry no usable timestamps, counted by decoding:
+    the ``n`` that :func:`decode_frames` samples from."""
     path = Path(path)
     if is_image_path(path):
         load_image(path)
@@ -206,18 +221,21 @@ def _count(container, path: Path, want_index: bool):
     """(n, listed, index, container) for a freshly opened video.
 
     n: its frames (the container's count, else its packets, else counted by
-    a decoding pass); listed: the count the container or its packets give
+    a decoding pass; the packets also where the container counts time slots,
+    :func:`_may_count_slots`); listed: the count the container or its packets give
     (0 when decoding had to count: nothing to check the decode against);
     index: its :class:`PacketIndex` when ``want_index`` or the count came
     from the packets (None when untrustworthy); container: ready to decode
     from the start (reopened when reading the packets or counting used it).
     """
-    declared = video_stream(container).frames
+    stream = video_stream(container)
+    declared = stream.frames
     index = None
-    if want_index or declared <= 0:
+    if want_index or declared <= 0 or _may_count_slots(stream):
         index = packet_index(container)
         container = _reopen(container, path)
-    listed = declared if declared > 0 else len(index.pts) if index is not None else 0
+    # a trusted index has the declared count, or proved the declared one a count of time slots
+    listed = len(index.pts) if index is not None else max(declared, 0)
     if listed > 0:
         return listed, listed, index, container
     # no count anywhere: count by a first decoding pass that keeps no pixels,
@@ -242,12 +260,32 @@ def decode_through(path: str | Path) -> int:
         return len(load_image(path))
     container = _open_video(Path(path))
     try:
-        declared = video_stream(container).frames
+        listed, container = _listed_count(container, Path(path))
         n = _decode(container, Path(path), None)[1]
     finally:
         container.close()
-    _check_count(Path(path), declared, n)
+    _check_count(Path(path), listed, n)
     return n
+
+
+def _may_count_slots(stream) -> bool:
+    """Whether the container's count may be of time slots rather than frames (a variable-frame-rate
+    AVI): its own packet table, read when the file was opened, lists fewer packets than it counts.
+    Free to ask; :func:`packet_index` then reads the packets to decide."""
+    return 0 < len(stream.index_entries) < stream.frames
+
+
+def _listed_count(container, path: Path) -> tuple[int, object]:
+    """(the count a whole decode is checked against, the container ready to decode from the start).
+
+    The container's count, or its packets' where they prove that count one of
+    time slots (module docstring); 0 when it has none.
+    """
+    stream = video_stream(container)
+    if not _may_count_slots(stream):
+        return max(stream.frames, 0), container
+    index = packet_index(container)
+    return (len(index.pts) if index is not None else stream.frames), _reopen(container, path)
 
 
 def _check_count(path: Path, declared: int, decoded: int) -> None:
@@ -359,9 +397,15 @@ def packet_index(container) -> PacketIndex | None:
     frame: so a packet without a timestamp, a repeated timestamp, a packet
     the demuxer marks to discard (edit lists) or a count other than the
     container's declared one (when it declares one) all give None (decode in
-    order instead). Consumes the container's packets: reopen it to decode.
+    order instead). The one count accepted below the declared one is that of
+    a complete variable-frame-rate file, whose header counts time slots
+    (:func:`_counts_slots`). Consumes the container's packets: pass it freshly
+    opened, and reopen it to decode.
     """
     stream = video_stream(container)
+    # the packet table the demuxer read at opening (avi idx1, mp4 sample
+    # tables); demuxing may add to it (a file without one is indexed as read)
+    tabled = len(stream.index_entries)
     pts: list[int] = []
     key_pts: list[int] = []
     try:
@@ -377,9 +421,32 @@ def packet_index(container) -> PacketIndex | None:
         return None  # the in-order decode reports the damage, naming the file
     pts.sort()
     key_pts.sort()
-    if (stream.frames > 0 and len(pts) != stream.frames) or len(set(pts)) != len(pts) or not key_pts:
+    if len(set(pts)) != len(pts) or not key_pts:
+        return None
+    if stream.frames > 0 and len(pts) != stream.frames and not _counts_slots(stream, tabled, len(pts)):
         return None
     return PacketIndex(pts, key_pts)
+
+
+def _counts_slots(stream, tabled: int, packets: int) -> bool:
+    """Whether the declared count, larger than the ``packets`` read, counts the time slots of a
+    complete variable-frame-rate file rather than frames lost to truncation.
+
+    Truncation loses the end of a file, and with it either the packet table
+    (an AVI's ``idx1`` follows its packets: the demuxer then indexes as it
+    reads, ``tabled`` is what it probed) or packets the table lists (an mp4
+    whose ``moov`` comes first). So the table read at opening must list
+    exactly the packets read. And the file must be as long as its header
+    says: FFmpeg's AVI demuxer shortens the stream's duration (in slots)
+    below the count when the RIFF header runs past the end of the file,
+    which also refuses a cut file whose probing read every packet left.
+    """
+    return (
+        packets < stream.frames
+        and tabled == packets
+        and stream.duration is not None
+        and stream.duration >= stream.frames
+    )
 
 
 def _decode_seeking(container, index: PacketIndex, indices: list[int]) -> dict[int, np.ndarray] | None:
@@ -486,19 +553,18 @@ def decode_all_frames(path: str | Path) -> Tensor:
         return torch.from_numpy(load_image(path))  # (1, H, W, 3)
     container = _open_video(path)
     try:
-        stream = video_stream(container)
+        listed, container = _listed_count(container, path)
         out: list[np.ndarray] = []
         try:
-            for frame in container.decode(stream):
+            for frame in container.decode(video_stream(container)):
                 out.append(_upright_rgb(frame))  # (H, W, 3)
         except av.error.FFmpegError as e:
             raise VideoError(
                 path, f"corrupt or truncated video: decoding failed after {len(out)} frames ({e})"
             ) from e
-        declared = stream.frames
     finally:
         container.close()
     if not out:
         raise VideoError(path, "no decodable frames")
-    _check_count(path, declared, len(out))
+    _check_count(path, listed, len(out))
     return _stack(path, out, out[0].shape[:2])  # (n, H, W, 3)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from vidmask.config import Config
 from vidmask.data import eval_loader, load_annotations
+from vidmask.data.shard import gather_ordered, my_share
 from vidmask.metrics.caption import caption_metrics
 from vidmask.models.caption import CaptionDecoder, beam_search_ids, greedy_ids
 from vidmask.models.video_text import VideoTextModel
@@ -78,15 +79,16 @@ class CaptionTask(nn.Module):
 def evaluate_caption(cap: CaptionTask, items, cfg: Config, device) -> dict:
     """CIDEr, BLEU-4, ROUGE-L (and METEOR with Java) of captions generated for ``items``."""
     cap.eval()
-    cands = {}
-    for batch in eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
+    generated = []
+    share = my_share(len(items))  # under torchrun each rank captions its share of the videos
+    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
         tokens = cap.encode(batch["video"].to(device))  # (b, K, C)
         if cfg.finetune.beam > 1:
             texts = cap.beam_search(tokens, beam=cfg.finetune.beam, max_len=cfg.finetune.max_len)
         else:
             texts = cap.greedy(tokens, max_len=cfg.finetune.max_len)
-        for i, t in zip(batch["index"].tolist(), texts):
-            cands[i] = t
+        generated += texts  # in the share's order: the loader does not shuffle
+    cands = dict(enumerate(gather_ordered(generated, len(items))))
     refs = {i: it.captions for i, it in enumerate(items)}
     return {"n": len(items), **caption_metrics(cands, refs),
             "samples": [{"video": items[i].path.name, "generated": cands[i], "references": refs[i]}
@@ -103,10 +105,15 @@ def caption_table(r: dict) -> str:
                eval_help="captioning CIDEr, BLEU-4, ROUGE-L (and METEOR with Java) via pycocoevalcap",
                eval_options=(EvalOption("--beam", "finetune.beam", "beam size (1 = greedy)"),))
 def build_caption(cfg: Config, model: VideoTextModel, device, evaluating: bool = False) -> Job:
+    # captioning reads the video tower only: the text tower, the retrieval projections and the temperature
+    # are frozen, so DDP waits for no gradient of theirs
+    for part in (model.text, model.vision_proj, model.text_proj):
+        part.requires_grad_(False)
+    model.logit_scale.requires_grad_(False)
     cap = CaptionTask(model).to(device)
     root = cfg.data.root()
     items = [] if evaluating else load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
-    test = load_annotations(cfg.data.path(cfg.data.test_anno), root=root)
+    test = load_annotations(cfg.data.path(cfg.data.test_anno), root=root, unique=True, nonempty=True)
     return Job(task=cap, model=model, items=items, table=caption_table,
                evaluate=lambda: evaluate_caption(cap, test, cfg, device),
                short=lambda r: {"eval_CIDEr": r["CIDEr"]}, result_file="eval_caption.json", masked=False)

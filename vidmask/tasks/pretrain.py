@@ -149,7 +149,7 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
                         teacher_cache=teacher_cache_for(cfg, teacher, items, device)).to(device)
     test_path = cfg.data.path(cfg.data.test_anno)
     # read before training, so a broken test file stops the run at once, not after it
-    test = load_annotations(test_path, root=root) if cfg.data.test_anno else None
+    test = load_annotations(test_path, root=root, unique=True, nonempty=True) if cfg.data.test_anno else None
     return Job(
         task=task, model=model, items=items,
         evaluate=lambda: evaluate_retrieval(model, test_path, cfg, device, reranker=task.reranker(), items=test),

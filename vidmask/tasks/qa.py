@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from vidmask.config import Config
 from vidmask.data import VideoText, eval_loader, load_annotations
+from vidmask.data.shard import gather_ordered, my_share
 from vidmask.metrics.qa import qa_accuracy
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.qa import UNANSWERABLE, AnswerHead, answer_ids, answer_logits, load_answer_list
@@ -64,7 +65,7 @@ class QATask(nn.Module):
 
 def qa_items(path: Path, root) -> list[VideoText]:
     """QA entries as VideoText items whose one 'caption' is the question."""
-    items = load_annotations(path, root=root, require_caption=False)
+    items = load_annotations(path, root=root, require_caption=False, unique=True, nonempty=True)
     out = []
     for i, it in enumerate(items):
         if "question" not in it.meta or "answer" not in it.meta:
@@ -78,9 +79,11 @@ def evaluate_qa(qa: QATask, items, answers: list[str], cfg: Config, device) -> d
     """Top-1 accuracy over ``items`` (overall and per question type when every item has one)."""
     qa.eval()
     preds = []
-    for batch in eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
+    share = my_share(len(items))  # under torchrun each rank answers its share of the questions
+    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
         idx = qa.predict(batch["video"].to(device), batch["caption"]).cpu()  # (b,)
         preds += [answers[i] for i in idx.tolist()]
+    preds = gather_ordered(preds, len(items))
     gold = [str(it.meta["answer"]) for it in items]
     types = [str(it.meta["type"]) for it in items] if all("type" in it.meta for it in items) else None
     return {"n": len(items), **qa_accuracy(preds, gold, types),
@@ -104,6 +107,10 @@ def build_qa(cfg: Config, model: VideoTextModel, device, evaluating: bool = Fals
         raise FileNotFoundError(f"finetune.answer_list: {answer_path} not found (a JSON list of answers, "
                                 "relative to data.corpus unless absolute)")
     answers = load_answer_list(answer_path)
+    # the retrieval projections and temperature feed no QA loss: frozen, so DDP waits for no gradient of theirs
+    for part in (model.vision_proj, model.text_proj):
+        part.requires_grad_(False)
+    model.logit_scale.requires_grad_(False)
     fusion = FusionEncoder(model.text.width, model.visual.dim, depth=cfg.model.fusion_depth)
     qa = QATask(model, fusion, len(answers)).to(device)
     root = cfg.data.root()

@@ -10,6 +10,7 @@ import torch
 
 from vidmask.config import Config
 from vidmask.data import eval_loader, flatten_captions, load_annotations
+from vidmask.data.shard import gather_ordered, my_share
 from vidmask.metrics import dual_softmax, retrieval_metrics, twin_accuracy
 from vidmask.models.video_text import VideoTextModel
 from vidmask.tasks.rerank import rerank
@@ -55,16 +56,17 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     stops the evaluation with an error naming the file.
     """
     anno = Path(anno)
-    items = items if items is not None else load_annotations(anno, root=cfg.data.root())
+    items = items if items is not None else load_annotations(anno, root=cfg.data.root(), unique=True, nonempty=True)
     model.eval()
     toks, feats = [], []
     keep_tokens = reranker is not None and cfg.finetune.rerank_k > 0
-    for batch in config_loader(items, cfg):
+    share = my_share(len(items))  # under torchrun each rank encodes its share of the videos
+    for batch in config_loader([items[i] for i in share], cfg):
         f = model.video_tokens(batch["video"].to(device))  # (b, K, C)
-        feats.append(model.project_video(f).cpu())
+        feats += list(model.project_video(f).cpu())  # b x (E,)
         if keep_tokens:
-            toks.append(f)
-    vfeat = torch.cat(feats)  # (Nv, E)
+            toks += list(f.cpu())  # b x (K, C)
+    vfeat = torch.stack(gather_ordered(feats, len(items)))  # (Nv, E)
     if cfg.finetune.paragraph:
         texts, t2v = [" ".join(it.captions) for it in items], list(range(len(items)))
     else:
@@ -80,7 +82,7 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     if cfg.finetune.dsl:
         res["dsl"] = retrieval_metrics(dual_softmax(sim), t2v_t)
     if keep_tokens:
-        vtok = torch.cat(toks)  # (Nv, K, C)
+        vtok = torch.stack(gather_ordered(toks, len(items))).to(device)  # (Nv, K, C)
         enc = model.text.tokenize(texts, device)  # one padding for all queries
         states = torch.cat([model.text.token_states(None, enc["input_ids"][s:s + 256],
                                                     enc["attention_mask"][s:s + 256])[0]

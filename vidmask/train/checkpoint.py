@@ -19,12 +19,15 @@ fine-tuning and resuming.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("vidmask")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -92,10 +95,19 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, state: di
     final = ckpt_dir / name
     tmp = ckpt_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"),
-              metadata={"step": str(step), "vidmask_format": str(FORMAT)})
-    torch.save(state, tmp / "state.pt")
+    try:
+        tmp.mkdir()
+        save_file(model_state(model), str(tmp / "model.safetensors"),
+                  metadata={"step": str(step), "vidmask_format": str(FORMAT)})
+        torch.save(state, tmp / "state.pt")
+    except Exception as e:  # OSError, or safetensors' own error type on a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint_name(ckpt_dir)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {step} in {ckpt_dir} ({type(e).__name__}: {e}); "
+            + (f"the previous checkpoint ({kept}) is intact and `--resume` continues from it. " if kept else
+               "there is no earlier checkpoint. ")
+            + "Free disk space (or point run_dir at a larger disk) and resume") from e
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -107,14 +119,63 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, state: di
     return final
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount); the previous one is intact."""
+
+
+def latest_checkpoint_name(ckpt_dir: Path) -> str:
     pointer = Path(ckpt_dir) / "latest"
+    return pointer.read_text().strip() if pointer.is_file() else ""
+
+
+def _complete(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() and (path / "state.pt").is_file()
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names (None without one). When it is missing or incomplete, the
+    newest complete one is used instead, with a warning; an error only when none is complete."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / "latest"
     if not pointer.is_file():
         return None
-    path = Path(ckpt_dir) / pointer.read_text().strip()
-    if not (path / "model.safetensors").is_file() or not (path / "state.pt").is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete; delete {pointer} to start over")
-    return path
+    path = ckpt_dir / pointer.read_text().strip()
+    if _complete(path):
+        return path
+    others = complete_checkpoints(ckpt_dir)
+    if not others:
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete, and no other complete checkpoint "
+                                f"is in {ckpt_dir}; delete the folder {ckpt_dir} to start the run over")
+    log.warning("%s names %s, which is incomplete; using %s", pointer, path.name, others[-1].name)
+    return others[-1]
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``ckpt_dir``, oldest first."""
+    return sorted(p for p in Path(ckpt_dir).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and _complete(p))
+
+
+def load_latest(ckpt_dir: Path, model: torch.nn.Module) -> tuple[Path, dict]:
+    """Load the newest checkpoint that reads whole into ``model``: (its folder, its state.pt).
+
+    A damaged file (truncated weights or state) in the newest one falls back to the one kept
+    before it, with a warning naming what was wrong; an error when none can be read."""
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    candidates = [latest] + [p for p in reversed(complete_checkpoints(ckpt_dir)) if p != latest]
+    problems = []
+    for path in candidates:
+        try:
+            state = load_state(path)
+            load_weights(model, path)
+            if problems:
+                log.warning("resuming from %s instead: %s", path.name, "; ".join(problems))
+            return path, state
+        except Exception as e:  # a truncated or damaged file: try the checkpoint kept before it
+            problems.append(f"{path.name} is unreadable ({type(e).__name__}: {str(e)[:200]})")
+    raise FileNotFoundError(f"--resume: no readable checkpoint in {ckpt_dir}: " + "; ".join(problems))
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -164,27 +225,53 @@ def load_state(ckpt: Path) -> dict:
 
 # ---------------------------------------------------------------- trainer state (state.pt)
 
-def trainer_state(step: int, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None) -> dict:
+def rng_state() -> dict:
+    """This process's random state: the CPU generator and, on a GPU, its own device's generator."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device only: resumable on other GPU counts
+    return state
+
+
+def rng_states_of_all_ranks() -> list[dict]:
+    """Every rank's :func:`rng_state`, in rank order (a collective: every rank calls it)."""
+    import torch.distributed as dist
+
+    mine = rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def trainer_state(step: int, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None,
+                  rng_ranks: list[dict] | None = None, world_size: int = 1) -> dict:
     """What ``state.pt`` holds besides the weights: the step, the optimiser (and fp16 grad scaler),
-    the RNG states and the bad-sample count. Tensors and plain containers only."""
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+    each rank's random state, the world size and the bad-sample count. Tensors and plain
+    containers only (it loads with ``weights_only=True``)."""
+    rng_ranks = rng_ranks or [rng_state()]
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": rng_ranks[0]["cpu"],
+             "rng_ranks": rng_ranks, "world_size": world_size}
     if bad_samples is not None:
         state["bad_samples"] = bad_samples.state_dict()
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
 
 
-def restore_trainer_state(state: dict, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None) -> int:
-    """The inverse of :func:`trainer_state`: restores everything it saved; returns the step."""
+def restore_trainer_state(state: dict, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None,
+                          rank: int = 0) -> int:
+    """The inverse of :func:`trainer_state` for process ``rank``: restores everything it saved,
+    this rank's own random state included; returns the step."""
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if torch.cuda.is_available() and "rng_cuda" in state:
-        torch.cuda.set_rng_state_all(list(state["rng_cuda"]))
+    ranks = state.get("rng_ranks") or [{"cpu": state["rng_cpu"]}]  # a checkpoint from before: rank 0's state
+    mine = ranks[rank] if rank < len(ranks) else ranks[0]
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
     if bad_samples is not None:
         bad_samples.load_state_dict(state.get("bad_samples", {}))
     return int(state["step"])

@@ -38,16 +38,49 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes in the environment, if any."""
+def init_distributed(device_name: str = "auto", timeout_min: float = 30.0) -> DistInfo:
+    """Join the process group torchrun describes in the environment, if any; collectives that wait
+    longer than ``timeout_min`` (train.dist_timeout_min) fail instead of hanging."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+@dataclass
+class StepAgreement:
+    """What all ranks decided together about one step."""
+
+    good: int  # readable samples on all ranks
+    bad: int  # unreadable samples on all ranks
+    empty_ranks: int  # ranks whose batch has no readable sample (then every rank skips the step)
+    failure: str  # the message of the lowest rank whose batch preparation raised, or ""
+    stop: bool  # some rank was asked to stop (SIGTERM)
+    out_of_time: bool  # rank 0's clock passed train.time_limit_min
+
+
+def agree(good: int, bad: int, failure: str, stop: bool, out_of_time: bool) -> StepAgreement:
+    """One all-reduce of six integers per step (none with a single process): every rank gets the
+    same verdict. Only rank 0's ``out_of_time`` counts, so ranks whose clocks differ agree."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return StepAgreement(good, bad, int(good == 0), failure, stop, out_of_time)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mine = [good, bad, int(good == 0), int(bool(failure)), int(stop), int(out_of_time and rank == 0)]
+    t = torch.tensor(mine, dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    total = t.tolist()  # the one host read of the agreement
+    message = ""
+    if total[3]:  # someone failed: every rank learns the lowest failing rank's message
+        messages = [None] * world
+        dist.all_gather_object(messages, failure)
+        first = next(r for r, m in enumerate(messages) if m)
+        message = f"rank {first} of {world}: {messages[first]}"
+    return StepAgreement(total[0], total[1], total[2], message, bool(total[4]), bool(total[5]))
 
 
 def barrier() -> None:

@@ -1,16 +1,30 @@
-"""The training loop: batches in, optimizer steps out. Wiring lives in `pretrain.py`."""
+"""The training loop: batches in, optimizer steps out. Wiring lives in `run.py`.
+
+With several processes every decision that ends or skips a step is taken by
+all ranks together, at the same step: before each step the ranks exchange one
+small vector (:func:`vidmask.train.distributed.agree`) saying how many good
+and bad samples each holds, whether its batch preparation failed, whether it
+was asked to stop (SIGTERM) and, from rank 0's clock alone, whether the time
+limit has passed. So an all-bad batch on one rank skips the step everywhere,
+the bad-sample share is judged on the samples of all ranks, an error on one
+rank stops every rank with its message, and no rank waits in a collective
+that another will never enter. A non-finite gradient norm (identical on all
+ranks after DDP's all-reduce) stops the run before the update is applied.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from vidmask.train.distributed import StepAgreement, agree
 from vidmask.train.schedule import lr_at, step_generator
 
 
@@ -30,6 +44,22 @@ class LoopSpec:
     params: list = field(default_factory=list)  # parameters to clip
 
 
+class RunStopped(RuntimeError):
+    """The run stopped on purpose (an error on some rank, a non-finite loss); the message says why."""
+
+
+class LoopHooks(Protocol):
+    """What the loop calls back into (`vidmask.train.run.Hooks`)."""
+
+    def on_log(self, step: int, row: dict) -> None: ...
+    def on_checkpoint(self, step: int) -> None: ...
+    def on_eval(self, step: int) -> None: ...
+    def prepare(self, batch: dict) -> None: ...  # task fields of a batch; may raise on bad input
+    def count_samples(self, good: int, bad: int, local_bad: list) -> None: ...  # may raise TooManyBadSamples
+    def stop_requested(self) -> bool: ...  # a SIGTERM arrived on this rank
+    def last_checkpoint(self) -> str: ...  # for messages
+
+
 def autocast_ctx(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -37,74 +67,90 @@ def autocast_ctx(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def train(
-    task: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    batches,  # iterable of (step, batch dict) starting at start_step
-    start_step: int,
-    spec: LoopSpec,
-    device: torch.device,
-    rank: int,
-    on_log: Callable[[int, dict], None],
-    on_checkpoint: Callable[[int], None],
-    on_eval: Callable[[int], None],
-    on_batch: Callable[[dict], None],
-    show_progress: bool,
-) -> int:
-    """Run optimizer steps until `spec.total_steps` (or the time limit); return the last step."""
+def _agree_on_batch(batch: dict, hooks: LoopHooks, step: int, out_of_time: bool) -> StepAgreement:
+    """Prepare the batch locally, then agree with the other ranks on what this step does."""
+    failure = ""
+    try:
+        hooks.prepare(batch)
+    except Exception as e:  # any rank's failure becomes every rank's stop, with its message
+        failure = f"{type(e).__name__}: {e}"
+    return agree(good=int(batch["video"].shape[0]), bad=len(batch["bad"]), failure=failure,
+                 stop=hooks.stop_requested(), out_of_time=out_of_time)
+
+
+def _update(task, optimizer, scaler, inputs, spec, step, rank, device, last_checkpoint: str):
+    """One forward, backward and optimizer step; returns (loss, named losses, report, grad_norm)."""
+    lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    gen = step_generator(spec.seed, step, rank, device)
+    with autocast_ctx(device, spec.precision):
+        losses, report = task(inputs, gen)
+    loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(spec.params, spec.grad_clip if spec.grad_clip > 0 else float("inf"))
+    if scaler is None and not math.isfinite(float(grad_norm)):
+        # every rank holds the same all-reduced gradients, so every rank stops here, before the update
+        raise RunStopped(f"step {step}: the loss or its gradient is not finite (loss {float(loss.detach()):.4g}, "
+                         f"gradient norm {float(grad_norm):.4g}); the update was not applied. "
+                         f"Lower train.lr or check the data; the last good checkpoint is {last_checkpoint}")
+    if scaler is not None:
+        scaler.step(optimizer)  # fp16: a non-finite gradient skips the step and lowers the scale
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss, losses, report, grad_norm, lr
+
+
+def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, batches,
+          start_step: int, spec: LoopSpec, device: torch.device, rank: int, hooks: LoopHooks,
+          show_progress: bool) -> int:
+    """Run optimizer steps until `spec.total_steps`, the time limit or a stop request; return the last step.
+
+    batches: iterable of (step, batch dict) starting at start_step."""
     task.train()
     t_start = time.time()
     t_window, clips_window = time.time(), 0
-    bar = tqdm(total=spec.total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True, desc="pretrain")
+    bar = tqdm(total=spec.total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True,
+               desc="train")
     step = start_step
     for step, batch in batches:
-        on_batch(batch)  # counts bad samples, may stop the run
-        if batch["video"].shape[0] == 0:
-            if torch.distributed.is_initialized():
-                # the other ranks are already inside this step's collectives
-                raise RuntimeError(f"step {step}: every sample of this rank's batch was unreadable (see the log)")
-            step += 1  # nothing to learn from: the step passes without an update
-            bar.update(1)
-            continue
-        lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # tensors to the device; strings (captions, questions, paths) stay as they are
-        inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        gen = step_generator(spec.seed, step, rank, device)
-        with autocast_ctx(device, spec.precision):
-            losses, report = task(inputs, gen)
-        loss = sum(v for k, v in losses.items() if k.endswith("_loss"))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(spec.params, spec.grad_clip if spec.grad_clip > 0 else float("inf"))
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        out_of_time = spec.time_limit_s > 0 and time.time() - t_start > spec.time_limit_s
+        verdict = _agree_on_batch(batch, hooks, step, out_of_time)
+        if verdict.failure:
+            raise RunStopped(f"step {step}: {verdict.failure}")
+        if verdict.stop or verdict.out_of_time:
+            if step > start_step:
+                hooks.on_checkpoint(step)  # the work since the last checkpoint is kept
+            break
+        hooks.count_samples(verdict.good, verdict.bad, batch["bad"])  # the same totals, the same verdict, everywhere
+        updated = not verdict.empty_ranks  # a rank with nothing to learn from: every rank passes the step
+        if updated:
+            # tensors to the device; strings (captions, questions, paths) stay as they are
+            inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            loss, losses, report, grad_norm, lr = _update(task, optimizer, scaler, inputs, spec, step, rank, device,
+                                                          hooks.last_checkpoint())
+            clips_window += inputs["video"].shape[0]
         step += 1
-        clips_window += inputs["video"].shape[0]
         bar.update(1)
-        if step % spec.log_every == 0 or step == spec.total_steps:
+        if updated and (step % spec.log_every == 0 or step == spec.total_steps):
             dt = max(time.time() - t_window, 1e-9)
             row = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}, **report,
                    "lr": lr, "grad_norm": float(grad_norm), "clips_per_s": clips_window / dt}
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", clips_s=f"{clips_window / dt:.1f}")
-            on_log(step, row)
+            hooks.on_log(step, row)
             t_window, clips_window = time.time(), 0
         if spec.eval_every and step % spec.eval_every == 0 and step < spec.total_steps:
-            on_eval(step)
+            hooks.on_eval(step)
             task.train()
-        out_of_time = spec.time_limit_s > 0 and time.time() - t_start > spec.time_limit_s
-        if step % spec.ckpt_every == 0 or step == spec.total_steps or out_of_time:
-            on_checkpoint(step)
-        if out_of_time or step >= spec.total_steps:
+        if step % spec.ckpt_every == 0 or step == spec.total_steps:
+            hooks.on_checkpoint(step)
+        if step >= spec.total_steps:
             break
     bar.close()
     return step

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +50,20 @@ def make_job(cfg: Config, device: torch.device, evaluating: bool = False) -> Job
 
 
 def run_training(cfg: Config, resume: bool = False) -> Path:
-    """Train (or resume) a run of cfg's task; returns its folder. Works under torchrun."""
-    info = init_distributed(cfg.train.device)
+    """Train (or resume) a run of cfg's task; returns its folder. Works under torchrun.
+
+    SIGTERM (what a cluster scheduler sends before it kills a job) saves a checkpoint at the next
+    step boundary, on every rank together, and returns normally: ``--resume`` continues it."""
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
+    stop = StopRequest()
+    previous = signal.signal(signal.SIGTERM, stop.handle)
     try:
-        run_dir = _run(cfg, info, resume)
+        run_dir = _run(cfg, info, resume, stop)
     except BaseException:
         teardown(clean=False)  # no barrier: the other ranks may never reach it
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # the model and optimiser died with _run's frame, before the group goes
     teardown()
     return run_dir
@@ -87,6 +96,24 @@ def make_run_dir(cfg: Config, info: DistInfo) -> Path:
     return run_dir
 
 
+class StopRequest:
+    """Set by SIGTERM; the loop reads it at the next step and every rank stops there together."""
+
+    def __init__(self):
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        if not self.requested:
+            log.warning("SIGTERM: saving a checkpoint at the next step and stopping")
+        self.requested = True
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    # a scheduler signals the whole process group: loader workers stay up until the main
+    # process has written its checkpoint and shuts them down
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
     """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order."""
     spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
@@ -97,7 +124,7 @@ def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
         batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world)
         loader = DataLoader(
             dataset, batch_sampler=batches[skip:], num_workers=cfg.data.num_workers,
-            collate_fn=collate_video_text, persistent_workers=False,
+            collate_fn=collate_video_text, persistent_workers=False, worker_init_fn=_ignore_sigterm,
         )
         for batch in loader:
             yield step, batch
@@ -139,17 +166,24 @@ class Trainer:
         scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
         return cls(optimizer, scaler, BadSampleTracker(cfg.data.max_bad_share))
 
-    def resume(self, task: torch.nn.Module, run_dir: Path) -> None:
-        latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        ckpt.load_weights(task, latest)
-        state = ckpt.load_state(latest)
-        self.start_step = ckpt.restore_trainer_state(state, self.optimizer, self.scaler, self.tracker)
+    def resume(self, task: torch.nn.Module, run_dir: Path, info: DistInfo) -> None:
+        latest, state = ckpt.load_latest(run_dir / "checkpoints", task)
+        saved_world = int(state.get("world_size", info.world))
+        if saved_world != info.world:
+            raise ConfigError(f"--resume {run_dir}: the run was trained with {saved_world} processes and is resumed "
+                              f"with {info.world}; the data order and each rank's random state depend on it. "
+                              f"Resume with {saved_world} processes (torchrun --nproc_per_node ...)")
+        self.start_step = ckpt.restore_trainer_state(state, self.optimizer, self.scaler, self.tracker,
+                                                     rank=info.rank)
         log.info("resumed from %s at step %d", latest, self.start_step)
 
-    def save(self, task: torch.nn.Module, run_dir: Path, step: int) -> Path:
-        state = ckpt.trainer_state(step, self.optimizer, self.scaler, self.tracker)
+    def save(self, task: torch.nn.Module, run_dir: Path, step: int, info: DistInfo) -> Path | None:
+        """Every rank calls it (each rank's random state is gathered); rank 0 writes."""
+        rng = ckpt.rng_states_of_all_ranks()
+        if not info.main:
+            return None
+        state = ckpt.trainer_state(step, self.optimizer, self.scaler, self.tracker, rng_ranks=rng,
+                                   world_size=info.world)
         return ckpt.save_checkpoint(run_dir / "checkpoints", step, task, state)
 
 
@@ -170,34 +204,46 @@ class Hooks:
     """What the loop calls back into: logging, checkpoints, evaluation, per-batch bookkeeping."""
 
     def __init__(self, cfg: Config, run_dir: Path, info: DistInfo, job: Job, trainer: Trainer,
-                 metrics: MetricsWriter | None):
+                 metrics: MetricsWriter | None, stop: StopRequest):
         self.cfg, self.run_dir, self.info, self.job, self.trainer, self.metrics = cfg, run_dir, info, job, trainer, metrics
+        self.stop = stop
+        self.checkpoint = "none yet"
 
     def on_log(self, step: int, row: dict) -> None:
         if self.metrics is not None:
             self.metrics.write(step, row)
 
     def on_checkpoint(self, step: int) -> None:
+        path = self.trainer.save(self.job.task, self.run_dir, step, self.info)
         if self.info.main:
-            path = self.trainer.save(self.job.task, self.run_dir, step)
             self.metrics.plot()
             log.info("checkpoint %s", path)
+        self.checkpoint = str(self.run_dir / "checkpoints" / f"step_{step:06d}")
         barrier()
+
+    def last_checkpoint(self) -> str:
+        return self.checkpoint
+
+    def stop_requested(self) -> bool:
+        return self.stop.requested
 
     def on_eval(self, step: int) -> None:
+        short = self.job.short(self.job.evaluate())  # every rank evaluates its share of the clips
         if self.info.main:
-            short = self.job.short(self.job.evaluate())
             self.metrics.write(step, short)
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.2f}" for k, v in short.items()))
-        barrier()
 
-    def on_batch(self, batch: dict) -> None:
+    def prepare(self, batch: dict) -> None:
+        if len(batch["caption"]):
+            self.job.prepare(batch)
+
+    def count_samples(self, good: int, bad: int, local_bad: list) -> None:
+        """Every rank counts the samples of all ranks, so every rank stops at the same step."""
         try:
-            self.trainer.tracker.update(len(batch["caption"]), batch["bad"])
+            self.trainer.tracker.update(good, local_bad, total_bad=bad)
         except TooManyBadSamples as e:
             raise TooManyBadSamples(f"{e} The allowed share is the config key data.max_bad_share "
                                     f"(now {self.cfg.data.max_bad_share}).") from None
-        self.job.prepare(batch)
 
 
 def _loop_spec(cfg: Config, task: torch.nn.Module) -> LoopSpec:
@@ -208,30 +254,51 @@ def _loop_spec(cfg: Config, task: torch.nn.Module) -> LoopSpec:
                     params=[p for p in task.parameters() if p.requires_grad])
 
 
-def _finish(cfg: Config, run_dir: Path, job: Job, last: int, seconds: float) -> None:
-    """The closing log lines and the final evaluation (rank 0)."""
-    log.info("trained to step %d in %.1f min", last, seconds / 60)
-    if last < cfg.train.steps:
+def _finish(cfg: Config, run_dir: Path, job: Job, last: int, seconds: float, stopped: bool, main: bool) -> None:
+    """The closing log lines (rank 0) and the final evaluation (every rank its share; rank 0 writes it)."""
+    if main:
+        log.info("trained to step %d in %.1f min", last, seconds / 60)
+    if stopped:
+        if main:
+            log.warning("stopped at step %d of %d by SIGTERM; `--resume %s` continues it",
+                        last, cfg.train.steps, run_dir)
+        return  # the scheduler's kill follows: no evaluation
+    if main and last < cfg.train.steps:
         log.warning("stopped at step %d of %d by train.time_limit_min=%g; `--resume %s` continues it",
                     last, cfg.train.steps, cfg.train.time_limit_min, run_dir)
     if cfg.data.test_anno:
         res = job.evaluate()
-        res["step"] = last
-        res["complete"] = last >= cfg.train.steps
-        write_json(run_dir / job.result_file, res)
-        print(job.table(res), flush=True)
+        if main:
+            res["step"] = last
+            res["complete"] = last >= cfg.train.steps
+            write_json(run_dir / job.result_file, res)
+            print(job.table(res), flush=True)
 
 
-def _run(cfg: Config, info: DistInfo, resume: bool) -> Path:
-    run_dir = make_run_dir(cfg, info)
+def _setup(cfg: Config, info: DistInfo, resume: bool, run_dir: Path) -> tuple[Job, Trainer]:
     setup_logging(run_dir, info.main)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     job = make_job(cfg, info.device)
+    if info.rank:
+        torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank)  # each rank its own dropout draws
     steps_per_epoch(len(job.items), cfg.train.batch_size, info.world)  # too few samples: stop before any step
     check_media_exist(job.items, cfg)
     trainer = Trainer.build(job.task, cfg, info.device)
     if resume:
-        trainer.resume(job.task, run_dir)
+        trainer.resume(job.task, run_dir, info)
+    return job, trainer
+
+
+def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
+    run_dir = make_run_dir(cfg, info)
+    fresh = info.main and not resume and not any(run_dir.iterdir())
+    try:
+        job, trainer = _setup(cfg, info, resume, run_dir)
+    except BaseException:
+        if fresh:  # a start that failed leaves no empty run folder behind
+            logging.getLogger("vidmask").handlers.clear()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
                                hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
     # frozen text tower: every caption's features once, before the clock starts
@@ -243,12 +310,12 @@ def _run(cfg: Config, info: DistInfo, resume: bool) -> Path:
     if info.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             job.task, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    hooks = Hooks(cfg, run_dir, info, job, trainer, metrics)
+    hooks = Hooks(cfg, run_dir, info, job, trainer, metrics, stop)
     t0 = time.time()
     last = train(wrapped, trainer.optimizer, trainer.scaler, batch_stream(dataset, cfg, info, trainer.start_step),
-                 trainer.start_step, _loop_spec(cfg, job.task), info.device, info.rank, hooks.on_log,
-                 hooks.on_checkpoint, hooks.on_eval, hooks.on_batch, show_progress=info.main)
+                 trainer.start_step, _loop_spec(cfg, job.task), info.device, info.rank, hooks,
+                 show_progress=info.main)
+    _finish(cfg, run_dir, job, last, time.time() - t0, stop.requested, info.main)
     if info.main:
-        _finish(cfg, run_dir, job, last, time.time() - t0)
         metrics.close()
     return run_dir

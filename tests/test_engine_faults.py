@@ -1,0 +1,52 @@
+"""The runner under faults: a loss that becomes NaN, a resume with another world size, a failed start."""
+
+from __future__ import annotations
+
+import torch
+
+from test_train import TINY
+from vidmask.cli import main
+from vidmask.train import checkpoint as ckpt
+
+
+def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tiny_set, tmp_path, monkeypatch, capsys):
+    import vidmask.objectives.vtc as vtc
+
+    real, calls = vtc.vtc_loss, [0]
+
+    def exploding(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        return {"vtc_loss": out["vtc_loss"] * float("nan")} if calls[0] >= 3 else out
+
+    monkeypatch.setattr(vtc, "vtc_loss", exploding)
+    run = tmp_path / "nan"
+    code = main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=6",
+                 "train.ckpt_every=1", f"run_dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "step 2: the loss or its gradient is not finite" in err
+    assert f"the last good checkpoint is {run / 'checkpoints' / 'step_000002'}" in err
+    # the update was not applied: the weights on disk are the last good ones
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+
+
+def test_resume_with_another_world_size_is_refused(tiny_set, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=2",
+                 f"run_dir={run}"]) == 0
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    state = ckpt.load_state(latest)
+    state["world_size"] = 4  # as if trained with 4 processes
+    torch.save(state, latest / "state.pt")
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "train.steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with 4 processes and is resumed with 1" in err
+
+
+def test_a_failed_start_leaves_no_run_folder(tiny_set, tmp_path, capsys):
+    run = tmp_path / "never"
+    code = main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.train_anno=missing.json", f"run_dir={run}"])
+    assert code == 2 and "missing.json" in capsys.readouterr().err
+    assert not run.exists()
