@@ -50,3 +50,20 @@ def test_a_failed_start_leaves_no_run_folder(tiny_set, tmp_path, capsys):
     code = main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.train_anno=missing.json", f"run_dir={run}"])
     assert code == 2 and "missing.json" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_evaluation_with_workers_names_a_bad_file_in_one_line(tiny_set, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "set"
+    shutil.copytree(tiny_set, data)
+    (data / "videos" / "blue_up.mp4").write_bytes(b"not a video")
+    run = tmp_path / "r"
+    assert main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=1",
+                 "data.num_workers=2", f"run_dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "retrieval", "--run", str(run), "--anno", str(data / "test.json")]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("vidmask eval:")]
+    assert len(lines) == 1 and "blue_up.mp4" in lines[0], err
+    assert "Traceback" not in err and "DataLoader worker" not in err, err

@@ -234,11 +234,37 @@ def collate_video_text(batch: list[dict]) -> dict:
     }
 
 
-def eval_loader(items, num_frames: int, size: int, num_workers: int = 0, batch_size: int = 32) -> DataLoader:
-    """Evaluation clips in order (`middle` frames, no augmentation); a bad file raises, naming it."""
-    ds = VideoTextDataset(items, num_frames, size, train=False)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=min(num_workers, 2),
-                      collate_fn=collate_video_text)
+class _Marking(Dataset):
+    """An evaluation dataset whose unreadable samples come back marked instead of raising in a
+    worker (whose re-raised error would carry the worker's whole traceback as its message)."""
+
+    def __init__(self, ds: "VideoTextDataset"):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return self.ds[i]
+        except (VideoError, AnnotationError) as e:
+            return {"bad": True, "path": str(self.ds.items[i].path), "error": str(e), "kind": type(e).__name__,
+                    "index": i}
+
+
+def eval_loader(items, num_frames: int, size: int, num_workers: int = 0, batch_size: int = 32):
+    """Evaluation clips in order (`middle` frames, no augmentation): batches of `collate_video_text`.
+
+    Evaluation never skips: the first unreadable file raises its own one-line error (a
+    VideoError or AnnotationError naming the file) in this process, with or without workers."""
+    ds = _Marking(VideoTextDataset(items, num_frames, size, train=False))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=min(num_workers, 2),
+                        collate_fn=collate_video_text)
+    for batch in loader:
+        if batch["bad"]:
+            path, error = batch["bad"][0]
+            raise VideoError(error if error.startswith(path) else f"{path}: {error}")
+        yield batch
 
 
 class TooManyBadSamples(RuntimeError):
