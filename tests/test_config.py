@@ -91,6 +91,7 @@ ABLATIONS = {
     "clusterstm-window1": {"loss.relevance.window": 1},
     "clusterstm-density-topk": {"mask.strategy": "density-topk"},
     "clusterstm-dynamics": {"mask.params.select": "dynamics"},
+    "clusterstm-adjacent": {"mask.params.select": "adjacent"},
 }
 
 

@@ -103,6 +103,40 @@ def test_hard_negatives_never_positive_and_follow_softmax():
         assert torch.allclose(counts_t[i, others] / n, pt, atol=0.035)
 
 
+def test_vtm_objective_draws_hard_negatives_at_the_contrastive_temperature(monkeypatch):
+    """A batch with one clear hardest negative per caption (cosine 0.8 against 0.0 for the rest): drawn
+    from the temperature-scaled logits it is picked far more often than uniform (1/7), where the raw
+    cosines (no temperature) would pick it barely above uniform."""
+    import vidmask.objectives.vtm as vtm
+    from types import SimpleNamespace
+
+    B, E = 8, 16
+    v = torch.eye(B, E)  # (B, E) orthogonal unit videos
+    hardest = torch.roll(torch.arange(B), 1)  # caption i's hardest negative: video i-1
+    t = torch.nn.functional.normalize(v + 1.333 * v[hardest], dim=-1)  # cos(t_i, v_i) = 0.6, cos(t_i, v_{i-1}) = 0.8
+    drawn = []
+
+    def capture(fusion, head, states, mask, feats, sim, generator=None, pair_ids=None):
+        drawn.append(sample_hard_negatives(sim, generator)[0])
+        return {"vtm_loss": torch.zeros(())}
+
+    monkeypatch.setattr(vtm, "vtm_loss", capture)
+    model = SimpleNamespace(temperature_scale=lambda: torch.tensor(1 / 0.07),
+                            text=SimpleNamespace(token_states=lambda c, i, m: (None, None)))
+    ctx = SimpleNamespace(model=model, text_feat=t, video_feat=v, captions=[""] * B, feats=None, fusion=None,
+                          tokenized=lambda: {"input_ids": None, "attention_mask": None})
+    objective = vtm.Vtm.__new__(vtm.Vtm)
+    torch.nn.Module.__init__(objective)
+    objective.head = None
+    for seed in range(200):
+        ctx.generator = torch.Generator().manual_seed(seed)
+        objective.forward(ctx)
+    hit = (torch.stack(drawn) == hardest).float().mean().item()
+    raw = torch.stack([sample_hard_negatives(t @ v.T, torch.Generator().manual_seed(s))[0] for s in range(200)])
+    raw_hit = (raw == hardest).float().mean().item()
+    assert hit > 0.9 and raw_hit < 0.35, (hit, raw_hit)  # uniform over the 7 negatives would be 0.14
+
+
 def test_hard_negatives_respect_pair_ids():
     sim = torch.randn(6, 6)
     pair_ids = torch.tensor([0, 0, 1, 1, 2, 2])  # two captions per video

@@ -515,3 +515,48 @@ def test_stm_masks_tokens_that_leak_across_adjacent_frames():
     assert (out.keep.sum(-1) == 20).all()
     single = masker(tokens[:, :1])  # one frame: no neighbour, still exactly k
     assert (single.keep.sum(-1) == 20).all()
+
+
+def test_adjacent_dissimilarity_matches_a_loop():
+    from vidmask.masking.clusterstm import adjacent_dissimilarity
+
+    tokens, _ = clip()
+    got = adjacent_dissimilarity(tokens)  # (B, T, N)
+    ref = torch.zeros(B, T, N)
+    for b in range(B):
+        for t in range(T):
+            for n in range(N):
+                near = [s for s in (t - 1, t + 1) if 0 <= s < T]
+                ref[b, t, n] = sum(1 - F.cosine_similarity(tokens[b, t, n], tokens[b, s, n], dim=0)
+                                   for s in near) / len(near)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_clusterstm_adjacent_keeps_the_most_changing_token_of_each_cluster():
+    tokens, _ = clip()
+    out = make("clusterstm", ratio=0.75, select="adjacent")(tokens)
+    from vidmask.masking.clusterstm import adjacent_dissimilarity
+
+    score = adjacent_dissimilarity(tokens)  # (B, T, N)
+    assert torch.equal(out.saliency, score)
+    for b in range(B):
+        for t in range(T):
+            for c in out.clusters[b, t].unique():
+                members = (out.clusters[b, t] == c).nonzero().flatten()
+                best = members[score[b, t, members].argmax()]  # first maximum: the lowest index
+                assert out.keep[b, t, members].tolist() == [bool(m == best) for m in members]
+
+
+def test_dpc_distance_scale_only_changes_the_centres():
+    from vidmask.masking.dpc import dpc_knn_from_gram
+
+    tokens, _ = clip()
+    x = F.normalize(tokens.flatten(0, 1).float(), dim=-1)  # (B*T, N, C)
+    gram = torch.bmm(x, x.transpose(1, 2))
+    unit, _ = dpc_knn_from_gram(gram, 6)
+    again, _ = dpc_knn_from_gram(gram, 6, density_scale=1.0)
+    assert torch.equal(unit, again)
+    tcf, centres = dpc_knn_from_gram(gram, 6, density_scale=float(C))
+    assert tcf.shape == unit.shape and int(tcf.max()) == 5
+    masker = make("clusterstm", ratio=0.75, dpc_distance="tcformer")
+    assert masker(tokens).keep.sum(-1).eq(masker.kept_per_frame(N)).all()

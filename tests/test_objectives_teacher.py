@@ -212,3 +212,55 @@ def test_teacher_pool_windows_is_pool_of_windows(window):
     torch.testing.assert_close(
         relevance_map(tokens, text, teacher.pool, window, chunk=20, pool_windows=teacher.pool_windows),
         relevance_map(tokens, text, teacher.pool, window, chunk=20), rtol=1e-5, atol=1e-6)
+
+
+# ---- ClusterSTM's masked-feature reconstruction (recon) -------------------
+
+def test_token_cosine_loss_matches_a_loop():
+    from vidmask.objectives.token_loss import token_cosine_loss
+
+    B, T, N, D = 2, 3, 4, 5
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(B, T * N, D, generator=g), torch.randn(B, T, N, D, generator=g)
+    keep = _keep(B, T, N, 1)
+    for positions in ("masked", "all"):
+        terms = []
+        for b in range(B):
+            for t in range(T):
+                for n in range(N):
+                    if positions == "all" or not keep[b, t, n]:
+                        terms.append(2 - 2 * F.cosine_similarity(pred[b, t * N + n], target[b, t, n], dim=0))
+        ref = torch.stack(terms).mean()
+        torch.testing.assert_close(token_cosine_loss(pred, target, keep, positions), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_recon_scores_masked_tokens_from_kept_ones():
+    from types import SimpleNamespace
+
+    from vidmask.objectives.recon import Recon, ReconConfig
+
+    B, T, g, C, D = 2, 2, 4, 8, 6
+    N = g * g
+    env = SimpleNamespace(model=SimpleNamespace(cfg=SimpleNamespace(dim=C)), teacher=SimpleNamespace(token_dim=D),
+                          frames=T, grid=g)
+    torch.manual_seed(0)
+    recon = Recon(ReconConfig(weight=1.0), env)
+    keep = _keep(B, T, N, 5)
+    ids = keep_to_ids(keep)  # (B, K)
+    feats = torch.randn(B, ids.shape[1], C, requires_grad=True)
+    target = torch.randn(B, T, N, D)
+
+    def loss(tokens):
+        ctx = SimpleNamespace(feats=feats, masking=SimpleNamespace(ids_keep=ids, keep=keep), frames=T, tokens=N,
+                              teacher_out=SimpleNamespace(tokens=tokens))
+        return recon(ctx)["recon_loss"]
+
+    base = loss(target)
+    changed_kept = target.clone()
+    changed_kept[keep] = torch.randn(int(keep.sum()), D)  # what the encoder saw: not a target
+    torch.testing.assert_close(loss(changed_kept), base)
+    changed_masked = target.clone()
+    changed_masked[~keep] = torch.randn(int((~keep).sum()), D)
+    assert not torch.allclose(loss(changed_masked), base)
+    base.backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0  # the kept features feed the prediction

@@ -88,6 +88,8 @@ __all__ = [
 ]
 
 DEFAULT_DC_RATIO = 0.02
+# how clusterstm picks the one token of a cluster (see clusterstm_keep)
+SELECTS = ("density", "dynamics", "adjacent")
 DC_MIN = 1e-6  # floor on the cut-off distance: a static clip has dc = 0
 _SAMPLE = 8192  # size of the strided sample that brackets the quantile
 _CHUNK_BYTES = 8 * 2**20  # frames of distance rows processed together per clip (bounds memory)
@@ -325,9 +327,25 @@ def one_per_cluster(score: Tensor, clusters: Tensor, K: int) -> Tensor:
     return keep  # (M, N)
 
 
-def _frame_clusters(grams: Tensor, K: int, knn: int, cluster: str, kmeans_iters: int) -> Tensor:
+def adjacent_dissimilarity(tokens: Tensor) -> Tensor:
+    """The ClusterSTM summary's temporal density: each token's dissimilarity ``1 - cos`` to the token at the
+    same spatial position in the adjacent frames (t-1 and t+1, their mean; one neighbour at the ends):
+    tokens float[B,T,N,C] -> float[B,T,N]. More motion at a position, higher value."""
+    B, T, N, _ = tokens.shape
+    x = F.normalize(tokens.float(), dim=-1)  # (B, T, N, C)
+    d = 1.0 - (x[:, 1:] * x[:, :-1]).sum(-1)  # (B, T-1, N): frame t+1 against frame t
+    total = x.new_zeros(B, T, N)  # (B, T, N)
+    total[:, 1:] += d  # against the previous frame
+    total[:, :-1] += d  # against the next frame
+    count = torch.full((T,), 2.0, device=x.device)
+    count[0] = count[-1] = 1.0
+    return total / count.view(1, T, 1)  # (B, T, N)
+
+
+def _frame_clusters(grams: Tensor, K: int, knn: int, cluster: str, kmeans_iters: int,
+                    density_scale: float = 1.0) -> Tensor:
     """Frame Grams [M,N,N] -> cluster ids long[M,N] (0..K-1)."""
-    clusters, centres = dpc_knn_from_gram(grams, K, knn)
+    clusters, centres = dpc_knn_from_gram(grams, K, knn, density_scale)
     if cluster == "kmeans":
         clusters = kmeans_from_gram(grams, centres, kmeans_iters)
     return clusters
@@ -341,16 +359,20 @@ def clusterstm_keep(
     select: str = "density",
     cluster: str = "dpc",
     kmeans_iters: int = 10,
+    density_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ClusterSTM keep mask: tokens [B,T,N,C] -> (keep bool[B,T,N], density [B,T,N], clusters long[B,T,N]).
 
     ``select="density"`` keeps the highest temporal density of each cluster
-    (the pseudocode), ``"dynamics"`` the lowest (the summary's "greatest
-    temporal variation" reading). ``cluster="kmeans"`` refines the DPC clusters
-    with deterministic k-means seeded from the DPC centres.
+    (the pseudocode, Algorithm II), ``"dynamics"`` the lowest, ``"adjacent"``
+    the highest :func:`adjacent_dissimilarity` (the summary's definition: the
+    dissimilarity to the same position in the adjacent frames; the returned
+    "density" is then that dissimilarity). ``cluster="kmeans"`` refines the
+    DPC clusters with deterministic k-means seeded from the DPC centres;
+    ``density_scale`` is DPC's (:func:`~vidmask.masking.dpc.dpc_knn_from_gram`).
     """
-    if select not in ("density", "dynamics"):
-        raise ValueError(f"select must be 'density' or 'dynamics', got {select!r}")
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
     if cluster not in ("dpc", "kmeans"):
         raise ValueError(f"cluster must be 'dpc' or 'kmeans', got {cluster!r}")
     B, T, N, _ = tokens.shape
@@ -358,9 +380,14 @@ def clusterstm_keep(
     _check_frames(T, dc_ratio)
 
     def one_clip(b: int) -> tuple[Tensor, Tensor, Tensor]:
-        rho_b, grams = _clip_density_of(tokens, b, dc_ratio)  # (T, N), (T, N, N)
-        clusters_b = _frame_clusters(grams, K, knn, cluster, kmeans_iters)  # (T, N)
-        keep_b = one_per_cluster(rho_b if select == "density" else -rho_b, clusters_b, K)  # (T, N)
+        if select == "adjacent":
+            x = F.normalize(tokens[b].float(), dim=-1)  # (T, N, C)
+            grams = torch.bmm(x, x.transpose(1, 2))  # (T, N, N): the frames' own Grams, for DPC
+            rho_b = adjacent_dissimilarity(tokens[b : b + 1])[0]  # (T, N)
+        else:
+            rho_b, grams = _clip_density_of(tokens, b, dc_ratio)  # (T, N), (T, N, N)
+        clusters_b = _frame_clusters(grams, K, knn, cluster, kmeans_iters, density_scale)  # (T, N)
+        keep_b = one_per_cluster(-rho_b if select == "dynamics" else rho_b, clusters_b, K)  # (T, N)
         return keep_b, rho_b, clusters_b
 
     keep, rho, clusters = zip(*_map_clips(one_clip, B, tokens.device))
@@ -401,19 +428,24 @@ class ClusterStmMasker(_ClusterBase):
         select: str = "density",
         cluster: str = "dpc",
         kmeans_iters: int = 10,
+        dpc_distance: str = "unit",
     ):
         super().__init__(ratio, dc_ratio, knn)
-        if select not in ("density", "dynamics"):
-            raise ValueError(f"clusterstm: select must be 'density' or 'dynamics', got {select!r}")
+        if select not in SELECTS:
+            raise ValueError(f"clusterstm: select must be one of {', '.join(SELECTS)}, got {select!r}")
         if cluster not in ("dpc", "kmeans"):
             raise ValueError(f"clusterstm: cluster must be 'dpc' or 'kmeans', got {cluster!r}")
+        if dpc_distance not in ("unit", "tcformer"):
+            raise ValueError(f"clusterstm: dpc_distance must be 'unit' or 'tcformer', got {dpc_distance!r}")
         self.select, self.cluster, self.kmeans_iters = select, cluster, int(kmeans_iters)
+        self.dpc_distance = dpc_distance
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         with torch.autocast(tokens.device.type, enabled=False):
+            scale = float(tokens.shape[-1]) if self.dpc_distance == "tcformer" else 1.0  # TCFormer: d / sqrt(C)
             keep, rho, clusters = clusterstm_keep(
-                tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters
+                tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters, scale
             )
         return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), saliency=rho, clusters=clusters)
 

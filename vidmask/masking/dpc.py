@@ -10,7 +10,17 @@ recipe from TCFormer (Zeng et al., 2022), on L2-normalised tokens:
 3. ``score = rho * delta``; the K highest scores are the cluster centres;
 4. every token joins its nearest centre, and each centre its own cluster.
 
-Two deliberate differences from TCFormer:
+Two deliberate differences from TCFormer, and one choice:
+
+* **Distance scale** (a choice, ``density_scale``). TCFormer divides its
+  distances by sqrt(C) before the density exponential, so ``rho =
+  exp(-mean_k d^2 / C)``; for unit vectors (``d^2`` in [0, 4]) with C in the
+  hundreds that makes every density nearly 1 and the centre score
+  ``rho * delta`` almost ``delta`` alone. vidmask's default (``density_scale
+  = 1``) keeps the unit vectors' own distances, so density counts as much as
+  separation; ``clusterstm``'s ``dpc_distance="tcformer"`` gives TCFormer's
+  scale (``density_scale = C``). The density order, ``delta`` and the
+  assignment do not depend on it: only which tokens become centres.
 
 * **Deterministic ties.** TCFormer adds ``1e-6`` uniform noise to the density
   so that no two tokens tie. Densities of normalised tokens sit within a few
@@ -54,11 +64,14 @@ def dense_order_rank(knn_mean: Tensor) -> Tensor:
     return rank  # (M, N)
 
 
-def dpc_knn_from_gram(gram: Tensor, num_clusters: int, knn: int = 5) -> tuple[Tensor, Tensor]:
+def dpc_knn_from_gram(gram: Tensor, num_clusters: int, knn: int = 5,
+                      density_scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """DPC-kNN on precomputed Gram matrices of normalised tokens.
 
-    gram: float[M,N,N]. Returns (clusters long[M,N] with ids 0..K-1,
-    centres long[M,K] ascending token indices of the cluster centres).
+    gram: float[M,N,N]; density_scale: the squared distances are divided by it in
+    the density exponential (TCFormer: C, the token width). Returns (clusters
+    long[M,N] with ids 0..K-1, centres long[M,K] ascending token indices of the
+    cluster centres).
     """
     M, N, _ = gram.shape
     K = max(1, min(int(num_clusters), N))
@@ -71,7 +84,7 @@ def dpc_knn_from_gram(gram: Tensor, num_clusters: int, knn: int = 5) -> tuple[Te
     delta = torch.where(denser, dist, torch.full_like(dist, float("inf"))).amin(-1)  # (M, N)
     peak_delta = dist.flatten(1).amax(1, keepdim=True).expand(M, N)  # (M, N)
     delta = torch.where(rank == 0, peak_delta, delta)  # (M, N)
-    score = torch.exp(-knn_mean) * delta  # (M, N)
+    score = torch.exp(-knn_mean / density_scale) * delta  # (M, N)
     # top-K scores, ties to the lower index, then centres in index order
     centres = torch.argsort(score, dim=-1, descending=True, stable=True)[:, :K]  # (M, K)
     centres = centres.sort(dim=-1).values  # (M, K)

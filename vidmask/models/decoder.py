@@ -46,3 +46,17 @@ class TokenDecoder(nn.Module):
         for blk in self.blocks:
             full = blk(full)  # (B, L, dim)
         return self.head(self.norm(full))  # (B, L, out_dim)
+
+
+class MaskTokenDecoder(TokenDecoder):
+    """A :class:`TokenDecoder` whose masked positions start from one learned mask token (MAE):
+    kept [B,K,C], ids_keep long[B,K] -> [B, T*N, out_dim]."""
+
+    def __init__(self, in_dim: int, out_dim: int, dim: int = 128, depth: int = 2, heads: int = 4,
+                 frames: int = 8, grid: int = 8, mlp_ratio: float = 4.0):
+        super().__init__(in_dim, out_dim, dim, depth, heads, frames, grid, mlp_ratio)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # (1, 1, dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, kept: Tensor, ids_keep: Tensor, frames: int, tokens: int) -> Tensor:
+        return self.decode(kept, ids_keep, self.mask_token, frames, tokens)  # (B, L, out_dim)

@@ -20,6 +20,7 @@ from vidmask.objectives import mlm as _mlm  # noqa: F401  (mlm)
 from vidmask.objectives import align as _align  # noqa: F401  (align)
 from vidmask.objectives import relevance as _relevance  # noqa: F401  (relevance)
 from vidmask.objectives import stm_decoder as _stm_decoder  # noqa: F401  (stm)
+from vidmask.objectives import recon as _recon  # noqa: F401  (recon)
 
 __all__ = [
     "Objective",

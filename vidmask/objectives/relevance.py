@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vidmask.config import ConfigError
-from vidmask.models.decoder import TokenDecoder
+from vidmask.models.decoder import MaskTokenDecoder
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 from vidmask.tokens import grid_side, window_tokens
 
@@ -61,7 +61,7 @@ def relevance_map(
     return torch.einsum("bld,bd->bl", x, y).reshape(B, T, N)  # (B, T, N)
 
 
-class RelevanceDecoder(TokenDecoder):
+class RelevanceDecoder(MaskTokenDecoder):
     """Student kept features [B,K,C] -> predicted relevance per token [B, T*N].
 
     A learned mask token fills the masked positions (MAE); the head predicts
@@ -71,11 +71,9 @@ class RelevanceDecoder(TokenDecoder):
     def __init__(self, in_dim: int, dim: int = 128, depth: int = 2, heads: int = 4,
                  frames: int = 8, grid: int = 8, mlp_ratio: float = 4.0):
         super().__init__(in_dim, 1, dim, depth, heads, frames, grid, mlp_ratio)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # (1, 1, dim)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, kept: Tensor, ids_keep: Tensor, frames: int, tokens: int) -> Tensor:
-        return self.decode(kept, ids_keep, self.mask_token, frames, tokens).squeeze(-1)  # (B, L)
+        return super().forward(kept, ids_keep, frames, tokens).squeeze(-1)  # (B, L)
 
 
 def relevance_loss(pred: Tensor, target: Tensor, keep: Tensor, eps: float = 1e-6) -> dict[str, Tensor]:

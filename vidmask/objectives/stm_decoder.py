@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidmask.config import ConfigError
 from vidmask.models.decoder import TokenDecoder
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.objectives.token_loss import token_cosine_loss
 
 
 class StmDecoder(TokenDecoder):
@@ -45,18 +45,9 @@ class StmDecoder(TokenDecoder):
 
 def stm_decoder_loss(pred: Tensor, teacher_tokens: Tensor, keep: Tensor,
                      positions: Literal["masked", "all"] = "masked") -> dict[str, Tensor]:
-    """Mean ``2 - 2 cos`` between pred [B,T*N,D] and the normalised teacher tokens [B,T,N,D].
-
-    keep: bool[B,T,N] (True = the encoder saw it); with ``positions="masked"``
-    only tokens with keep False count.
-    """
-    if positions not in ("masked", "all"):
-        raise ValueError(f"positions must be 'masked' or 'all', got {positions!r}")
-    B = pred.shape[0]
-    target = F.normalize(teacher_tokens.detach().flatten(1, 2).float(), dim=-1)  # (B, L, D)
-    cos = (F.normalize(pred.float(), dim=-1) * target).sum(-1)  # (B, L)
-    weight = (~keep).reshape(B, -1).float() if positions == "masked" else cos.new_ones(cos.shape)  # (B, L)
-    return {"stm_loss": ((2 - 2 * cos) * weight).sum() / weight.sum().clamp_min(1.0)}
+    """Mean ``2 - 2 cos`` between pred [B,T*N,D] and the normalised teacher tokens [B,T,N,D]
+    (:func:`~vidmask.objectives.token_loss.token_cosine_loss`), on the masked positions by default."""
+    return {"stm_loss": token_cosine_loss(pred, teacher_tokens, keep, positions)}
 
 
 @dataclass

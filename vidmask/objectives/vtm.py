@@ -1,18 +1,23 @@
 """Video-text matching (VTM) with similarity-mined hard negatives (ALBEF / UMT).
 
 For each video one negative caption is drawn from the batch with probability
-proportional to softmax(similarity) over the captions that are not its own,
-and for each caption one negative video the same way. The fusion encoder
+proportional to softmax(similarity / temperature) over the captions that are
+not its own, and for each caption one negative video the same way. The
+similarities are the contrastive logits (unit features times the learnable
+scale 1/temperature), as ALBEF and UMT draw them: on raw cosines in [-1, 1]
+the softmax is nearly uniform and the "hard" negatives are random ones. The fusion encoder
 reads (caption, video) pairs and a binary head on the fused [CLS] state says
 "match" (class 1) or not (class 0): B positives and 2B negatives per batch,
 one cross-entropy over all 3B pairs, as ALBEF's ``loss_itm``.
 
-Differences from ALBEF / UMT, both deliberate:
+Differences from ALBEF / UMT, deliberate:
 * negatives are drawn from the softmax restricted to the non-positives
   (masked to -inf before the softmax) rather than softmax + 1e-4 with the
   positive zeroed afterwards: the same distribution up to the 1e-4 floor,
   without a row of zeros when one caption dominates;
-* negatives come from this process's batch only (UMT gathers across ranks).
+* none besides: like UMT, negatives come from this process's batch only
+  (ALBEF gathers the features of all ranks for its contrastive loss, not for
+  the matching negatives' pool in UMT's video code).
 """
 
 from __future__ import annotations
@@ -123,7 +128,8 @@ class Vtm(Objective):
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         tok = ctx.tokenized()
         states, mask = ctx.model.text.token_states(ctx.captions, tok["input_ids"], tok["attention_mask"])
-        sim = (ctx.text_feat @ ctx.video_feat.T).detach()  # (B, B): text i against video j
+        scale = ctx.model.temperature_scale().detach()  # 1 / temperature, as the contrastive logits
+        sim = (scale * ctx.text_feat @ ctx.video_feat.T).detach()  # (B, B): text i against video j
         return vtm_loss(ctx.fusion, self.head, states, mask, ctx.feats, sim, ctx.generator)
 
     def scorer(self, fusion: FusionEncoder):
