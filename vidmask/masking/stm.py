@@ -1,8 +1,15 @@
-"""`stm`: learnable adjacent-frame spatio-temporal masking (STM, Wu et al., CVPR 2025).
+"""`stm`: vidmask's learnable adjacent-frame masking, after STM (Wu et al., CVPR 2025).
 
-STM masks across adjacent frames: a token whose content reappears in frame
-t-1 or t+1 leaks, because the encoder could copy it from its neighbour instead
-of modelling time. This masker scores that leak and hides the leakiest tokens:
+This is vidmask's own reading of STM's README, **not the official
+algorithm**: the official mask module aligns adjacent frames with a small
+convolutional network (ILA) on the teacher's patch embeddings, blends that
+with the CLS attention and hides the top of the blend (70 % per frame, Gumbel
+top-k at tau = 0.05); see ``docs/fidelity.md`` (STM) for every difference.
+
+The idea it keeps: a token whose content reappears in frame t-1 or t+1 leaks,
+because the encoder could copy it from its neighbour instead of modelling
+time. This masker scores that leak and hides the leakiest tokens, keeping
+high-attention ones (the opposite direction to the official code's):
 
 1. a light projection ``z = normalize(W x)`` of every token (``proj_dim``);
 2. cross-frame similarity of each token with every token of its adjacent

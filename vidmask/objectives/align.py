@@ -6,7 +6,10 @@ per-layer heads, are aligned to the frozen teacher's features at the *same*
 (the squared distance of unit vectors, UMT's ``l2`` alignment). Only the
 visible tokens are aligned, which is what lets the student skip the masked
 ones entirely. The teacher gives one token map, so every aligned student
-layer targets the same teacher features.
+layer targets the same teacher features: UMT itself aligns the last 6
+student layers to the teacher's last 6 layers, through heads with a position
+embedding and a LayerNorm, which vidmask does not yet (``docs/fidelity.md``,
+UMT).
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""STM's text-filled reconstruction decoder (Wu et al., CVPR 2025).
+"""vidmask's text-filled reconstruction decoder, after STM (Wu et al., CVPR 2025).
+
+vidmask's reading of STM's README, **not the official decoder**: the official
+code has one light decoder per aligned layer (6), fills every masked slot with
+the text [CLS] state and scores **all** tokens against the teacher's last 6
+layers; this one is a single decoder scoring the masked positions by default
+(``docs/fidelity.md``, STM).
 
 STM builds on UMT and adds "a decoder [that] leverages semantic information
 to enhance the spatio-temporal representations of masked tokens" (STM
@@ -8,11 +14,9 @@ position embedding, so the masked positions start from what the caption says
 about the clip. The decoder reads the student's kept-token features, runs a
 couple of Blocks and predicts the teacher's token features at every position.
 
-Loss positions: the **masked** ones by default. STM's point is that "the
-masked target and the reconstruction target" must be aligned, and its
-decoder exists to reconstruct masked tokens; the visible ones are already
-aligned to the teacher by UMT's ``align_loss``. ``positions="all"`` scores
-every position (an ablation).
+Loss positions: the **masked** ones by default (the visible ones are aligned
+to the teacher by UMT's ``align_loss`` in the recipe); ``positions: all``
+scores every position, as the official loss does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """`hf-clip`: any Hugging Face ``CLIPModel`` folder on local disk as the teacher.
 
-This is UMT's teacher: CLIP's vision tower run per frame on all patches.
+UMT's teacher model: CLIP's vision tower run per frame on all patches (UMT
+aligns the student to its last 6 layers; vidmask's ``align`` to one map, see
+``docs/fidelity.md``).
 
 * ``tokens``: every patch token of the last layer through the final layer
   norm (``post_layernorm``) and the visual projection, as UMT's CLIP teacher
