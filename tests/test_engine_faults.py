@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from test_train import TINY
@@ -67,3 +69,42 @@ def test_evaluation_with_workers_names_a_bad_file_in_one_line(tiny_set, tmp_path
     lines = [ln for ln in err.splitlines() if ln.startswith("vidmask eval:")]
     assert len(lines) == 1 and "blue_up.mp4" in lines[0], err
     assert "Traceback" not in err and "DataLoader worker" not in err, err
+
+
+def test_on_an_accelerator_the_finite_check_waits_for_a_logging_step(tiny_set, tmp_path, monkeypatch, capsys):
+    """Without a host read per step (the GPU setting), the first non-finite step is recorded on the device,
+    named at the next logging step, and no checkpoint is written after it."""
+    import vidmask.objectives.vtc as vtc
+    import vidmask.train.run as run_module
+
+    real, calls = vtc.vtc_loss, [0]
+
+    def exploding(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        return {"vtc_loss": out["vtc_loss"] * float("nan")} if calls[0] >= 3 else out
+
+    monkeypatch.setattr(vtc, "vtc_loss", exploding)
+    spec = run_module._loop_spec
+    monkeypatch.setattr(run_module, "_loop_spec", lambda *a: dataclasses.replace(spec(*a), check_every_step=False))
+    run = tmp_path / "gpu-like"
+    code = main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=6",
+                 "train.log_every=4", "train.ckpt_every=1", f"run_dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "step 2: the loss or its gradient is not finite" in err, err
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+
+
+def test_speed_settings(monkeypatch):
+    from vidmask.config import load_config
+    from vidmask.train.run import speed_settings
+    from vidmask.train.wiring import build_model
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    cfg = load_config(None, ["model.text.init=random", "model.dim=32", "model.depth=1", "model.heads=2",
+                             "train.compile=true"])
+    model = build_model(cfg)
+    names = [n for n, _ in model.named_parameters()]
+    speed_settings(cfg, model, torch.device("cpu"))
+    assert compiled == [model.visual] and [n for n, _ in model.named_parameters()] == names

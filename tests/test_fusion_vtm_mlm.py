@@ -301,3 +301,16 @@ def test_shared_clip_broadcast_equals_repeated_clip():
     grouped = score(t_idx, v_idx)
     one_by_one = torch.stack([vtm_scores(fusion, head, text[[t]], mask[[t]], video[[v]])[0] for t, v in zip(t_idx, v_idx)])
     assert torch.allclose(grouped, one_by_one, atol=1e-5)
+
+
+def test_vtc_logits_stay_float32_under_autocast():
+    from vidmask.objectives import vtc_loss
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=-1)
+    scale = torch.tensor(100.0)
+    ref = vtc_loss(v, t, scale)["vtc_loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vtc_loss(v, t, scale)["vtc_loss"]
+    assert got.dtype == torch.float32 and torch.equal(got, ref)

@@ -232,6 +232,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between retrieval evaluations on the test split; 0 = only at the end
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes on rank 0's clock; 0 = no limit
     dist_timeout_min: float = 30.0  # a collective (or rank 0 building the teacher cache) waited on longer fails
+    tf32: bool = True  # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later)
+    compile: bool = False  # torch.compile the student's video encoder (in place: checkpoints keep their names)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:

@@ -67,9 +67,12 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True) ->
     v_all, off = gather_with_grad(video) if gather else (video, 0)  # (sum B, E)
     t_all, _ = gather_with_grad(text) if gather else (text, 0)  # (sum B, E)
     labels = torch.arange(video.shape[0], device=video.device) + off  # (B,)
-    logits_v2t = scale * video.float() @ t_all.float().T  # (B, W*B)
-    logits_t2v = scale * text.float() @ v_all.float().T  # (B, W*B)
-    loss = 0.5 * (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels))
+    # float32 logits even under autocast, which would otherwise recast the matmul to bf16 / fp16:
+    # at scale 100, bf16's 8 bits of mantissa blur logits by about 0.4
+    with torch.autocast(video.device.type, enabled=False):
+        logits_v2t = scale.float() * video.float() @ t_all.float().T  # (B, W*B)
+        logits_t2v = scale.float() * text.float() @ v_all.float().T  # (B, W*B)
+        loss = 0.5 * (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels))
     return {"vtc_loss": loss}
 
 

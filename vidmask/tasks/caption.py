@@ -57,7 +57,7 @@ class CaptionTask(nn.Module):
         logits = self.decoder(ids[:, :-1], tokens, valid[:, :-1])  # (B, L-1, V)
         target = ids[:, 1:].masked_fill(valid[:, 1:] == 0, -100)  # (B, L-1): padding is not predicted
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
-        return {"caption_loss": loss}, {"caption_tokens": float((target != -100).sum())}
+        return {"caption_loss": loss}, {"caption_tokens": (target != -100).sum()}  # a tensor until logged
 
     def decode(self, ids: Tensor) -> list[str]:
         """ids long[B,L] -> strings, special tokens ([CLS], [SEP], [PAD]) dropped."""

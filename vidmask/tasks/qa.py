@@ -52,8 +52,8 @@ class QATask(nn.Module):
         loss = total / answerable.sum().clamp(min=1)
         correct = (logits.argmax(1) == target) & answerable  # (B,)
         report = {
-            "qa_acc": 100.0 * float(correct.float().mean()),  # unanswerable questions count as wrong
-            "answerable": 100.0 * float(answerable.float().mean()),
+            "qa_acc": 100.0 * correct.float().mean().detach(),  # unanswerable questions count as wrong
+            "answerable": 100.0 * answerable.float().mean(),
         }
         return {"qa_loss": loss}, report
 

@@ -8,8 +8,16 @@ was asked to stop (SIGTERM) and, from rank 0's clock alone, whether the time
 limit has passed. So an all-bad batch on one rank skips the step everywhere,
 the bad-sample share is judged on the samples of all ranks, an error on one
 rank stops every rank with its message, and no rank waits in a collective
-that another will never enter. A non-finite gradient norm (identical on all
-ranks after DDP's all-reduce) stops the run before the update is applied.
+that another will never enter.
+
+A non-finite gradient norm (identical on all ranks after DDP's all-reduce)
+stops the run. On a CPU it is checked every step, before the update is
+applied (reading it costs nothing there). On an accelerator the step does not
+wait for the host: the first step with a non-finite norm is recorded on the
+device and read at the next logging step or checkpoint, whichever comes
+first; a checkpoint is never written after such a step, so the last good
+checkpoint the message names predates it. Loss and report values likewise
+stay tensors until a logging step.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class LoopSpec:
     eval_every: int
     time_limit_s: float = 0.0
     params: list = field(default_factory=list)  # parameters to clip
+    check_every_step: bool = True  # read the gradient norm each step (CPU); False: at logging steps and checkpoints
 
 
 class RunStopped(RuntimeError):
@@ -78,8 +87,13 @@ def _agree_on_batch(batch: dict, hooks: LoopHooks, step: int, out_of_time: bool)
                  stop=hooks.stop_requested(), out_of_time=out_of_time)
 
 
+def _nonfinite_message(step: int, loss: float, grad_norm: float, last_checkpoint: str) -> str:
+    return (f"step {step}: the loss or its gradient is not finite (loss {loss:.4g}, gradient norm {grad_norm:.4g}). "
+            f"Lower train.lr or check the data; the last good checkpoint is {last_checkpoint}")
+
+
 def _update(task, optimizer, scaler, inputs, spec, step, rank, device, last_checkpoint: str):
-    """One forward, backward and optimizer step; returns (loss, named losses, report, grad_norm)."""
+    """One forward, backward and optimizer step; returns (loss, named losses, report, grad_norm, lr)."""
     lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -94,11 +108,10 @@ def _update(task, optimizer, scaler, inputs, spec, step, rank, device, last_chec
     else:
         loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(spec.params, spec.grad_clip if spec.grad_clip > 0 else float("inf"))
-    if scaler is None and not math.isfinite(float(grad_norm)):
+    if scaler is None and spec.check_every_step and not math.isfinite(float(grad_norm)):
         # every rank holds the same all-reduced gradients, so every rank stops here, before the update
-        raise RunStopped(f"step {step}: the loss or its gradient is not finite (loss {float(loss.detach()):.4g}, "
-                         f"gradient norm {float(grad_norm):.4g}); the update was not applied. "
-                         f"Lower train.lr or check the data; the last good checkpoint is {last_checkpoint}")
+        raise RunStopped(_nonfinite_message(step, float(loss.detach()), float(grad_norm), last_checkpoint)
+                         + "; the update was not applied")
     if scaler is not None:
         scaler.step(optimizer)  # fp16: a non-finite gradient skips the step and lowers the scale
         scaler.update()
@@ -119,6 +132,12 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
     bar = tqdm(total=spec.total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True,
                desc="train")
     step = start_step
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step with a non-finite norm
+
+    def check_finite() -> None:  # reads the device-side record: only at logging steps and checkpoints
+        if scaler is None and not spec.check_every_step and int(first_bad) >= 0:
+            raise RunStopped(_nonfinite_message(int(first_bad), float("nan"), float("nan"), hooks.last_checkpoint()))
+
     for step, batch in batches:
         out_of_time = spec.time_limit_s > 0 and time.time() - t_start > spec.time_limit_s
         verdict = _agree_on_batch(batch, hooks, step, out_of_time)
@@ -126,6 +145,7 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
             raise RunStopped(f"step {step}: {verdict.failure}")
         if verdict.stop or verdict.out_of_time:
             if step > start_step:
+                check_finite()
                 hooks.on_checkpoint(step)  # the work since the last checkpoint is kept
             break
         hooks.count_samples(verdict.good, verdict.bad, batch["bad"])  # the same totals, the same verdict, everywhere
@@ -135,12 +155,17 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
             inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss, losses, report, grad_norm, lr = _update(task, optimizer, scaler, inputs, spec, step, rank, device,
                                                           hooks.last_checkpoint())
+            if not spec.check_every_step:  # recorded on the device, no host read
+                bad = ~torch.isfinite(grad_norm) & (first_bad < 0)
+                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
             clips_window += inputs["video"].shape[0]
         step += 1
         bar.update(1)
         if updated and (step % spec.log_every == 0 or step == spec.total_steps):
+            check_finite()
             dt = max(time.time() - t_window, 1e-9)
-            row = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}, **report,
+            row = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()},
+                   **{k: float(v) for k, v in report.items()},  # report values were tensors until now
                    "lr": lr, "grad_norm": float(grad_norm), "clips_per_s": clips_window / dt}
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", clips_s=f"{clips_window / dt:.1f}")
             hooks.on_log(step, row)
@@ -149,6 +174,7 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
             hooks.on_eval(step)
             task.train()
         if step % spec.ckpt_every == 0 or step == spec.total_steps:
+            check_finite()  # never a checkpoint of weights a non-finite update touched
             hooks.on_checkpoint(step)
         if step >= spec.total_steps:
             break
