@@ -1,0 +1,216 @@
+"""The GPU check: one script that measures what the CPU bench cannot, and writes bench/results/gpu.md.
+
+    python bench/gpu_check.py                       # on a GPU: the papers' scale, under 8 minutes
+    python bench/gpu_check.py --device cpu --tiny   # anywhere: the same sections at toy scale (the suite runs it)
+
+Sections:
+1. every ``configs/recipes/base/*`` recipe at batch 64, 8 frames of 224 px, bf16
+   (``--tiny``: batch 4, 2 frames of 32 px, a 2-block model): ms per training
+   step (median), peak accelerator memory, and the masker's time as a share of
+   the step (the mask is computed inside the step; its time is measured
+   separately on the same inputs, synchronised);
+2. bf16 against fp32: the first step's loss of the same recipe and batch;
+3. ``clusterstm`` masks computed on the CPU against the device (must be equal);
+4. a CLI smoke run on a generated tiny set: pretrain, SIGKILL after a
+   checkpoint, ``--resume``, the same losses as an uninterrupted run.
+
+Synthetic clips and captions; the teacher is lit-effnet with untrained heads
+(``teacher.path=''``: the head weights do not change the cost). The hf-clip
+recipes take ``--clip FOLDER`` (a local CLIPModel); without it they are
+switched to lit-effnet (its one map as every aligned layer's target), since no
+CLIP folder can be assumed on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.size=32", "data.num_frames=2", "model.dim=32", "model.depth=2", "model.heads=2",
+        "model.embed_dim=16", "model.text.init=random"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def recipe_config(path: Path, tiny: bool, precision: str, clip: str = ""):
+    """A base recipe at the check's scale. hf-clip recipes use the CLIP folder ``clip`` when given, else
+    lit-effnet with untrained heads, whose one token map every aligned layer then targets."""
+    from vidmask.config import load_config
+
+    over = ["teacher.cache=", f"train.precision={precision}"]
+    over += TINY + ["train.batch_size=4", "loss.align.layers=1"] if tiny else ["train.batch_size=64"]
+    if load_config(path, over).teacher.name == "hf-clip":
+        over += [f"teacher.path={clip}"] if clip else ["teacher.name=lit-effnet", "teacher.path=",
+                                                       "loss.align.targets=last"]
+    else:
+        over.append("teacher.path=")
+    return load_config(path, over)
+
+
+def build(cfg, device: torch.device):
+    from vidmask.train.optim import param_groups
+    from vidmask.train.wiring import build_model, build_task, build_teacher_from
+
+    torch.manual_seed(0)
+    teacher = build_teacher_from(cfg)
+    task = build_task(cfg, build_model(cfg), teacher).to(device)
+    opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4, fused=device.type == "cuda")
+    B, T, S = cfg.train.batch_size, cfg.data.num_frames, cfg.data.size
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.randn(B, T, 3, S, S, generator=g).to(device),
+             "caption": [f"a small red circle number {i} moves left" for i in range(B)]}
+    task.model.text.warm_cache(batch["caption"])
+    return task, opt, batch
+
+
+def step(task, opt, batch, cfg, device, i: int) -> float:
+    from vidmask.train.engine import autocast_ctx
+
+    with autocast_ctx(device, cfg.train.precision):
+        losses, _ = task(batch, torch.Generator(device=device).manual_seed(i))
+    loss = sum(losses.values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def time_recipe(path: Path, tiny: bool, device: torch.device, steps: int, clip: str) -> list:
+    cfg = recipe_config(path, tiny, "bf16", clip)
+    task, opt, batch = build(cfg, device)
+    for i in range(2):  # warm-up (allocator, kernels)
+        step(task, opt, batch, cfg, device, i)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step(task, opt, batch, cfg, device, i)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    step_s = sorted(times)[len(times) // 2]
+    mask_times = []
+    with torch.no_grad():
+        t_out = task.run_teacher(batch)
+        for i in range(steps):
+            sync(device)
+            t0 = time.perf_counter()
+            task.choose_tokens(batch["video"], torch.Generator(device=device).manual_seed(i), t_out)
+            sync(device)
+            mask_times.append(time.perf_counter() - t0)
+    mask_s = sorted(mask_times)[len(mask_times) // 2]
+    peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
+    return [f"`{path.stem}`", cfg.mask.strategy, f"{step_s * 1000:.0f}", peak, f"{mask_s / step_s:.3f}"]
+
+
+def bf16_vs_fp32(path: Path, tiny: bool, device: torch.device, clip: str) -> list:
+    out = []
+    for precision in ("fp32", "bf16"):
+        cfg = recipe_config(path, tiny, precision, clip)
+        task, opt, batch = build(cfg, device)
+        out.append(step(task, opt, batch, cfg, device, 0))
+    return [f"`{path.stem}`", f"{out[0]:.4f}", f"{out[1]:.4f}", f"{abs(out[1] - out[0]) / abs(out[0]):.2%}"]
+
+
+def clusterstm_cpu_vs_device(tiny: bool, device: torch.device) -> list:
+    from vidmask.masking import build_masker
+
+    B, T, N, C = (2, 4, 16, 32) if tiny else (8, 8, 196, 768)
+    tokens = torch.randn(B, T, N, C, generator=torch.Generator().manual_seed(0))
+    masker = build_masker("clusterstm", ratio=0.85)
+    cpu = masker(tokens).keep
+    dev = masker(tokens.to(device)).keep.cpu()
+    return [f"B={B}, T={T}, N={N}, C={C}", str(device), "yes" if torch.equal(cpu, dev) else
+            f"NO: {int((cpu != dev).sum())} of {cpu.numel()} tokens differ"]
+
+
+def smoke_kill_resume(device: torch.device) -> list:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tiny_set
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_tiny_set(Path(tmp) / "set")
+        common = ["pretrain", f"data.corpus={data}", *TINY, "data.num_workers=0", "data.test_anno=",
+                  "train.batch_size=4", "train.steps=12", "train.ckpt_every=2", "train.log_every=1",
+                  f"train.device={device.type}"]
+        full, killed = Path(tmp) / "full", Path(tmp) / "killed"
+        subprocess.run([sys.executable, "-m", "vidmask", *common, f"run_dir={full}"], check=True, env=env,
+                       capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "vidmask", *common, f"run_dir={killed}"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        pointer = killed / "checkpoints" / "latest"
+        deadline = time.time() + 300
+        while not pointer.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        at = pointer.read_text().strip() if pointer.exists() else "none"
+        subprocess.run([sys.executable, "-m", "vidmask", "pretrain", "--resume", str(killed)], check=True, env=env,
+                       capture_output=True)
+        a, b = (p.joinpath("metrics.csv").read_text().splitlines() for p in (full, killed))
+        same = _losses(a) == _losses(b)
+    return ["pretrain, SIGKILL, --resume", f"killed after {at}", "yes" if same else "NO"]
+
+
+def _losses(lines: list[str]) -> dict:
+    head = lines[0].split(",")
+    i, j = head.index("step"), head.index("loss")
+    return {r.split(",")[i]: round(float(r.split(",")[j]), 4) for r in lines[1:] if r.split(",")[j]}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes (what the test suite runs)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per recipe (median)")
+    ap.add_argument("--clip", default="", help="a local CLIPModel folder for the hf-clip recipes (else lit-effnet)")
+    ap.add_argument("--out", default="gpu.md", help="file name under bench/results/, or a path elsewhere")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    recipes = sorted((ROOT / "configs" / "recipes" / "base").glob("*.yaml"))
+    timing = [time_recipe(p, args.tiny, device, args.steps, args.clip) for p in recipes]
+    precision = [bf16_vs_fp32(p, args.tiny, device, args.clip) for p in recipes]
+    masks = clusterstm_cpu_vs_device(args.tiny, device)
+    smoke = smoke_kill_resume(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    scale = ("tiny: batch 4, 2 frames of 32 px, a 2-block model" if args.tiny
+             else "batch 64, 8 frames of 224 px, ViT-B/16, bf16")
+    teacher = f"hf-clip from {args.clip}" if args.clip else "lit-effnet with untrained heads for every recipe"
+    body = (f"Device: {name}; {scale}; median of {args.steps} steps after 2 warm-up steps; synthetic clips; "
+            f"teacher: {teacher}.\n\n"
+            "## Training step per recipe\n\n"
+            + table(["recipe", "mask", "ms / step", "peak memory", "masker share of the step"], timing)
+            + "\n\n## First-step loss, fp32 against bf16\n\n"
+            + table(["recipe", "fp32", "bf16", "relative difference"], precision)
+            + "\n\n## clusterstm masks, CPU against the device\n\n"
+            + table(["tokens", "device", "identical"], [masks])
+            + "\n\n## CLI smoke run\n\n" + table(["run", "kill", "same losses after --resume"], [smoke]))
+    if os.sep in args.out:  # a path elsewhere (the suite's run): leave bench/results/ alone
+        path = Path(args.out)
+        path.write_text(f"# GPU check\n\n{body}\n")
+        return path
+    return write(args.out, "GPU check", body)
+
+
+if __name__ == "__main__":
+    main()
