@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "vidmask.commands.pretrain",
     "vidmask.commands.finetune",
     "vidmask.commands.evaluate",
+    "vidmask.commands.probe",
     "vidmask.commands.demo",
     "vidmask.commands.masks",
     "vidmask.commands.teacher",

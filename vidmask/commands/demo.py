@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from vidmask.train.run import run_training
 
     run_dir = run_training(cfg)
-    print(f"\nrun folder: {run_dir} (config.yaml, metrics.csv, loss.png, tb/, checkpoints/, eval_retrieval.json)")
+    # the temporal probe beside the twin accuracies: does the video encoder hold motion?
+    from vidmask.commands.probe import run as probe
+
+    probe(argparse.Namespace(run=str(run_dir), corpus=str(corpus), max_train=600, device=cfg.train.device))
+    print(f"\nrun folder: {run_dir} (config.yaml, metrics.csv, loss.png, tb/, checkpoints/, eval_retrieval.json, "
+          "probe.json)")
     print(f"evaluate again with: vidmask eval retrieval --run {run_dir}")
     return 0
