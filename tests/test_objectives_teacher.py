@@ -264,3 +264,57 @@ def test_recon_scores_masked_tokens_from_kept_ones():
     assert not torch.allclose(loss(changed_masked), base)
     base.backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0  # the kept features feed the prediction
+
+
+# ---- time-order negatives (reverse) ----------------------------------------
+
+def test_time_order_ids_hold_the_same_patches():
+    from vidmask.models.video_vit import patchify
+    from vidmask.objectives.reverse import Reverse, ReverseConfig, reorder_frames, time_order_ids
+
+    B, T, g = 2, 4, 3
+    N = g * g
+    video = torch.randn(B, T, 3, 3 * g, 3 * g)
+    keep = _keep(B, T, N, 4)
+    ids = keep_to_ids(keep)  # (B, K)
+    for order_name in ("reverse", "shuffle"):
+        order = Reverse(ReverseConfig(order=order_name), None).frame_order(B, T, torch.Generator().manual_seed(1),
+                                                                            "cpu")
+        assert not (order == torch.arange(T)).all(1).any()  # never the original order
+        new_ids, columns = time_order_ids(ids, N, order)
+        moved = gather_tokens(patchify(reorder_frames(video, order), 3).flatten(1, 2), new_ids)  # (B, K, P)
+        original = gather_tokens(patchify(video, 3).flatten(1, 2), ids)  # (B, K, P)
+        assert torch.equal(moved, original.gather(1, columns.unsqueeze(-1).expand_as(original)))
+        assert (new_ids[:, 1:] > new_ids[:, :-1]).all()
+
+
+def test_reverse_objective_against_an_explicit_softmax():
+    from types import SimpleNamespace
+
+    from vidmask.objectives.reverse import Reverse, ReverseConfig
+
+    B, E = 3, 4
+    g = torch.Generator().manual_seed(0)
+    t = F.normalize(torch.randn(B, E, generator=g), dim=-1)
+    v = F.normalize(torch.randn(B, E, generator=g), dim=-1)
+    neg = F.normalize(torch.randn(B, E, generator=g), dim=-1)
+    scale = torch.tensor(10.0)
+
+    class Visual:  # an encoder whose output for the reordered clip is `neg`
+        def embed_kept(self, video, ids):
+            return torch.zeros(B, 1, 1)
+
+        def forward_features(self, x, ids, weight):
+            return SimpleNamespace(tokens=None)
+
+    model = SimpleNamespace(visual=Visual(), project_video=lambda tokens: neg, temperature_scale=lambda: scale)
+    ctx = SimpleNamespace(video=torch.zeros(B, 2, 3, 4, 4), model=model, frames=2, tokens=1, generator=None,
+                          masking=SimpleNamespace(ids_keep=torch.zeros(B, 1, dtype=torch.long), token_weight=None),
+                          text_feat=t, video_feat=v)
+    w = 2.0
+    got = Reverse(ReverseConfig(negative_weight=w), None)(ctx)
+    ref = 0.0
+    for i in range(B):
+        logits = [float(scale * t[i] @ v[j]) for j in range(B)] + [float(scale * t[i] @ neg[i]) + math.log(w)]
+        ref += -logits[i] + math.log(sum(math.exp(x) for x in logits))
+    assert got["reverse_loss"].item() == pytest.approx(ref / B, rel=1e-5)
