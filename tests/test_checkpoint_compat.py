@@ -33,6 +33,8 @@ def config_of(name: str, corpus: Path):
     # the clusterstm recipes trained these losses when the names were recorded (clusterstm-umt-losses
     # today); an old run folder's config.yaml holds them, the recipe files have moved on
     before = ["loss.recon=0", "loss.align=1", "loss.vtm=1", "loss.mlm=1"] if name.startswith("clusterstm") else []
+    if name.startswith(("clusterstm", "umt", "stm")):
+        before.append("loss.align.head=ln-linear")  # umt.yaml has UMT's heads since; the old runs had these
     return load_config(ROOT / "configs" / "recipes" / f"{name}.yaml",
                        [f"data.corpus={corpus}", *TINY, "data.test_anno=test.json", *before])
 

@@ -124,6 +124,14 @@ def test_lit_effnet_forward_shapes_at_128(lit):
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
 
 
+def test_lit_effnet_gives_its_one_map_as_its_only_layer(lit):
+    video = torch.randn(1, 2, 3, 64, 64)
+    out = lit(video)
+    assert lit.max_layers == 1 and len(out.layers) == 1 and out.layers[0] is out.tokens
+    with pytest.raises(ValueError, match="lit-effnet gives its last 1 to 1 layers, 2 were asked for"):
+        lit(video, return_layers=2)
+
+
 def test_train_lit_teacher_saves_and_loads(tmp_path):
     from vidmask.corpus import make_corpus
 
@@ -172,3 +180,33 @@ def test_hf_clip_teacher_shapes_and_features(tiny_clip_dir):
 def test_hf_clip_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_teacher("hf-clip", path=str(tmp_path))
+
+
+def test_hf_clip_layers_are_the_hidden_states_through_its_head(tiny_clip_dir):
+    """UMT's teacher targets: the last k layers' patch tokens, each through post_layernorm and the
+    visual projection (UMT: ln_post and proj), oldest first, the last being `tokens`."""
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    assert teacher.max_layers == 2  # the tiny tower's depth
+    torch.manual_seed(2)
+    B, T, n = 2, 3, 16
+    video = torch.randn(B, T, 3, 64, 64)  # the checkpoint's 64 px, patch 16: 4x4
+    out = teacher(video, return_layers=2)
+    vm = teacher.model.vision_model
+    with torch.no_grad():
+        hidden = vm(pixel_values=video.flatten(0, 1), output_hidden_states=True).hidden_states  # 1 + depth
+        refs = [teacher.model.visual_projection(vm.post_layernorm(h))[:, 1:].reshape(B, T, n, -1)
+                for h in hidden[-2:]]  # 2 x (B, T, n, E), oldest first
+    assert len(out.layers) == 2 and out.layers[-1] is out.tokens
+    for got, ref in zip(out.layers, refs):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out.layers[0], out.layers[1])
+    # the default asks for the last layer alone, with the same tokens
+    one = teacher(video)
+    assert len(one.layers) == 1 and one.layers[0] is one.tokens
+    torch.testing.assert_close(one.tokens, out.tokens, rtol=1e-5, atol=1e-6)
+    # on another grid every layer is resampled like `tokens`
+    big = teacher(video, grid=8, return_layers=2)
+    for got, ref in zip(big.layers, refs):
+        torch.testing.assert_close(got, resample_grid(ref, 64), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="hf-clip gives its last 1 to 2 layers, 3 were asked for"):
+        teacher(video, return_layers=3)

@@ -72,6 +72,10 @@ class VideoViT(nn.Module):
         """Space + time position embeddings: [T, N, C]."""
         return space_time_pos(self.pos_space, self.pos_time, frames, grid * grid)  # (T, N, C)
 
+    def final_norm(self, x: Tensor) -> Tensor:
+        """The encoder's final LayerNorm on block outputs [..., C] (what UMT's alignment heads start from)."""
+        return self.norm(x)
+
     def embed(self, video: Tensor) -> Tensor:
         """video float[B,T,3,H,W] -> tokens float[B,T,N,C] (patches + positions)."""
         B, T, _, H, W = video.shape

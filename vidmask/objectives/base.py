@@ -105,6 +105,11 @@ class Objective(nn.Module):
         """How many of the student's last blocks this objective reads from ``ctx.layers``."""
         return 0
 
+    def teacher_layers(self) -> int:
+        """How many of the teacher's last layers this objective reads from ``ctx.teacher_out.layers``
+        (0: it reads ``tokens`` only). The task asks the teacher for the most any objective needs."""
+        return 0
+
     def scorer(self, fusion: nn.Module | None):
         """``(text_states [Nt,S,W], text_mask [Nt,S], video_tokens [Nv,K,C]) -> ScoreFn`` when the
         objective trains a head that can re-score retrieval pairs, else None (the default)."""

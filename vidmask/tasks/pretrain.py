@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vidmask.config import Config, LossConfig
+from vidmask.config import Config, ConfigError, LossConfig
 from vidmask.data import load_annotations
 from vidmask.masking.base import Masker
 from vidmask.masking.inputs import masker_inputs
@@ -59,6 +59,13 @@ class PretrainTask(nn.Module):
         self.objectives = nn.ModuleDict({name: build_objective(name, cfg[name], env) for name in active})
         self.weights = {name: cfg.weight(name) for name in active}
         self.student_layers = max([o.student_layers() for o in self.objectives.values()], default=0)
+        # the teacher's last layers the objectives read (UMT's per-layer targets); 1 = `tokens` alone
+        self.teacher_layers = max([1, *(o.teacher_layers() for o in self.objectives.values())])
+        if teacher_cache is not None and self.teacher_layers > 1:
+            wants = [n for n, o in self.objectives.items() if o.teacher_layers() > 1]
+            raise ConfigError(f"loss.{wants[0]} reads the teacher's last {self.teacher_layers} layers but "
+                              "teacher.cache holds its last layer only: set teacher.cache= (the teacher then "
+                              "runs every step)")
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -80,7 +87,8 @@ class PretrainTask(nn.Module):
             if self.teacher_cache is not None and "frame_ids" in batch:
                 feats = self.teacher_cache.lookup(batch["index"], batch["frame_ids"]).to(video.device)
                 return self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
-            return self.teacher(video, grid=grid)  # tokens (B, T, N, D), attn (B, T, N)
+            # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D)
+            return self.teacher(video, grid=grid, return_layers=self.teacher_layers)
 
     def choose_tokens(self, video: Tensor, generator: torch.Generator | None,
                       teacher_out: TeacherOut | None = None):
@@ -119,7 +127,8 @@ class PretrainTask(nn.Module):
                     losses[key] = self.weights[name] * value
                 else:
                     report[key] = value
-        report.update(kept_tokens=float(out.ids_keep.shape[1]), scale=float(self.model.temperature_scale().detach()))
+        # tensors until the trainer's logging step reads them: no host sync in the step
+        report.update(kept_tokens=float(out.ids_keep.shape[1]), scale=self.model.temperature_scale().detach())
         return losses, report
 
     def reranker(self):

@@ -13,7 +13,13 @@ loader makes it) a teacher returns a :class:`TeacherOut`, computed under
 * ``tokens`` float[B,T,N,D]: per-token features on the **student's** grid
   (N = grid * grid, grid = H // student_patch unless given);
 * ``attn`` float[B,T,N]: CLS-to-patch attention, each frame sums to 1;
-* ``video`` float[B,E]: unit-norm clip feature in the joint space.
+* ``video`` float[B,E]: unit-norm clip feature in the joint space;
+* ``layers``: the teacher's last k layers, k x float[B,T,N,D], each through
+  the same final norm and projection as ``tokens``, oldest first, the last
+  one ``tokens`` itself (UMT aligns student layer i to teacher layer i). k is
+  asked for with ``teacher(video, return_layers=k)``; the default 1 costs
+  nothing more than ``tokens``. A teacher gives at most ``max_layers``
+  (1 for a teacher with one token map).
 
 and offers ``pool(tokens [M,W,D]) -> [M,E]`` (unit norm; any set of W tokens
 to the joint space) and ``encode_text(captions) -> [B,E]`` (unit norm).
@@ -23,7 +29,8 @@ The work is split in two so that the expensive half can be cached
 on every frame independently and returns :class:`FrameFeatures` on the
 teacher's own grid; :meth:`Teacher.from_frames` (cheap: resampling, attention
 pooling) turns them into the :class:`TeacherOut` above. ``teacher(video)`` is
-``from_frames(encode_frames(video))``.
+``from_frames(encode_frames(video))``; ``teacher(video, return_layers=k)`` is
+``from_frames(encode_frames(video, layers=k))``.
 
 Teachers are looked up by exact name: ``build_teacher("lit-effnet")``,
 ``build_teacher("hf-clip", path=...)``; :func:`list_teachers` names them.
@@ -47,6 +54,9 @@ class TeacherOut:
     tokens: Tensor  # float[B,T,N,D] per-token features on the student's grid
     attn: Tensor  # float[B,T,N] CLS-to-patch attention; every frame's row sums to 1
     video: Tensor  # float[B,E] unit-norm clip feature in the joint space
+    # the last k layers, k x float[B,T,N,D] on the student's grid, through the final norm and projection,
+    # oldest first, the last being `tokens`; None from a teacher that does not say
+    layers: list[Tensor] | None = None
 
 
 @dataclass
@@ -60,10 +70,14 @@ class FrameFeatures:
     tokens: Tensor  # float[B,T,n,D] per-token features, n = the teacher's grid squared
     attn: Tensor | None = None  # float[B,T,n] CLS-to-patch attention, for teachers whose trunk gives it
     cls: Tensor | None = None  # float[B,T,E] per-frame global feature, for teachers that have one
+    # float[B,T,k-1,n,D]: the k-1 layers before the one in `tokens` (oldest first, same norm and
+    # projection), when encode_frames was asked for k > 1 layers; `tokens` is the k-th
+    earlier: Tensor | None = None
 
     def fields(self) -> dict[str, Tensor]:
         """The tensors that are set, by name."""
-        return {k: v for k, v in (("tokens", self.tokens), ("attn", self.attn), ("cls", self.cls)) if v is not None}
+        named = (("tokens", self.tokens), ("attn", self.attn), ("cls", self.cls), ("earlier", self.earlier))
+        return {k: v for k, v in named if v is not None}
 
     def to(self, device: torch.device | str) -> "FrameFeatures":
         return FrameFeatures(**{k: v.to(device, non_blocking=True) for k, v in self.fields().items()})
@@ -88,7 +102,8 @@ def resample_attn(attn: Tensor, N: int) -> Tensor:
 class Teacher(nn.Module):
     """Base of every teacher: frozen, always in eval mode, no gradient in ``forward``.
 
-    Subclasses set ``token_dim`` (D), ``embed_dim`` (E) and implement
+    Subclasses set ``token_dim`` (D), ``embed_dim`` (E), ``max_layers`` when
+    they can give more than their last layer, and implement
     :meth:`encode_frames` (the trunk, per frame), :meth:`from_frames` (to the
     target grid), :meth:`pool` and :meth:`encode_text`.
     """
@@ -97,6 +112,7 @@ class Teacher(nn.Module):
     token_dim: int = 0  # D: width of `tokens`
     embed_dim: int = 0  # E: width of the joint video-text space
     student_patch: int = 16  # default target grid = H // student_patch
+    max_layers: int = 1  # most layers `return_layers` may ask for (1: the teacher has one token map)
 
     def freeze(self) -> "Teacher":
         """No parameter trains and no dropout / batch-norm update ever runs."""
@@ -112,20 +128,30 @@ class Teacher(nn.Module):
         # a frozen teacher stays in eval mode whatever the trainer's model.train() says
         return super().train(mode and not self.frozen)
 
-    def forward(self, video: Tensor, grid: int | None = None) -> TeacherOut:
-        """video float[B,T,3,H,W] -> TeacherOut on a grid x grid token grid per frame."""
+    def forward(self, video: Tensor, grid: int | None = None, return_layers: int = 1) -> TeacherOut:
+        """video float[B,T,3,H,W] -> TeacherOut on a grid x grid token grid per frame,
+        with the last ``return_layers`` layers in ``TeacherOut.layers``."""
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"{self.name}: video must be [B,T,3,H,W], got {tuple(video.shape)}")
+        self.check_layers(return_layers)
         grid = grid or video.shape[-1] // self.student_patch
         with torch.no_grad():
-            return self.from_frames(self.encode_frames(video), grid)
+            return self.from_frames(self.encode_frames(video, layers=return_layers), grid)
 
-    def encode_frames(self, video: Tensor) -> FrameFeatures:  # pragma: no cover - abstract
-        """The trunk, frame by frame: video float[B,T,3,H,W] -> FrameFeatures on the teacher's grid."""
+    def check_layers(self, layers: int) -> None:
+        """A ValueError unless 1 <= layers <= max_layers."""
+        if not 1 <= layers <= self.max_layers:
+            raise ValueError(f"teacher {self.name} gives its last 1 to {self.max_layers} layers, "
+                             f"{layers} were asked for")
+
+    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:  # pragma: no cover - abstract
+        """The trunk, frame by frame: video float[B,T,3,H,W] -> FrameFeatures on the teacher's grid
+        (``layers`` > 1: the layers before the last in ``FrameFeatures.earlier``)."""
         raise NotImplementedError
 
     def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:  # pragma: no cover - abstract
-        """FrameFeatures (computed now or cached) -> TeacherOut on a grid x grid token grid per frame."""
+        """FrameFeatures (computed now or cached) -> TeacherOut on a grid x grid token grid per frame,
+        ``layers`` holding as many layers as the features do."""
         raise NotImplementedError
 
     def pool(self, tokens: Tensor) -> Tensor:  # pragma: no cover - abstract

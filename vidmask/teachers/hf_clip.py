@@ -1,13 +1,19 @@
 """`hf-clip`: any Hugging Face ``CLIPModel`` folder on local disk as the teacher.
 
 UMT's teacher model: CLIP's vision tower run per frame on all patches (UMT
-aligns the student to its last 6 layers; vidmask's ``align`` to one map, see
-``docs/fidelity.md``).
+aligns the student's last 6 layers to its last 6 layers: ``align`` with
+``targets: layers``, see ``docs/fidelity.md``).
 
 * ``tokens``: every patch token of the last layer through the final layer
   norm (``post_layernorm``) and the visual projection, as UMT's CLIP teacher
   applies ``ln_post`` and ``proj`` to all tokens, so the student aligns to
   features in CLIP's joint space (D = E = ``projection_dim``).
+* ``layers`` (``teacher(video, return_layers=k)``): the patch tokens of the
+  last k layers, each through the same ``post_layernorm`` and projection (as
+  UMT's teacher does with its ``clip_return_layer`` layers), oldest first,
+  resampled like ``tokens``; k is at most the tower's depth (``max_layers``).
+  Asking for k > 1 keeps the tower's hidden states; the default k = 1 costs
+  what ``tokens`` alone does.
 * ``attn``: the CLS query's attention over the patches in the last block,
   averaged over heads and renormalised over the patches (the CLS-to-CLS
   share is dropped) so each frame sums to 1. Attention weights are only
@@ -78,39 +84,58 @@ class HfClipTeacher(Teacher):
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         self.image_size, self.clip_patch = int(vc.image_size), int(vc.patch_size)
         self.token_dim = self.embed_dim = int(self.model.config.projection_dim)
+        self.max_layers = int(vc.num_hidden_layers)  # any of the tower's layers can be a target
         self.student_patch = student_patch
         self.max_len = min(max_len, int(tc.max_position_embeddings))
         self.frame_chunk = frame_chunk
 
-    def _frames(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """frames float[F,3,H,W] -> (projected tokens [F,1+n,E], CLS-to-patch attention [F,n])."""
+    def _frames(self, frames: Tensor, layers: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
+        """frames float[F,3,H,W] -> (projected tokens [F,1+n,E], CLS-to-patch attention [F,n],
+        the layers-1 layers before the last, projected, [F,layers-1,1+n,E] or None)."""
         vm = self.model.vision_model
         H = frames.shape[-1]
-        out = vm(pixel_values=frames, interpolate_pos_encoding=H != self.image_size, output_attentions=True)
+        out = vm(pixel_values=frames, interpolate_pos_encoding=H != self.image_size, output_attentions=True,
+                 output_hidden_states=layers > 1)
         hidden = vm.post_layernorm(out.last_hidden_state)  # (F, 1+n, W) the final layer norm on every token
         proj = self.model.visual_projection(hidden)  # (F, 1+n, E)
+        earlier = None
+        if layers > 1:
+            # hidden_states: the embeddings, then every layer's output; the last is last_hidden_state
+            before = torch.stack(out.hidden_states[-layers:-1], 1)  # (F, layers-1, 1+n, W)
+            earlier = self.model.visual_projection(vm.post_layernorm(before))  # (F, layers-1, 1+n, E)
         attn = out.attentions[-1][:, :, 0, 1:].float().mean(1)  # (F, n) last block, CLS query, head mean
-        return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12)  # (F, n) rows sum to 1
+        return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12), earlier  # (F, n) rows sum to 1
 
-    def encode_frames(self, video: Tensor) -> FrameFeatures:
+    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:
         """The vision tower per frame: [B,T,3,H,W] -> projected patch tokens [B,T,n,E],
-        CLS attention [B,T,n] and projected CLS [B,T,E], on CLIP's own patch grid."""
+        CLS attention [B,T,n] and projected CLS [B,T,E], on CLIP's own patch grid; with
+        ``layers`` = k > 1 also the k-1 layers before the last, projected, [B,T,k-1,n,E]."""
+        self.check_layers(layers)
         B, T = video.shape[:2]
         frames = video.flatten(0, 1).to(self.model.dtype)  # (B*T, 3, H, W)
         with torch.no_grad():
-            parts = [self._frames(frames[s : s + self.frame_chunk]) for s in range(0, frames.shape[0], self.frame_chunk)]
-        proj = torch.cat([p for p, _ in parts])  # (B*T, 1+n, E)
-        attn = torch.cat([a for _, a in parts])  # (B*T, n)
+            parts = [self._frames(frames[s : s + self.frame_chunk], layers)
+                     for s in range(0, frames.shape[0], self.frame_chunk)]
+        proj = torch.cat([p for p, _, _ in parts])  # (B*T, 1+n, E)
+        attn = torch.cat([a for _, a, _ in parts])  # (B*T, n)
         n = proj.shape[1] - 1
+        earlier = None
+        if layers > 1:
+            earlier = torch.cat([e for _, _, e in parts])[:, :, 1:]  # (B*T, k-1, n, E) patch tokens only
+            earlier = earlier.reshape(B, T, layers - 1, n, -1)  # (B, T, k-1, n, E)
         return FrameFeatures(tokens=proj[:, 1:].reshape(B, T, n, -1), attn=attn.reshape(B, T, n),
-                             cls=proj[:, 0].reshape(B, T, -1))  # (B, T, n, E), (B, T, n), (B, T, E)
+                             cls=proj[:, 0].reshape(B, T, -1), earlier=earlier)  # (B, T, n, E), (B, T, n), (B, T, E)
 
     def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:
         N = grid * grid
         tokens = resample_grid(feats.tokens, N)  # (B, T, N, E)
         attn = resample_attn(feats.attn, N)  # (B, T, N)
         clip = F.normalize(feats.cls.float().mean(1), dim=-1)  # (B, E) mean of the frames' CLS features
-        return TeacherOut(tokens=tokens, attn=attn, video=clip)
+        layers = [tokens]
+        if feats.earlier is not None:
+            earlier = resample_grid(feats.earlier, N)  # (B, T, k-1, N, E)
+            layers = [*earlier.unbind(2), tokens]  # k x (B, T, N, E), oldest first
+        return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=layers)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Mean of projected tokens, normalised: [M,W,E] -> [M,E]."""

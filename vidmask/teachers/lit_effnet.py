@@ -164,6 +164,8 @@ class AttentionPool(nn.Module):
 class LitEffnetTeacher(Teacher):
     """Frozen EfficientNet-Lite0 + MiniLM with LiT-aligned token projection and attention pooling."""
 
+    max_layers = 1  # one projected token map: the trunk's last stage
+
     def __init__(self, cfg: LitEffnetConfig | None = None):
         super().__init__()
         from vidmask.config import TextConfig
@@ -233,8 +235,14 @@ class LitEffnetTeacher(Teacher):
 
     # ---- the teacher ------------------------------------------------------
 
-    def encode_frames(self, video: Tensor) -> FrameFeatures:
-        """Trunk and token projection per frame: [B,T,3,H,W] -> tokens [B,T,n,D] on the trunk's grid."""
+    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:
+        """Trunk and token projection per frame: [B,T,3,H,W] -> tokens [B,T,n,D] on the trunk's grid.
+
+        One projected map (``max_layers = 1``): the projection sits on the
+        trunk's last stage only, so there are no earlier layers in the
+        token space to give.
+        """
+        self.check_layers(layers)
         with torch.no_grad():
             return FrameFeatures(tokens=self.token_proj(self.trunk_features(video).float()))  # (B, T, n, D)
 
@@ -245,7 +253,7 @@ class LitEffnetTeacher(Teacher):
             N = tokens.shape[2]
             attn = self.pool_head.weights(tokens.flatten(0, 1)).reshape(B, T, N)  # (B, T, N)
             clip = self.pool(tokens.flatten(1, 2))  # (B, E)
-        return TeacherOut(tokens=tokens, attn=attn, video=clip)
+        return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=[tokens])
 
     # ---- persistence ------------------------------------------------------
 
