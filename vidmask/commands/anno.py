@@ -1,4 +1,5 @@
-"""`vidmask anno convert|formats`: the public datasets' annotation files as vidmask annotation lists."""
+"""`vidmask anno convert|formats|check|index`: the public datasets' annotation files as vidmask annotation
+lists, their media checked, and their memory-mapped index built."""
 
 from __future__ import annotations
 
@@ -59,6 +60,17 @@ def add_parser(sub) -> None:
     k.add_argument("--write-clean", metavar="OUT",
                    help="also write ANNO without the entries whose media failed or whose caption is empty")
     k.set_defaults(func=run_check)
+    x = jobs.add_parser(
+        "index", help="build the memory-mapped store of an annotation file (for corpora of millions of entries)",
+        description="Write ANNO's entries as memory-mapped columns (a folder of .npy files), which every rank "
+        "and loader worker shares instead of holding its own Python copy of the list. "
+        "vidmask.data.load_store(ANNO) builds it on first use beside ANNO (ANNO.index/); this builds it ahead "
+        "of time, or somewhere else.",
+    )
+    x.add_argument("anno", metavar="ANNO", help="a vidmask (UMT/VINDLU) annotation JSON file")
+    x.add_argument("--out", help="the store's folder (default: ANNO.index, where load_store looks for it)")
+    x.add_argument("--video-root", help="folder the entries' paths are relative to (default: ANNO's folder)")
+    x.set_defaults(func=run_index)
 
 
 def run_formats(args: argparse.Namespace) -> int:
@@ -146,3 +158,18 @@ def run_check(args: argparse.Namespace) -> int:
         _write_json(args.write_clean, kept)
         print(f"{len(kept)} of {len(entries)} entries -> {args.write_clean}", file=sys.stderr)
     return 1 if bad or bad_captions else 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from vidmask.data.anno_store import build_store
+
+    out = Path(args.out) if args.out else Path(args.anno + ".index")
+    t0 = time.perf_counter()
+    store = build_store(args.anno, out, root=args.video_root)
+    size = store.nbytes
+    print(f"{len(store)} entries, {len(store.texts)} captions, {size / 1e6:.1f} MB "
+          f"({size / max(1, len(store)):.0f} bytes per entry) in {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0

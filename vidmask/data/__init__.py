@@ -3,6 +3,8 @@
 Public API::
 
     load_annotations(path, root=None) -> list[VideoText]
+    load_store(path, root=None) -> AnnoStore (the same items, memory-mapped; cached beside the file)
+    build_store(path, out, root=None) -> AnnoStore
     flatten_captions(items) -> (texts, text_to_video)
     sample_indices(n, T, mode, generator) -> list[int]
     decode_frames(path, T, mode="middle", generator=None) -> uint8[T,H,W,3]
@@ -17,6 +19,7 @@ Public API::
         (MSR-VTT, MSRVTT-QA, MSVD, DiDeMo, ActivityNet Captions as released)
 """
 
+from vidmask.data.anno_store import AnnoStore, build_store, load_store
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions, load_annotations
 from vidmask.data.dataset import (
     BadSampleTracker,
@@ -39,6 +42,7 @@ from vidmask.data.video import (
 )
 
 __all__ = [
+    "AnnoStore",
     "AnnotationError",
     "BadSampleTracker",
     "CLIP_MEAN",
@@ -49,6 +53,7 @@ __all__ = [
     "VideoText",
     "VideoTextDataset",
     "VideoTransform",
+    "build_store",
     "collate_video_text",
     "count_frames",
     "decode_all_frames",
@@ -58,6 +63,7 @@ __all__ = [
     "flatten_captions",
     "load_annotations",
     "load_image",
+    "load_store",
     "sample_generator",
     "sample_indices",
     "swap_left_right",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vidmask.data.anno_store import AnnoStore
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 from vidmask.data.video import (
@@ -124,7 +125,7 @@ class VideoTextDataset(Dataset):
         cache_max_frames: int = 512,
     ):
         """
-        items: from :func:`load_annotations`.
+        items: from :func:`load_annotations`, or an :class:`AnnoStore` (kept on disk, read per sample).
         num_frames: T frames per clip.
         size: output side S (frames are S x S).
         train: training (random, lenient) or evaluation (deterministic, strict).
@@ -140,7 +141,8 @@ class VideoTextDataset(Dataset):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.items = list(items)
+        # a store stays memory-mapped: a list of its entries is the per-entry memory it exists to avoid
+        self.items = items if isinstance(items, AnnoStore) else list(items)
         self.num_frames = num_frames
         self.train = train
         self.seed = seed
@@ -154,7 +156,10 @@ class VideoTextDataset(Dataset):
             for i, item in enumerate(self.items):
                 if item.problem:
                     raise AnnotationError(f"{item.path}: item {i}: {item.problem}; evaluation needs every caption")
-        self.texts, self.text_to_video = flatten_captions(self.items)
+        if isinstance(self.items, AnnoStore):
+            self.texts, self.text_to_video = self.items.texts, self.items.text_to_video  # lazy, int64[C]
+        else:
+            self.texts, self.text_to_video = flatten_captions(self.items)
         self.cache = FrameCache(self.items, cache_max_frames, strict=not train) if cache_frames else None
 
     def __len__(self) -> int:
