@@ -17,7 +17,14 @@ Measured on CPU at tokens [8, T, 196, 768], T = 8 and 16, mask ratio 0.85:
    (``/proc/self/clear_refs``), the call runs, and the rise of ``VmHWM`` over
    the resident set before the call is the peak extra memory; tracemalloc
    cannot see torch's allocations. Printed next to the largest intermediates
-   computed by hand.
+   computed by hand;
+4. the batched path (``impl="batched"``, for accelerators) against the loop
+   (``impl="loop"``, the CPU default) for ``clusterstm`` (its ``select`` and
+   ``cluster`` options), ``density-topk`` and ``cluster-random``: aten
+   operations and host syncs per call at B = 64, T = 8 (``--sync-batch``),
+   counted with a ``TorchDispatchMode``, masks asserted identical; and the
+   time of both at B = 8 on this CPU, T = 8 with N = 64 and 196, T = 16 with
+   N = 196 (what ``impl="auto"`` on CPU is decided by).
 """
 
 from __future__ import annotations
@@ -38,8 +45,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 from vidmask.masking import build_masker, list_maskers, strategy_ratio  # noqa: E402
-from vidmask.masking.clusterstm import _CHUNK_BYTES, DEFAULT_DC_RATIO, DC_MIN, clusterstm_keep, num_clusters  # noqa: E402
+from vidmask.masking.clusterstm import (  # noqa: E402
+    _CHUNK_BYTES, DC_MIN, DEFAULT_DC_RATIO, GROUP_BYTES, clusterstm_keep, num_clusters)
 
 B, N, C, RATIO = 8, 196, 768, 0.85
 FRAMES = (8, 16)
@@ -187,6 +197,129 @@ def masker_for(name: str):
 
 
 # ----------------------------------------------------------------------------
+# the batched path against the loop: operations, host syncs, time
+# ----------------------------------------------------------------------------
+
+IMPL_SIZES = ((8, 64), (8, N), (16, N))  # (T, N) of the time comparison, at B clips
+IMPL_CASES = [  # (label, strategy, params)
+    ("`clusterstm`", "clusterstm", {}),
+    ("`clusterstm` kmeans", "clusterstm", {"cluster": "kmeans"}),
+    ("`clusterstm` adjacent", "clusterstm", {"select": "adjacent"}),
+    ("`density-topk`", "density-topk", {}),
+    ("`cluster-random`", "cluster-random", {}),
+]
+SYNC_OPS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal", "unique", "_unique",
+            "_unique2", "unique_consecutive", "repeat_interleave"}
+
+
+class OpLog(TorchDispatchMode):
+    """Counts the aten operations dispatched on this thread, and those that read a tensor back to
+    the host (a device sync on an accelerator): .item() / int() / bool(), nonzero, boolean indexing."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops += 1
+        if name in SYNC_OPS or (name.startswith("index") and len(args) > 1 and isinstance(args[1], (list, tuple))
+                                and any(torch.is_tensor(i) and i.dtype == torch.bool for i in args[1])):
+            self.syncs += 1
+        return func(*args, **(kwargs or {}))
+
+
+def counted(masker, tokens):
+    """(MaskOut, OpLog) of one call, on one thread: the dispatch mode is per thread, so the loop's two
+    clip workers (clusterstm._map_clips) are turned off while counting; the ops are the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with OpLog() as log:
+            out = masker(tokens, generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(threads)
+    return out, log
+
+
+def same_out(a, b) -> bool:
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+        for x, y in ((a.keep, b.keep), (a.ids_keep, b.ids_keep), (a.saliency, b.saliency), (a.clusters, b.clusters))
+    )
+
+
+def impl_section(sync_batch: int) -> list[str]:
+    from vidmask.masking.clusterstm import clips_per_group
+
+    frames = 8
+    tokens, _ = synthetic_clip(sync_batch, frames, N, C, seed=64)
+    rows = []
+    for label, name, params in IMPL_CASES:
+        density = name != "cluster-random" and params.get("select") != "adjacent"
+        groups = -(-sync_batch // clips_per_group(frames, N, C, DEFAULT_DC_RATIO if density else None, sync_batch))
+        logs = {}
+        for impl in ("loop", "batched"):
+            logs[impl] = counted(build_masker(name, ratio=RATIO, impl=impl, **params), tokens)
+        assert same_out(logs["loop"][0], logs["batched"][0]), f"{label}: batched and loop masks differ"
+        (lo, lo_log), (_, ba_log) = logs["loop"], logs["batched"]
+        print(f"  {label}: loop {lo_log.ops} ops / {lo_log.syncs} syncs, batched {ba_log.ops} / {ba_log.syncs}",
+              flush=True)
+        rows.append([label, lo_log.ops, f"{lo_log.ops / sync_batch:.0f}", lo_log.syncs, groups, ba_log.ops,
+                     ba_log.syncs])
+
+    times = {}
+    for frames, n in IMPL_SIZES:
+        tokens, _ = synthetic_clip(B, frames, n, C, seed=frames)
+        for label, name, params in IMPL_CASES:
+            maskers = {impl: build_masker(name, ratio=RATIO, impl=impl, **params) for impl in ("loop", "batched")}
+            gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+            assert same_out(maskers["loop"](tokens, generator=gen()), maskers["batched"](tokens, generator=gen()))
+            runs = [(once(lambda: maskers["loop"](tokens, generator=gen())),
+                     once(lambda: maskers["batched"](tokens, generator=gen()))) for _ in range(7)]
+            times[label, frames, n] = (min(r for r, _ in runs), min(b for _, b in runs))
+            print(f"  T={frames} N={n} {label}: loop {times[label, frames, n][0]:.3f} s, "
+                  f"batched {times[label, frames, n][1]:.3f} s", flush=True)
+
+    lines = [
+        "",
+        "## The batched path (`impl=batched`, for accelerators) vs the loop (`impl=loop`)",
+        "",
+        f"Operations and host syncs per call at tokens [{sync_batch}, 8, {N}, {C}], counted with a "
+        "`TorchDispatchMode` (every aten op dispatched, views included; syncs: `_local_scalar_dense` "
+        "(`.item()`, `int()`, `bool()`), `nonzero`, boolean indexing), on one thread; the two paths' "
+        "masks asserted identical (keep, ids, density, clusters). The batched path runs in groups of "
+        f"clips whose largest intermediate stays under `GROUP_BYTES` = {GROUP_BYTES // MIB} MiB.",
+        "",
+        "| strategy | loop: ops | loop: ops per clip | loop: host syncs | batched: groups | batched: ops "
+        "| batched: host syncs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += [
+        "",
+        f"Time per call on this CPU at tokens [{B}, T, N, {C}], best of 7 after a warm-up, interleaved; masks "
+        "asserted identical:",
+        "",
+        "| strategy | T | N | loop (s) | batched (s) | batched / loop |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (label, frames, n), (t_loop, t_batched) in times.items():
+        lines.append(f"| {label} | {frames} | {n} | {t_loop:.3f} | {t_batched:.3f} | {t_batched / t_loop:.2f} |")
+    # the rule for impl=auto on CPU: the batched path only where it is at least as fast at both sizes
+    faster = [label for label, _, _ in IMPL_CASES if all(times[label, t, n][1] <= times[label, t, n][0]
+                                                          for t, n in ((8, 64), (16, 196)))]
+    lines += [
+        "",
+        "`impl=auto` takes the loop on CPU (`clusterstm.resolve_impl`). Batched at least as fast as the loop at "
+        "both T=8 N=64 and T=16 N=196 in this run: " + (", ".join(faster) if faster else "none") + ". "
+        "`cluster-random`'s two paths run the same operations at B=8 (one group; the batched one only skips "
+        "reading the kept count back), so its ratio measures the machine's noise.",
+    ]
+    return lines
+
+
+# ----------------------------------------------------------------------------
 # memory, in a fresh process
 # ----------------------------------------------------------------------------
 
@@ -251,7 +384,7 @@ def load() -> str:
         return "n/a"
 
 
-def main() -> None:
+def main(sync_batch: int = 64) -> None:
     started = time.perf_counter()
     torch.manual_seed(0)
     model, model_name = encoder()
@@ -349,6 +482,11 @@ def main() -> None:
         "[B*T, (T-1)*N, C] token copy, the [B*T, N, (T-1)*N] distances and two same-sized temporaries "
         "for the sort and the exp).",
         "",
+    ]
+    print("batched path vs loop", flush=True)
+    lines += impl_section(sync_batch)
+    lines += [
+        "",
         f"Total bench time: {time.perf_counter() - started:.0f} s; load average at the end {load()}.",
         "",
     ]
@@ -363,10 +501,11 @@ if __name__ == "__main__":
     parser.add_argument("--memory-child", choices=["fast", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--sync-batch", type=int, default=64, help="batch size of the op / host-sync count")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.frames)
     else:
-        main()
+        main(args.sync_batch)

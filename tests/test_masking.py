@@ -560,3 +560,197 @@ def test_dpc_distance_scale_only_changes_the_centres():
     assert tcf.shape == unit.shape and int(tcf.max()) == 5
     masker = make("clusterstm", ratio=0.75, dpc_distance="tcformer")
     assert masker(tokens).keep.sum(-1).eq(masker.kept_per_frame(N)).all()
+
+
+# ----------------------------------------------------------------------------
+# ClusterSTM's batched path (impl="batched", for accelerators) against the loop path
+# ----------------------------------------------------------------------------
+
+IMPL_CASES = [
+    ("clusterstm", {}),
+    ("clusterstm", {"select": "dynamics"}),
+    ("clusterstm", {"select": "adjacent"}),
+    ("clusterstm", {"cluster": "kmeans"}),
+    ("clusterstm", {"select": "dynamics", "cluster": "kmeans"}),
+    ("clusterstm", {"dpc_distance": "tcformer"}),
+    ("density-topk", {}),
+    ("cluster-random", {}),
+]
+
+
+def assert_same_masks(tokens, ratio=0.75, cases=IMPL_CASES, **common):
+    """impl="loop" and impl="batched" give the same keep, ids, saliency and clusters, bit for bit."""
+    for name, params in cases:
+        loop = build_masker(name, ratio=ratio, impl="loop", **common, **params)(tokens, generator=gen(5))
+        batched = build_masker(name, ratio=ratio, impl="batched", **common, **params)(tokens, generator=gen(5))
+        assert (batched.keep.sum(-1) == num_clusters(tokens.shape[2], ratio)).all(), (name, params)
+        for field in ("keep", "ids_keep", "saliency", "clusters"):
+            a, b = getattr(loop, field), getattr(batched, field)
+            assert (a is None) == (b is None), (name, params, field)
+            if a is not None:
+                assert a.dtype == b.dtype and torch.equal(a, b), (name, params, field)
+        if batched.saliency is not None:
+            assert batched.saliency.dtype == torch.float32
+
+
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("t", [2, 4, 8])
+@pytest.mark.parametrize("n", [16, 36, 64])
+def test_batched_same_masks_as_loop_on_random_clips(b, t, n):
+    for seed in (0, 1):
+        tokens, _ = clip(b=b, t=t, n=n, seed=100 * seed + 10 * t + n)
+        assert_same_masks(tokens)
+
+
+@pytest.mark.parametrize("dc_ratio,ratio", [(0.0, 0.75), (0.5, 0.5), (1.0, 0.9), (0.02, 0.0), (0.3, 0.99)])
+def test_batched_same_masks_as_loop_at_other_ratios(dc_ratio, ratio):
+    """The top order statistics from the bottom (dc_ratio 0.5, 1), K = N and K = 1."""
+    tokens, _ = clip(b=3, t=4, n=36, seed=3)
+    assert_same_masks(tokens, ratio=ratio, dc_ratio=dc_ratio)
+
+
+@pytest.mark.parametrize("fill", ["constant", "zeros", "static-clip", "static-in-time"])
+def test_batched_same_masks_as_loop_on_identical_tokens(fill):
+    """Exact ties: letterbox bars, a fully static clip (dc clamped to DC_MIN), frames repeated in time."""
+    tokens, _ = clip(b=3, t=4, n=36, seed=6)
+    if fill == "constant":
+        tokens[:, :, 1::2] = torch.ones(C)
+    elif fill == "zeros":
+        tokens[:, :, 1::2] = 0.0
+    elif fill == "static-clip":
+        tokens[:] = torch.ones(C)
+    else:
+        tokens[:] = tokens[:, :1]  # every frame the same: distances 0 across time
+    assert_same_masks(tokens)
+
+
+def test_batched_same_masks_as_loop_on_planted_clusters():
+    tokens, labels = planted(b=3, t=4, n=40, k=8)
+    assert_same_masks(tokens, ratio=0.8)
+    out = build_masker("clusterstm", ratio=0.8, impl="batched")(tokens)
+    for b in range(3):
+        for t in range(4):
+            assert sorted(labels[b, t][out.keep[b, t]].tolist()) == list(range(8))
+
+
+def test_batched_same_masks_in_groups_of_clips(monkeypatch):
+    """A bound that fits one clip per group: the groups change nothing."""
+    from vidmask.masking import clusterstm as module
+
+    tokens, _ = clip(b=5, t=3, n=25, seed=8)
+    expected = {name + str(p): build_masker(name, ratio=0.75, impl="batched", **p)(tokens, generator=gen(5))
+                for name, p in IMPL_CASES}
+    monkeypatch.setattr(module, "GROUP_BYTES", 1)
+    assert module.clips_per_group(3, 25, C, 0.02, 5) == 1
+    assert_same_masks(tokens)
+    for name, p in IMPL_CASES:
+        out = build_masker(name, ratio=0.75, impl="batched", **p)(tokens, generator=gen(5))
+        assert torch.equal(out.keep, expected[name + str(p)].keep), (name, p)
+
+
+def test_clips_per_group_bounds_the_gram_and_evens_the_groups(monkeypatch):
+    from vidmask.masking import clusterstm as module
+
+    T_, N_ = 16, 196
+    G = module.clips_per_group(T_, N_, 768, 0.02)
+    assert G * (T_ * N_) ** 2 * 4 <= module.GROUP_BYTES < (G + 1) * (T_ * N_) ** 2 * 4
+    assert module.clips_per_group(T_, N_, 768, 0.02, B=G + 1) == (G + 2) // 2  # two even groups, not G + 1
+    assert module.clips_per_group(T_, N_, 768, 0.02, B=3) == 3
+    monkeypatch.setattr(module, "GROUP_BYTES", 1)
+    assert module.clips_per_group(T_, N_, 768, 0.02, B=4) == 1
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every aten op dispatched on this thread, and those that read a device tensor back to the host
+    (a sync on an accelerator): .item() / int() / bool(), nonzero, boolean indexing."""
+
+    SYNCS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "is_nonzero", "equal", "unique",
+             "_unique", "_unique2", "unique_consecutive", "repeat_interleave"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.syncs = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.ops.append(name)
+        bool_index = name.startswith("index") and len(args) > 1 and isinstance(args[1], (list, tuple)) and any(
+            torch.is_tensor(i) and i.dtype == torch.bool for i in args[1])
+        if name in self.SYNCS or bool_index:
+            self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def ops_of(masker, tokens):
+    with _OpLog() as log:
+        masker(tokens, generator=gen(0))
+    return log
+
+
+@pytest.mark.parametrize("name,params", IMPL_CASES)
+def test_batched_path_never_syncs_and_its_op_count_does_not_grow_with_the_batch(name, params, monkeypatch):
+    from vidmask.masking import clusterstm as module
+
+    masker = build_masker(name, ratio=0.75, impl="batched", **params)
+    small, large = ops_of(masker, clip(b=2, t=4, n=64)[0]), ops_of(masker, clip(b=8, t=4, n=64)[0])
+    assert small.syncs == [] and large.syncs == []
+    assert small.ops == large.ops  # one group either way: the same ops, whatever B
+    # with one clip per group, the ops grow by one group's worth per group, nothing per clip besides
+    monkeypatch.setattr(module, "GROUP_BYTES", 1)
+    counts = [len(ops_of(masker, clip(b=b, t=4, n=64)[0]).ops) for b in (1, 2, 4)]
+    assert counts[2] - counts[1] == 2 * (counts[1] - counts[0]) > 0
+
+
+def test_loop_path_syncs_and_grows_with_the_batch():
+    """The op log sees what it must: the loop path reads counts back, once per frame at least."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one clip worker: the dispatch mode is per thread
+        masker = build_masker("clusterstm", ratio=0.75, impl="loop")
+        small, large = ops_of(masker, clip(b=2, t=4, n=64)[0]), ops_of(masker, clip(b=8, t=4, n=64)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(small.syncs) >= 2 * 4 and len(large.syncs) >= 8 * 4
+    assert len(large.ops) > 3 * len(small.ops)
+
+
+def test_impl_is_a_strategy_parameter():
+    from vidmask.masking import masker_params
+    from vidmask.masking.clusterstm import resolve_impl
+
+    for name in ("clusterstm", "density-topk", "cluster-random"):
+        assert "impl" in masker_params(name)
+        assert build_masker(name, ratio=0.75, impl="batched").impl == "batched"
+        assert build_masker(name, ratio=0.75).impl == "auto"
+        with pytest.raises(ValueError, match="impl must be one of"):
+            build_masker(name, ratio=0.75, impl="gpu")
+    assert resolve_impl("auto", torch.device("cpu")) == "loop"  # the loop is faster on CPU (bench/masking.py)
+    assert resolve_impl("auto", torch.device("cuda")) == "batched"
+    assert resolve_impl("loop", torch.device("cuda")) == "loop"
+    tokens, _ = clip(t=1)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        build_masker("clusterstm", ratio=0.75, impl="batched")(tokens)
+    out = build_masker("cluster-random", ratio=0.75, impl="batched")(tokens, generator=gen(0))
+    assert torch.equal(out.keep, build_masker("cluster-random", ratio=0.75, impl="loop")(tokens, generator=gen(0)).keep)
+
+
+def test_temporal_density_batched_is_the_loop_bit_for_bit():
+    tokens, _ = clip(b=3, t=5, n=30, seed=1)
+    for dc_ratio in (0.02, 0.3, 0.9):
+        assert torch.equal(temporal_density(tokens, dc_ratio, impl="batched"),
+                           temporal_density(tokens, dc_ratio, impl="loop"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert temporal_density(tokens, impl="batched").dtype == torch.float32
+
+
+def test_quantile_rank_is_torch_quantile_arithmetic():
+    """The rank arithmetic in plain Python (no tensor read back) is torch's float32 product, past 2**24 too."""
+    from vidmask.masking.clusterstm import _quantile_rank
+
+    for q in (0.0, 0.02, 0.1, 0.3, 0.37, 0.5, 1 / 3, 0.98, 1.0):
+        for n in (1, 2, 7, 36 * 3 * 36, 196 * 15 * 196, 2**24 + 3, 33_554_435, 123_456_789):
+            for dtype in (torch.float32, torch.float64):
+                rank = torch.tensor(q, dtype=dtype) * (n - 1)
+                below, above, weight = _quantile_rank(q, n, dtype)
+                assert (below, above) == (int(rank.to(torch.long)), int(rank.ceil())), (q, n, dtype)
+                assert weight == float(rank - rank.to(torch.long)), (q, n, dtype)

@@ -26,9 +26,13 @@ Defaults and edge cases:
 * Identical tokens (letterboxing) are at distance exactly 0 and tie exactly;
   ties resolve by token index, so there are still exactly K kept per frame.
 
-Speed (same masks as the pseudocode, which materialises
-``[B*T, N, (T-1)*N]`` distances, a ``[B*T, (T-1)*N, C]`` copy of the tokens and
-a full sort for the quantile):
+Two paths, the same masks (``impl``: a parameter of the three maskers and of
+:func:`clusterstm_keep` / :func:`temporal_density`; "auto" takes the batched
+path on an accelerator and the loop on CPU, where the loop is faster):
+
+**The loop** (``impl="loop"``, CPU; same masks as the pseudocode, which
+materialises ``[B*T, N, (T-1)*N]`` distances, a ``[B*T, (T-1)*N, C]`` copy of
+the tokens and a full sort for the quantile):
 
 * the clip's Gram matrix is symmetric: only its upper block triangle (frame t
   against frames s >= t) is multiplied and stored, about half the
@@ -54,10 +58,45 @@ a full sort for the quantile):
 * the selection after the quantile's comparison pass is batched over a
   chunk's frames (one ``kthvalue`` per rank), not a loop over frames.
 
-Cost: at B=8, T=16, N=196, C=768 on 2 CPU cores, 0.41-0.43 s, of which
+  Its price on an accelerator: per clip ~T^2/2 block copies, a count read
+  back per frame and boolean indexing per chunk of frames: at T=8, N=196,
+  ~390 aten operations (~640 with k-means) and 10 host syncs a clip, 25,000
+  operations and 642 syncs at B=64 (``bench/results/masking.md``).
+
+**The batched path** (``impl="batched"``, accelerators): the clips of a batch
+in groups of fixed size, each group in a few large operations, with no host
+sync (no ``.item()``, ``int(tensor)`` or boolean indexing: every count comes
+from the shapes and the ratio), so its number of operations depends on the
+number of groups, not on B:
+
+* the group's Grams are one ``bmm`` ``[G, L, C] x [G, C, L]``: the full,
+  symmetric matrix (twice the loop's multiply-adds), whose view
+  ``[G*T, N*L]`` is every frame's row of similarities; its diagonal blocks are
+  copied out for DPC, then set to ``-inf`` as in the loop;
+* ``dc``: the two order statistics of each row by one ``topk`` (from the top,
+  or from the bottom when that is shorter), then the same rank arithmetic and
+  lerp: values only, so how ``topk`` orders ties cannot change anything;
+* the density is the loop's exp-sum, in place on the Grams, in the same order
+  of operations; DPC, k-means and the one-per-cluster selection run on all
+  ``G*T`` frames at once (``cluster-random``: the noise is one draw of
+  ``[B*T, N]`` either way, so the same generator gives the same masks);
+* ``G`` keeps a group's largest intermediate (its Grams ``[G, L, L]``, float32)
+  under :data:`GROUP_BYTES` (512 MiB), the groups evened out: at N=196, 54
+  clips at T=8, 13 at T=16.
+
+Equality is tested bit for bit on CPU (keep, density, clusters; random clips,
+letterboxing, static clips, planted clusters; every ``select``, ``cluster``,
+``dpc_distance``): the Gram entries, the order statistics and the exp-sum are
+the same floating-point operations on the same values. On a GPU the two paths
+multiply matrices of different shapes, and cuBLAS may round a Gram entry
+differently: a near-tie within float32 rounding could then resolve differently.
+
+Cost of the loop: at B=8, T=16, N=196, C=768 on 2 CPU cores, 0.41-0.43 s, of which
 0.26-0.28 s are the Gram blocks' multiply-adds at the cores' peak (the floor
 of an exact float32 method); ~7.5x faster than the transcription, with the
-same masks.
+same masks. The batched path is slower on that CPU (twice the multiply-adds,
+a full ``topk`` instead of the sampled selection, no overlap of two clips):
+``bench/results/masking.md``.
 
 Float32 throughout, whatever the input dtype or autocast state: bf16 distances
 would change the masks.
@@ -65,7 +104,9 @@ would change the masks.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -88,11 +129,25 @@ __all__ = [
 ]
 
 DEFAULT_DC_RATIO = 0.02
+@contextlib.contextmanager
+def exact_float32():
+    """Float32 matmuls without TF32 while a mask is computed: the Grams decide ties and order
+    statistics, and a run with ``train.tf32`` (TF32 on globally) must get the masks float32 gives."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 # how clusterstm picks the one token of a cluster (see clusterstm_keep)
 SELECTS = ("density", "dynamics", "adjacent")
 DC_MIN = 1e-6  # floor on the cut-off distance: a static clip has dc = 0
 _SAMPLE = 8192  # size of the strided sample that brackets the quantile
 _CHUNK_BYTES = 8 * 2**20  # frames of distance rows processed together per clip (bounds memory)
+IMPLS = ("auto", "batched", "loop")  # the two paths (see the module docstring); auto: batched off CPU
+GROUP_BYTES = 512 * 2**20  # batched path: bound on a group of clips' largest intermediate (its Grams)
 
 
 def num_clusters(num_tokens: int, ratio: float) -> int:
@@ -153,15 +208,27 @@ def _order_stats(rows: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
     return v_lo, v_hi  # (F,), (F,)
 
 
-def _quantile_rank(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, Tensor]:
+def _float32(v: float) -> float:
+    """``v`` rounded to the nearest float32 (ties to even), as a Python float."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
+def _quantile_rank(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, float]:
     """torch.quantile's rank arithmetic: (rank below, rank above, interpolation weight).
 
-    It computes ``q * (n - 1)`` in the input's dtype; doing the same here keeps
-    ``dc`` bit-identical.
+    It computes ``q * (n - 1)`` in the input's dtype (float32: both factors
+    rounded to float32, then their product); doing the same here keeps ``dc``
+    bit-identical. Plain Python, no tensor: nothing is read back from a device.
+    The weight ``rank - below`` is exact in the dtype.
     """
-    rank = torch.tensor(q, dtype=dtype) * (n - 1)
-    below = rank.to(torch.long)
-    return int(below), int(rank.ceil()), rank - below
+    if dtype == torch.float32:
+        rank = _float32(_float32(q) * _float32(float(n - 1)))  # the exact double product, rounded once
+    elif dtype == torch.float64:
+        rank = float(q) * float(n - 1)
+    else:  # other dtypes: torch's own arithmetic, read back on the host (a CPU tensor, no device)
+        rank = float(torch.tensor(q, dtype=dtype) * (n - 1))
+    below = int(rank)
+    return below, math.ceil(rank), rank - below
 
 
 def quantile_linear(rows: Tensor, q: float, n: int | None = None) -> Tensor:
@@ -179,7 +246,7 @@ def quantile_linear(rows: Tensor, q: float, n: int | None = None) -> Tensor:
         raise ValueError(f"quantile_linear: need 0 <= q <= 1 and 1 <= n <= {R}, got q={q}, n={n}")
     lo, hi, weight = _quantile_rank(q, n, rows.dtype)
     v_lo, v_hi = _order_stats(rows, lo, hi)  # (F,), (F,)
-    return torch.lerp(v_lo, v_hi, weight.to(rows.device))  # (F,)
+    return torch.lerp(v_lo, v_hi, weight)  # (F,)
 
 
 # ----------------------------------------------------------------------------
@@ -187,7 +254,7 @@ def quantile_linear(rows: Tensor, q: float, n: int | None = None) -> Tensor:
 # ----------------------------------------------------------------------------
 
 
-def _cutoff_from_similarity(sim: Tensor, lo: int, hi: int, weight: Tensor) -> Tensor:
+def _cutoff_from_similarity(sim: Tensor, lo: int, hi: int, weight: float) -> Tensor:
     """Per row, the quantile of the distances ``1 - sim`` at ranks (lo, hi, weight) of
     :func:`_quantile_rank`: float[F, R] -> float[F].
 
@@ -196,7 +263,7 @@ def _cutoff_from_similarity(sim: Tensor, lo: int, hi: int, weight: Tensor) -> Te
     """
     R = sim.shape[1]
     g_hi, g_lo = _order_stats(sim, R - 1 - hi, R - 1 - lo)  # (F,), (F,)
-    return torch.lerp(1 - g_lo, 1 - g_hi, weight.to(sim.device))  # (F,)
+    return torch.lerp(1 - g_lo, 1 - g_hi, weight)  # (F,)
 
 
 def cutoff_distance(sim: Tensor, q: float) -> Tensor:
@@ -288,18 +355,119 @@ def _clip_density_of(tokens: Tensor, b: int, dc_ratio: float) -> tuple[Tensor, T
     return _clip_density(x, dc_ratio)
 
 
-def temporal_density(tokens: Tensor, dc_ratio: float = DEFAULT_DC_RATIO) -> Tensor:
+def temporal_density(tokens: Tensor, dc_ratio: float = DEFAULT_DC_RATIO, impl: str = "auto") -> Tensor:
     """Algorithm II: temporal density of every token against all other frames of its clip.
 
     tokens: float[B,T,N,C] (normalised inside) -> float32[B,T,N]. Needs T >= 2.
+    ``impl``: "loop" (clip by clip), "batched" (groups of clips, no host
+    sync) or "auto" (:func:`resolve_impl`); the same values either way.
     """
     if tokens.dim() != 4:
         raise ValueError(f"temporal_density: tokens must be [B,T,N,C], got {tuple(tokens.shape)}")
-    B, T, N, _ = tokens.shape
+    B, T, N, C = tokens.shape
     _check_frames(T, dc_ratio)
-    with torch.autocast(tokens.device.type, enabled=False):
+    with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+        if resolve_impl(impl, tokens.device) == "batched":
+            groups = _groups(B, clips_per_group(T, N, C, dc_ratio, B))
+            per_group = [_group_density(F.normalize(tokens[g].float(), dim=-1), dc_ratio, grams=False)[0]
+                         for g in groups]
+            return torch.cat(per_group)  # (B, T, N)
         per_clip = _map_clips(lambda b: _clip_density_of(tokens, b, dc_ratio)[0], B, tokens.device)
     return torch.stack(per_clip)  # (B, T, N)
+
+
+# ----------------------------------------------------------------------------
+# the batched path: groups of clips in a few large operations, no host sync
+# ----------------------------------------------------------------------------
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """"auto" -> "batched" on an accelerator, "loop" on CPU (where the loop is faster:
+    ``bench/results/masking.md``); "batched" and "loop" as given."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "auto":
+        return "loop" if device.type == "cpu" else "batched"
+    return impl
+
+
+def clips_per_group(T: int, N: int, C: int, dc_ratio: float | None, B: int | None = None) -> int:
+    """Clips the batched path takes at once, so that a group's largest intermediate stays
+    under :data:`GROUP_BYTES` (at least one clip); with ``B``, evened out over the
+    ``ceil(B / G)`` groups so that they all have (nearly) the same size.
+
+    Per clip, the largest are its Gram matrix ``[L, L]`` and the top order statistics
+    ``[T, k]`` (values and int64 indices) when the temporal density is computed
+    (``dc_ratio`` not None), its normalised tokens ``[T, N, C]`` and DPC's ``[T, N, N]``
+    (k-means': ``[T, N, K]``, K <= N) otherwise.
+    """
+    L = T * N
+    per_clip = max(T * N * C * 4, T * N * N * 4)
+    if dc_ratio is not None:
+        lo, hi, _ = _quantile_rank(dc_ratio, N * (T - 1) * N, torch.float32)
+        per_clip = max(per_clip, L * L * 4, T * min(hi + 1, N * L - lo) * 12)
+    G = max(1, GROUP_BYTES // per_clip)
+    if B is None or B <= G:
+        return G if B is None else max(1, B)
+    groups = -(-B // G)
+    return -(-B // groups)
+
+
+def _groups(B: int, G: int) -> list[slice]:
+    """Slices of the batch, G clips each (the last one may be shorter)."""
+    return [slice(g0, min(B, g0 + G)) for g0 in range(0, B, G)]
+
+
+def _top_order_stats(rows: Tensor, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    """The lo-th and hi-th largest values (0-based, lo <= hi) of each row, exactly:
+    float[F, R] -> 2 x float[F]. One ``topk`` of ``hi + 1`` values from the top, or of
+    ``R - lo`` from the bottom when that is fewer; values only, so how ties are
+    ordered does not matter. Counts are Python ints: no host sync."""
+    R = rows.shape[1]
+    if hi + 1 <= R - lo:
+        top = rows.topk(hi + 1, dim=1, largest=True, sorted=True).values  # (F, hi+1), descending
+        return top[:, lo], top[:, hi]
+    bottom = rows.topk(R - lo, dim=1, largest=False, sorted=True).values  # (F, R-lo), ascending
+    return bottom[:, R - 1 - lo], bottom[:, R - 1 - hi]
+
+
+def _group_density(x: Tensor, dc_ratio: float, grams: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Batched Algorithm II for a group of clips: normalised tokens [G,T,N,C] ->
+    (temporal density float[G,T,N], the frames' own Grams float[G*T,N,N] or None).
+
+    The same values as :func:`_clip_density`, bit for bit (tested): the whole Gram
+    ``[G, L, L]`` is one ``bmm`` (symmetric, so its lower blocks are the loop's
+    mirrored upper ones); viewed as ``[G*T, N*L]`` it *is* every frame's row of
+    similarities, its own block set to ``-inf`` as in the loop; ``dc`` from two
+    order statistics of each row (:func:`_top_order_stats`) and the loop's lerp;
+    then the loop's exp-sum, in place, in the same order of operations.
+    """
+    G, T, N, C = x.shape
+    L = T * N
+    flat = x.reshape(G, L, C)  # (G, L, C)
+    gram = torch.bmm(flat, flat.transpose(1, 2))  # (G, L, L)
+    own = gram.view(G, T, N, T, N).diagonal(dim1=1, dim2=3)  # (G, N, N, T): each frame against itself
+    frame_gram = None
+    if grams:  # copied out before the -inf overwrites them: DPC's input
+        frame_gram = own.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format).view(G * T, N, N)
+    own.fill_(float("-inf"))  # the frame itself: sorts last from the top, exp(-inf) = 0
+    lo, hi, weight = _quantile_rank(dc_ratio, N * (T - 1) * N, x.dtype)
+    g_lo, g_hi = _top_order_stats(gram.view(G * T, N * L), lo, hi)  # (G*T,), (G*T,)
+    dc = torch.lerp(1 - g_lo, 1 - g_hi, weight).clamp_min(DC_MIN)  # (G*T,)
+    rows = gram.view(G, T, N, L)  # (G, T, N, L)
+    rows.sub_(1.0).div_(dc.view(G, T, 1, 1))  # -d / dc
+    rows.mul_(rows).neg_().exp_()  # exp(-(d / dc)^2)
+    return rows.sum(-1) / N, frame_gram  # (G, T, N), (G*T, N, N)
+
+
+def _fixed_count_ids(keep: Tensor, per_frame: int) -> Tensor:
+    """:func:`~vidmask.masking.base.keep_to_ids` when every frame keeps exactly
+    ``per_frame`` tokens by construction (one per cluster, or a top-k), without
+    reading the counts back: bool[B,T,N] -> long[B, T*per_frame]."""
+    B, T, N = keep.shape
+    # a stable sort of ~keep puts kept positions first, in ascending order
+    order = torch.argsort((~keep.reshape(B, T * N)).to(torch.int8), dim=1, stable=True)  # (B, L)
+    return order[:, : T * per_frame]  # (B, T*K)
 
 
 # ----------------------------------------------------------------------------
@@ -337,8 +505,9 @@ def adjacent_dissimilarity(tokens: Tensor) -> Tensor:
     total = x.new_zeros(B, T, N)  # (B, T, N)
     total[:, 1:] += d  # against the previous frame
     total[:, :-1] += d  # against the next frame
-    count = torch.full((T,), 2.0, device=x.device)
-    count[0] = count[-1] = 1.0
+    count = x.new_full((T,), 2.0)  # (T,): neighbours of each frame
+    count[0].fill_(1.0)  # (fill_ on a view: no scalar copied from the host)
+    count[-1].fill_(1.0)
     return total / count.view(1, T, 1)  # (B, T, N)
 
 
@@ -360,6 +529,7 @@ def clusterstm_keep(
     cluster: str = "dpc",
     kmeans_iters: int = 10,
     density_scale: float = 1.0,
+    impl: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ClusterSTM keep mask: tokens [B,T,N,C] -> (keep bool[B,T,N], density [B,T,N], clusters long[B,T,N]).
 
@@ -370,14 +540,23 @@ def clusterstm_keep(
     "density" is then that dissimilarity). ``cluster="kmeans"`` refines the
     DPC clusters with deterministic k-means seeded from the DPC centres;
     ``density_scale`` is DPC's (:func:`~vidmask.masking.dpc.dpc_knn_from_gram`).
+    ``impl``: "loop" (clip by clip), "batched" (groups of clips, no host
+    sync) or "auto" (:func:`resolve_impl`); the same masks either way.
     """
     if select not in SELECTS:
         raise ValueError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
     if cluster not in ("dpc", "kmeans"):
         raise ValueError(f"cluster must be 'dpc' or 'kmeans', got {cluster!r}")
-    B, T, N, _ = tokens.shape
+    B, T, N, C = tokens.shape
     K = num_clusters(N, ratio)
     _check_frames(T, dc_ratio)
+
+    if resolve_impl(impl, tokens.device) == "batched":
+        G = clips_per_group(T, N, C, None if select == "adjacent" else dc_ratio, B)
+        parts = [_clusterstm_group(tokens[g], K, dc_ratio, knn, select, cluster, kmeans_iters, density_scale)
+                 for g in _groups(B, G)]
+        keep, rho, clusters = (torch.cat(p) for p in zip(*parts))
+        return keep, rho, clusters  # (B, T, N) each
 
     def one_clip(b: int) -> tuple[Tensor, Tensor, Tensor]:
         if select == "adjacent":
@@ -394,18 +573,51 @@ def clusterstm_keep(
     return torch.stack(keep), torch.stack(rho), torch.stack(clusters)  # (B, T, N) each
 
 
+def _clusterstm_group(tokens: Tensor, K: int, dc_ratio: float, knn: int, select: str, cluster: str,
+                      kmeans_iters: int, density_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched :func:`clusterstm_keep` on a group of clips: tokens [G,T,N,C] ->
+    (keep bool[G,T,N], density [G,T,N], clusters long[G,T,N]); DPC, k-means and the
+    selection run on all G*T frames at once."""
+    G, T, N, C = tokens.shape
+    x = F.normalize(tokens.float(), dim=-1)  # (G, T, N, C)
+    if select == "adjacent":
+        frames = x.reshape(G * T, N, C)  # (G*T, N, C)
+        grams = torch.bmm(frames, frames.transpose(1, 2))  # (G*T, N, N)
+        rho = adjacent_dissimilarity(tokens)  # (G, T, N)
+    else:
+        rho, grams = _group_density(x, dc_ratio)  # (G, T, N), (G*T, N, N)
+    clusters = _frame_clusters(grams, K, knn, cluster, kmeans_iters, density_scale)  # (G*T, N)
+    score = (-rho if select == "dynamics" else rho).reshape(G * T, N)  # (G*T, N)
+    keep = one_per_cluster(score, clusters, K)  # (G*T, N)
+    return keep.view(G, T, N), rho, clusters.view(G, T, N)
+
+
 class _ClusterBase(Masker):
     needs_attn = False
     stochastic = False
 
-    def __init__(self, ratio: float = 0.85, dc_ratio: float = DEFAULT_DC_RATIO, knn: int = 5):
+    def __init__(self, ratio: float = 0.85, dc_ratio: float = DEFAULT_DC_RATIO, knn: int = 5, impl: str = "auto"):
+        """``impl``: "batched" (groups of clips in a few large operations, no host sync:
+        for accelerators), "loop" (clip by clip: faster on CPU) or "auto" (batched off
+        CPU, loop on CPU). The same masks either way."""
         super().__init__(ratio)
         if not 0.0 <= dc_ratio <= 1.0:
             raise ValueError(f"{self.name}: dc_ratio must be in [0, 1], got {dc_ratio}")
         if knn < 1:
             raise ValueError(f"{self.name}: knn must be >= 1, got {knn}")
+        if impl not in IMPLS:
+            raise ValueError(f"{self.name}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.dc_ratio = float(dc_ratio)
         self.knn = int(knn)
+        self.impl = impl
+
+    def _batched(self, tokens: Tensor) -> bool:
+        return resolve_impl(self.impl, tokens.device) == "batched"
+
+    def _ids(self, keep: Tensor, batched: bool) -> Tensor:
+        # batched: the count per frame is K by construction (one scatter of K distinct
+        # positions per frame); keep_to_ids would read it back to assert it
+        return _fixed_count_ids(keep, num_clusters(keep.shape[2], self.ratio)) if batched else keep_to_ids(keep)
 
     def kept_per_frame(self, num_tokens: int) -> int:
         """One token per cluster: the paper's ``num_clusters = floor(N * (1 - ratio))``, at least 1."""
@@ -429,8 +641,9 @@ class ClusterStmMasker(_ClusterBase):
         cluster: str = "dpc",
         kmeans_iters: int = 10,
         dpc_distance: str = "unit",
+        impl: str = "auto",
     ):
-        super().__init__(ratio, dc_ratio, knn)
+        super().__init__(ratio, dc_ratio, knn, impl)
         if select not in SELECTS:
             raise ValueError(f"clusterstm: select must be one of {', '.join(SELECTS)}, got {select!r}")
         if cluster not in ("dpc", "kmeans"):
@@ -442,18 +655,31 @@ class ClusterStmMasker(_ClusterBase):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        with torch.autocast(tokens.device.type, enabled=False):
+        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
             scale = float(tokens.shape[-1]) if self.dpc_distance == "tcformer" else 1.0  # TCFormer: d / sqrt(C)
+            batched = self._batched(tokens)
             keep, rho, clusters = clusterstm_keep(
-                tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters, scale
+                tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters, scale,
+                impl="batched" if batched else "loop",
             )
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), saliency=rho, clusters=clusters)
+        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), saliency=rho, clusters=clusters)
 
     def __repr__(self) -> str:
         return (
             f"ClusterStmMasker(ratio={self.ratio}, dc_ratio={self.dc_ratio}, knn={self.knn}, "
-            f"select={self.select!r}, cluster={self.cluster!r})"
+            f"select={self.select!r}, cluster={self.cluster!r}, impl={self.impl!r})"
         )
+
+
+def _random_per_cluster(tokens: Tensor, noise: Tensor, K: int, knn: int) -> tuple[Tensor, Tensor]:
+    """DPC clusters of every frame, one token per cluster by ``noise``: tokens [B,T,N,C],
+    noise [B,T,N] -> (keep bool[B,T,N], clusters long[B,T,N])."""
+    B, T, N, C = tokens.shape
+    x = F.normalize(tokens.float(), dim=-1).reshape(B * T, N, C)  # (B*T, N, C)
+    grams = torch.bmm(x, x.transpose(1, 2))  # (B*T, N, N)
+    clusters = dpc_knn_from_gram(grams, K, knn)[0]  # (B*T, N)
+    keep = one_per_cluster(noise.reshape(B * T, N), clusters, K)  # (B*T, N)
+    return keep.view(B, T, N), clusters.view(B, T, N)
 
 
 @register("cluster-random")
@@ -461,21 +687,26 @@ class ClusterRandomMasker(_ClusterBase):
     """Ablation "w/o temporal density": DPC clusters, one uniformly random token per cluster.
 
     Keeps exactly ``floor(N * (1 - ratio))`` per frame; works with T = 1.
+    "loop" is the whole batch at once (no loop over clips here); "batched" the
+    same operations in groups of clips (bounded memory) and without reading the
+    kept count back. Either way the noise is one draw of ``[B*T, N]`` from
+    ``generator``, so both give the same masks.
     """
 
     stochastic = True
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        B, T, N, _ = tokens.shape
+        B, T, N, C = tokens.shape
         K = num_clusters(N, self.ratio)
-        with torch.autocast(tokens.device.type, enabled=False):
-            x = F.normalize(tokens.float(), dim=-1).view(B * T, N, -1)  # (B*T, N, C)
-            grams = torch.bmm(x, x.transpose(1, 2))  # (B*T, N, N)
-            clusters = dpc_knn_from_gram(grams, K, self.knn)[0]  # (B*T, N)
-            noise = torch.rand(B * T, N, generator=generator, device=tokens.device)  # (B*T, N)
-            keep = one_per_cluster(noise, clusters, K).view(B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), clusters=clusters.view(B, T, N))
+        batched = self._batched(tokens)
+        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+            # one draw for the whole batch whichever the path: the same noise for the same generator
+            noise = torch.rand(B * T, N, generator=generator, device=tokens.device).view(B, T, N)  # (B, T, N)
+            G = clips_per_group(T, N, C, None, B) if batched else B
+            parts = [_random_per_cluster(tokens[g], noise[g], K, self.knn) for g in _groups(B, G)]
+            keep, clusters = (torch.cat(p) for p in zip(*parts))  # (B, T, N) each
+        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), clusters=clusters)
 
 
 @register("density-topk")
@@ -489,7 +720,8 @@ class DensityTopkMasker(_ClusterBase):
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         K = num_clusters(tokens.shape[2], self.ratio)
-        with torch.autocast(tokens.device.type, enabled=False):
-            rho = temporal_density(tokens, self.dc_ratio)  # (B, T, N)
+        batched = self._batched(tokens)
+        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+            rho = temporal_density(tokens, self.dc_ratio, impl="batched" if batched else "loop")  # (B, T, N)
             keep = topk_keep(rho, K)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), saliency=rho)
+        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), saliency=rho)

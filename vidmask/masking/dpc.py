@@ -115,7 +115,8 @@ def kmeans_from_gram(gram: Tensor, centres: Tensor, iters: int = 10) -> Tensor:
         d = sq.unsqueeze(2) - 2.0 * xm + mm.unsqueeze(1)  # (M, N, K)
         clusters = d.argmin(-1)  # (M, N)
         clusters.scatter_(1, anchors, ids)
-        member = F.one_hot(clusters, K).to(gram.dtype)  # (M, N, K)
+        # one-hot by scatter: F.one_hot reads the ids' min and max back to the host off CUDA
+        member = gram.new_zeros(M, N, K).scatter_(2, clusters.unsqueeze(2), 1.0)  # (M, N, K)
         weight = member / member.sum(1, keepdim=True)  # (M, N, K), columns sum to 1
         xm = torch.bmm(gram, weight)  # (M, N, K): x_i . mu_k
         mm = (weight * xm).sum(1)  # (M, K): |mu_k|^2

@@ -145,10 +145,10 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
     """Masked pretraining of ``model`` by cfg.mask and the loss sections, evaluated by retrieval.
 
     Retrieval fine-tuning is the same job on the fine-tuning data from a pretrained model."""
-    from vidmask.train.wiring import build_teacher_from, masker_from, teacher_cache_for
+    from vidmask.train.wiring import build_teacher_from, masker_from, teacher_cache_for, training_items
 
     root = cfg.data.root()
-    items = [] if evaluating else load_annotations(cfg.data.path(cfg.data.train_anno), root=root)
+    items = [] if evaluating else training_items(cfg)  # memory-mapped: nothing per entry in Python
     teacher = build_teacher_from(cfg)
     if teacher is not None:
         teacher.to(device)

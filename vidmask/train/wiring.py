@@ -50,6 +50,19 @@ def build_teacher_from(cfg: Config):
     return build_teacher(cfg.teacher.name, **kw)
 
 
+def training_items(cfg: Config):
+    """The training annotations as a memory-mapped store (`vidmask.data.load_store`): every rank and
+    loader worker shares its pages instead of holding a Python list. Rank 0 builds or refreshes the
+    store beside the file while the other ranks wait, then they open it."""
+    from vidmask.data import load_store
+
+    path, root = cfg.data.path(cfg.data.train_anno), cfg.data.root()
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    store = load_store(path, root=root) if main else None
+    barrier()
+    return store if main else load_store(path, root=root)
+
+
 def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
     """The per-frame teacher features of the training videos (`teacher.cache`), or None.
 
