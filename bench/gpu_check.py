@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (what the test suite runs)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per recipe (median)")
+    ap.add_argument("--recipes", nargs="*", help="base recipe names to check (default: every one)")
     ap.add_argument("--clip", default="", help="a local CLIPModel folder for the hf-clip recipes (else lit-effnet)")
     ap.add_argument("--out", default="gpu.md", help="file name under bench/results/, or a path elsewhere")
     args = ap.parse_args(argv)
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     recipes = sorted((ROOT / "configs" / "recipes" / "base").glob("*.yaml"))
+    if args.recipes:
+        recipes = [p for p in recipes if p.stem in args.recipes]
     timing = [time_recipe(p, args.tiny, device, args.steps, args.clip) for p in recipes]
     precision = [bf16_vs_fp32(p, args.tiny, device, args.clip) for p in recipes]
     masks = clusterstm_cpu_vs_device(args.tiny, device)
