@@ -11,7 +11,8 @@ from vidmask.cli import main
 from vidmask.train import checkpoint as ckpt
 
 
-def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tiny_set, tmp_path, monkeypatch, capsys):
+def nan_from_third_step(monkeypatch) -> None:
+    """The contrastive loss turns NaN from its third call on (the update of step index 2)."""
     import vidmask.objectives.vtc as vtc
 
     real, calls = vtc.vtc_loss, [0]
@@ -22,6 +23,10 @@ def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tiny_set, tmp_path
         return {"vtc_loss": out["vtc_loss"] * float("nan")} if calls[0] >= 3 else out
 
     monkeypatch.setattr(vtc, "vtc_loss", exploding)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_checkpoint(tiny_set, tmp_path, monkeypatch, capsys):
+    nan_from_third_step(monkeypatch)
     run = tmp_path / "nan"
     code = main(["pretrain", f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=6",
                  "train.ckpt_every=1", f"run_dir={run}"])
@@ -74,17 +79,9 @@ def test_evaluation_with_workers_names_a_bad_file_in_one_line(tiny_set, tmp_path
 def test_on_an_accelerator_the_finite_check_waits_for_a_logging_step(tiny_set, tmp_path, monkeypatch, capsys):
     """Without a host read per step (the GPU setting), the first non-finite step is recorded on the device,
     named at the next logging step, and no checkpoint is written after it."""
-    import vidmask.objectives.vtc as vtc
     import vidmask.train.run as run_module
 
-    real, calls = vtc.vtc_loss, [0]
-
-    def exploding(*args, **kwargs):
-        calls[0] += 1
-        out = real(*args, **kwargs)
-        return {"vtc_loss": out["vtc_loss"] * float("nan")} if calls[0] >= 3 else out
-
-    monkeypatch.setattr(vtc, "vtc_loss", exploding)
+    nan_from_third_step(monkeypatch)
     spec = run_module._loop_spec
     monkeypatch.setattr(run_module, "_loop_spec", lambda *a: dataclasses.replace(spec(*a), check_every_step=False))
     run = tmp_path / "gpu-like"

@@ -47,10 +47,7 @@ class PretrainTask(nn.Module):
         self.loss_cfg = cfg = loss or LossConfig()
         # a list hides the frozen teacher from state_dict, the optimizer and DDP
         self._teacher = [teacher]
-        self.teacher_cache = teacher_cache
-        if cfg.needs_teacher() and teacher is None:
-            raise ValueError(f"loss.{cfg.needs_teacher()[0]} needs a teacher")
-        active = cfg.active()
+        active = cfg.active()  # an objective that needs a teacher and has none is refused when built
         # one fusion encoder over the text tower, shared by the objectives that read it (None: no reader)
         self.fusion = None
         if any(objective_class(name).uses_fusion for name in active):
@@ -61,7 +58,13 @@ class PretrainTask(nn.Module):
         self.student_layers = max([o.student_layers() for o in self.objectives.values()], default=0)
         # the teacher's last layers the objectives read (UMT's per-layer targets); 1 = `tokens` alone
         self.teacher_layers = max([1, *(o.teacher_layers() for o in self.objectives.values())])
-        if teacher_cache is not None and self.teacher_layers > 1:
+        if teacher_cache is not None:
+            self.check_cache_allowed()
+        self.teacher_cache = teacher_cache
+
+    def check_cache_allowed(self) -> None:
+        """A ConfigError when an objective reads more teacher layers than the cache holds (its last one)."""
+        if self.teacher_layers > 1:
             wants = [n for n, o in self.objectives.items() if o.teacher_layers() > 1]
             raise ConfigError(f"loss.{wants[0]} reads the teacher's last {self.teacher_layers} layers but "
                               "teacher.cache holds its last layer only: set teacher.cache= (the teacher then "
@@ -154,8 +157,10 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
         teacher.to(device)
     masker = masker_from(cfg, teacher)  # a wrong mask setting stops the run before the teacher cache is built
     task = PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
-                        grid=cfg.data.size // cfg.model.patch,
-                        teacher_cache=teacher_cache_for(cfg, teacher, items, device)).to(device)
+                        grid=cfg.data.size // cfg.model.patch).to(device)
+    if cfg.teacher.cache and teacher is not None:
+        task.check_cache_allowed()  # before the cache is built, not after
+        task.teacher_cache = teacher_cache_for(cfg, teacher, items, device)
     test_path = cfg.data.path(cfg.data.test_anno)
     # read before training, so a broken test file stops the run at once, not after it
     test = load_annotations(test_path, root=root, unique=True, nonempty=True) if cfg.data.test_anno else None

@@ -88,10 +88,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return upgrade_names(load_file(str(file)), fmt)
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of step ``step``'s checkpoint: step_000200."""
+    return f"step_{step:06d}"
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
+    name = checkpoint_name(step)
     final = ckpt_dir / name
     tmp = ckpt_dir / (name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -76,7 +76,7 @@ def autocast_ctx(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _agree_on_batch(batch: dict, hooks: LoopHooks, step: int, out_of_time: bool) -> StepAgreement:
+def _agree_on_batch(batch: dict, hooks: LoopHooks, out_of_time: bool) -> StepAgreement:
     """Prepare the batch locally, then agree with the other ranks on what this step does."""
     failure = ""
     try:
@@ -131,7 +131,7 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
     t_window, clips_window = time.time(), 0
     bar = tqdm(total=spec.total_steps, initial=start_step, disable=not show_progress, dynamic_ncols=True,
                desc="train")
-    step = start_step
+    step = saved = start_step  # saved: the step of the newest checkpoint
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step with a non-finite norm
 
     def check_finite() -> None:  # reads the device-side record: only at logging steps and checkpoints
@@ -140,13 +140,13 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
 
     for step, batch in batches:
         out_of_time = spec.time_limit_s > 0 and time.time() - t_start > spec.time_limit_s
-        verdict = _agree_on_batch(batch, hooks, step, out_of_time)
+        verdict = _agree_on_batch(batch, hooks, out_of_time)
         if verdict.failure:
             raise RunStopped(f"step {step}: {verdict.failure}")
         if verdict.stop or verdict.out_of_time:
-            if step > start_step:
+            if step > saved:  # the work since the last checkpoint is kept (not written twice)
                 check_finite()
-                hooks.on_checkpoint(step)  # the work since the last checkpoint is kept
+                hooks.on_checkpoint(step)
             break
         hooks.count_samples(verdict.good, verdict.bad, batch["bad"])  # the same totals, the same verdict, everywhere
         updated = not verdict.empty_ranks  # a rank with nothing to learn from: every rank passes the step
@@ -176,6 +176,7 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
         if step % spec.ckpt_every == 0 or step == spec.total_steps:
             check_finite()  # never a checkpoint of weights a non-finite update touched
             hooks.on_checkpoint(step)
+            saved = step
         if step >= spec.total_steps:
             break
     bar.close()

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -69,7 +70,7 @@ def run_training(cfg: Config, resume: bool = False) -> Path:
     return run_dir
 
 
-def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tuple[dict, callable]:
+def evaluate_run(cfg: Config, weights, device, anno: Path | None = None) -> tuple[dict, Callable[[dict], str]]:
     """Evaluate a run's weights on its test file (or `anno`): (result, its table function)."""
     if anno is not None:
         cfg.data.test_anno = str(Path(anno).resolve())  # a command-line path is relative to the working folder
@@ -209,7 +210,9 @@ class Hooks:
                  metrics: MetricsWriter | None, stop: StopRequest):
         self.cfg, self.run_dir, self.info, self.job, self.trainer, self.metrics = cfg, run_dir, info, job, trainer, metrics
         self.stop = stop
-        self.checkpoint = "none yet"
+        # the checkpoint a non-finite loss would fall back to: the one resumed from, until a newer one
+        start = trainer.start_step
+        self.checkpoint = str(run_dir / "checkpoints" / ckpt.checkpoint_name(start)) if start else "none yet"
 
     def on_log(self, step: int, row: dict) -> None:
         if self.metrics is not None:
@@ -220,7 +223,7 @@ class Hooks:
         if self.info.main:
             self.metrics.plot()
             log.info("checkpoint %s", path)
-        self.checkpoint = str(self.run_dir / "checkpoints" / f"step_{step:06d}")
+        self.checkpoint = str(self.run_dir / "checkpoints" / ckpt.checkpoint_name(step))
         barrier()
 
     def last_checkpoint(self) -> str:
