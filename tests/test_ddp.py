@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ def torchrun(fault: str, rank: int, *args: str, nproc: int = 2) -> subprocess.Co
 
 
 def errors(stderr: str) -> list[str]:
-    """Each rank's one-line CLI error (a progress bar may precede it on its line)."""
-    return [ln.split("vidmask pretrain: ", 1)[1] for ln in stderr.splitlines() if "vidmask pretrain: " in ln]
+    """Each rank's one-line CLI error. The ranks write to one pipe, so a progress bar, or the other rank's
+    message before its newline, may share a line with it: each message runs to the next one or a newline."""
+    return re.findall(r"vidmask pretrain: (.*?)(?=vidmask pretrain: |\n|$)", stderr)
 
 
 def steps_logged(run: Path) -> list[int]:
