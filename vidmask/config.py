@@ -193,6 +193,82 @@ class LossConfig:
         return {k: dataclasses.asdict(v) for k, v in self._sections.items()}
 
 
+INTERACTIONS = ("unidirectional", "full")
+
+
+@dataclass
+class MascotHighConfig:
+    """MASCOT's H-completer (section 3.3): informed semantics reconstruction of a high-informed mask."""
+
+    weight: float = 0.5  # alpha of eq. 9 on (L_vtc^H + L_vvc^H); 0 = branch off
+    mask: str = "mascot-high"  # strategy whose keep mask erases patches (replace mode): mascot-high|mascot-low|random|tube
+    ratio: float = 0.7  # r_H: share of each masked frame's patches erased
+    co_encoder: str = "unidirectional"  # spatial interaction in every co-encoder layer: unidirectional (V_u, eq. 3) | full (V)
+    reconstructor: str = "unidirectional"  # one attention layer over frame tokens: unidirectional (R_u, eq. 4) | full (R) | none
+    discriminator: bool = False  # the GRL content discriminator on this branch's video (the paper: L only)
+    text_target: float = 1.0  # weight of L_vtc^H (masked video vs the text) inside the branch
+    video_target: float = 1.0  # weight of L_vvc^H (masked video vs the unmasked video target) inside the branch
+
+    def __post_init__(self):
+        check_mascot_branch(self, "high")
+
+
+@dataclass
+class MascotLowConfig:
+    """MASCOT's L-completer (section 3.4): background attention shift on a low-informed mask."""
+
+    weight: float = 0.5  # beta of eq. 9 on (L_vtc^L + L_vvc^L); 0 = branch off
+    mask: str = "mascot-low"  # strategy whose keep mask erases patches (replace mode)
+    ratio: float = 0.5  # r_L
+    co_encoder: str = "unidirectional"  # unidirectional (V_u) | full (V)
+    reconstructor: str = "none"  # none: Table 2 found the L-completer better without one
+    discriminator: bool = True  # D: masked vs unmasked video through a gradient reversal layer (eq. 5)
+    text_target: float = 1.0  # weight of L_vtc^L inside the branch
+    video_target: float = 1.0  # weight of L_vvc^L inside the branch
+
+    def __post_init__(self):
+        check_mascot_branch(self, "low")
+
+
+def check_mascot_branch(b, name: str) -> None:
+    key = f"finetune.mascot.{name}"
+    _require(f"{key}.weight", b.weight, 0)
+    _require(f"{key}.text_target", b.text_target, 0)
+    _require(f"{key}.video_target", b.video_target, 0)
+    if not 0.0 < b.ratio < 1.0:
+        raise ConfigError(f"{key}.ratio must be in (0, 1), got {b.ratio}")
+    if b.co_encoder not in INTERACTIONS:
+        raise ConfigError(f"{key}.co_encoder must be one of {', '.join(INTERACTIONS)}, got {b.co_encoder!r}")
+    if b.reconstructor not in (*INTERACTIONS, "none"):
+        raise ConfigError(f"{key}.reconstructor must be unidirectional, full or none, got {b.reconstructor!r}")
+    from vidmask.masking import list_maskers
+
+    if b.mask not in list_maskers():
+        raise ConfigError(f"{key}.mask must be a strategy from `vidmask masks --list`, got {b.mask!r}")
+
+
+@dataclass
+class MascotConfig:
+    """MASCOT (ACM MM 2023) retrieval fine-tuning, with finetune.method=mascot: the frame-level model,
+    WTI, the dual completers and co-learning (eq. 9). Paper scale: temporal_depth 4, temporal_heads 8."""
+
+    temporal_depth: int = 2  # temporal transformer layers over frame tokens (the paper: 4)
+    temporal_heads: int = 3  # its heads, also the reconstructor's (the paper: 8); must divide model.dim
+    high: MascotHighConfig = field(default_factory=MascotHighConfig)
+    low: MascotLowConfig = field(default_factory=MascotLowConfig)
+    adversarial: float = 0.2  # gamma of eq. 9 on L_adv (with a branch's discriminator on)
+    grl: float = 1.0  # the gradient reversal layer's scale: encoders receive -grl x the discriminator's gradient
+    disc_hidden: int = 256  # the content discriminator's hidden width
+    module_lr_scale: float = 10.0  # new modules learn at train.lr x this; the encoders at train.lr (paper: 1e-4 vs 1e-7)
+
+    def __post_init__(self):
+        if self.temporal_depth < 1 or self.temporal_heads < 1 or self.disc_hidden < 1:
+            raise ConfigError("finetune.mascot.temporal_depth, temporal_heads and disc_hidden must be >= 1")
+        _require("finetune.mascot.adversarial", self.adversarial, 0)
+        _require("finetune.mascot.grl", self.grl, 0)
+        _require("finetune.mascot.module_lr_scale", self.module_lr_scale, 0, strict=True)
+
+
 @dataclass
 class FinetuneConfig:
     task: str = ""  # "" = pretraining; a task from vidmask.tasks.list_tasks() (set by `vidmask finetune TASK`)
@@ -203,8 +279,21 @@ class FinetuneConfig:
     max_len: int = 20  # captioning: longest generated caption in tokens
     paragraph: bool = False  # retrieval: join all captions of a video into one query (DiDeMo, ActivityNet)
     dsl: bool = False  # retrieval: also report dual-softmax re-weighted scores
+    method: str = ""  # retrieval: "" = the dual encoder with cfg.loss; "mascot" = MASCOT (finetune.mascot)
+    similarity: str = "mean"  # retrieval scores: mean (pooled features) | wti (weighted token interaction, mascot)
+    mascot: MascotConfig = field(default_factory=MascotConfig)
 
     def __post_init__(self):
+        if self.method not in ("", "mascot"):
+            raise ConfigError(f"finetune.method must be '' or 'mascot', got {self.method!r}")
+        if self.similarity not in ("mean", "wti"):
+            raise ConfigError(f"finetune.similarity must be mean or wti, got {self.similarity!r}")
+        if self.similarity == "wti" and self.method != "mascot":
+            raise ConfigError("finetune.similarity=wti needs finetune.method=mascot (the token-weight heads "
+                              "are MASCOT's); the dual encoder scores with mean")
+        if self.method and self.task and self.task != "retrieval":
+            raise ConfigError(f"finetune.method={self.method} is a retrieval fine-tuning method: run it with "
+                              f"`vidmask finetune retrieval` (finetune.task is {self.task!r})")
         if self.task:
             from vidmask.tasks import list_tasks
 

@@ -43,7 +43,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from vidmask.commands.runconfig import rebase_on_origin
-    from vidmask.config import load_config
+    from vidmask.config import ConfigError, load_config
     from vidmask.train import checkpoint as ckpt
     from vidmask.train.distributed import pick_device
     from vidmask.tasks import task_info
@@ -71,6 +71,11 @@ def run_eval(args: argparse.Namespace) -> int:
         if value is not None:  # a switch only turns its key on; an absent option keeps the run's value
             section, key = opt.key.split(".")
             setattr(getattr(cfg, section), key, value)
+            try:
+                getattr(cfg, section).__post_init__()  # the section's own checks on the new value
+            except ConfigError as e:
+                print(f"vidmask eval {args.task}: {opt.flag} {value}: {e}", file=sys.stderr)
+                return 2
     device = pick_device(args.device, 0)
     with torch.no_grad():
         res, table = evaluate_run(cfg, weights, device, Path(args.anno) if args.anno else None)

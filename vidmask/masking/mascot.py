@@ -67,6 +67,8 @@ def replace_patches(
     generator: torch.Generator | None = None,
     low: float = 0.0,
     high: float = 1.0,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> Tensor:
     """MASCOT's erasure: masked patches get uniformly random pixel values in [low, high].
 
@@ -78,10 +80,19 @@ def replace_patches(
 
     keep: bool[B,T,N], True = left as is. Returns a new tensor of the input's
     shape and dtype; the noise is drawn for the whole input from ``generator``.
+    ``mean``/``std`` (pixels only): the input is normalised per channel, so the
+    random pixels are normalised the same way, ``(noise - mean) / std``.
     """
     B, T, N = keep.shape
     noise = torch.rand(patches.shape, generator=generator, device=patches.device, dtype=torch.float32)
-    noise = (low + (high - low) * noise).to(patches.dtype)
+    noise = low + (high - low) * noise
+    if mean is not None or std is not None:
+        if patches.dim() != 5:
+            raise ValueError("replace_patches: mean/std apply to pixels [B,T,3,H,W] only")
+        m = torch.tensor(mean if mean is not None else (0.0,) * 3, device=patches.device).view(1, 1, -1, 1, 1)
+        s = torch.tensor(std if std is not None else (1.0,) * 3, device=patches.device).view(1, 1, -1, 1, 1)
+        noise = (noise - m) / s  # (B, T, 3, H, W)
+    noise = noise.to(patches.dtype)
     if patches.dim() == 4:
         if patches.shape[:3] != (B, T, N):
             raise ValueError(f"replace_patches: patches {tuple(patches.shape)} do not match keep {tuple(keep.shape)}")

@@ -41,6 +41,26 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, M, C))  # (B, M, C)
 
 
+    def weights(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Self-attention probabilities of x [B,M,C] averaged over heads -> [B,M,M] (MASCOT eq. 1).
+
+        ``attn_mask``: as in :meth:`forward` (scaled_dot_product_attention's): bool (True = may attend)
+        or additive float, broadcastable to [B, heads, M, M], e.g. [B,1,M,M].
+        Computed apart from :meth:`forward` (which never materialises them) for the callers that read
+        one layer's attention map.
+        """
+        B, M, C = x.shape
+        h = self.heads
+        q = self.q(x).reshape(B, M, h, C // h).transpose(1, 2)  # (B, h, M, C/h)
+        k = self.kv(x)[..., :C].reshape(B, M, h, C // h).transpose(1, 2)  # (B, h, M, C/h)
+        logits = (q @ k.transpose(-2, -1)) * (C // h) ** -0.5  # (B, h, M, M)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                logits = logits.masked_fill(~attn_mask, float("-inf"))  # (B, h, M, M)
+            else:
+                logits = logits + attn_mask  # (B, h, M, M)
+        return logits.float().softmax(-1).mean(1)  # (B, M, M)
+
     def step(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
         """Causal self-attention for one new position per row, with a key/value cache.
 
@@ -79,6 +99,10 @@ class Block(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask)  # (B, M, C)
         return x + self.mlp(self.norm2(x))  # (B, M, C)
+
+    def attention_map(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The head-averaged attention probabilities this block computes on its input x [B,M,C] -> [B,M,M]."""
+        return self.attn.weights(self.norm1(x), attn_mask)  # (B, M, M)
 
 
 def init_weights(module: nn.Module) -> None:

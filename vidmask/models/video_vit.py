@@ -127,6 +127,27 @@ class VideoViT(nn.Module):
                 layers.append(x)
         return EncoderOut(self.norm(x), layers)  # tokens (B, K, C)
 
+    def forward_sets(self, x: Tensor, attn_mask: Tensor | None = None,
+                     return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The blocks over independent token sets, e.g. each frame alone: x [B',M,C] -> [B',M,C] normed.
+
+        What a frame-level model (MASCOT's spatial encoder: one frame's patches
+        and a CLS token per set) runs instead of :meth:`forward_features`'
+        joint space-time attention. ``attn_mask``: bool, broadcastable to
+        [B', heads, M, M], True = may attend, in every block (MASCOT's interaction
+        masks). ``return_attn``: also the last block's head-averaged attention
+        probabilities [B',M,M] (MASCOT eq. 1), else None.
+        """
+        attn = None
+        for i, blk in enumerate(self.blocks):
+            if return_attn and i == len(self.blocks) - 1:
+                attn = blk.attention_map(x, attn_mask)  # (B', M, M)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, attn_mask, use_reentrant=False)  # (B', M, C)
+            else:
+                x = blk(x, attn_mask)  # (B', M, C)
+        return self.norm(x), attn  # (B', M, C)
+
     def forward(self, video: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> pooled clip feature [B,C] (mean over kept tokens)."""
         return self.forward_features(self.embed(video), ids_keep).tokens.mean(1)  # (B, C)

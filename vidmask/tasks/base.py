@@ -48,7 +48,7 @@ class EvalOption:
     flag: str  # e.g. "--beam"
     key: str  # the dotted config key it sets, e.g. "finetune.beam"
     help: str
-    type: type = int  # int | float; bool makes a switch that turns the key on
+    type: type = int  # int | float | str; bool makes a switch that turns the key on
 
 
 @dataclass(frozen=True)

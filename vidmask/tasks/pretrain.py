@@ -150,6 +150,9 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
     Retrieval fine-tuning is the same job on the fine-tuning data from a pretrained model."""
     from vidmask.train.wiring import build_teacher_from, masker_from, teacher_cache_for, training_items
 
+    if cfg.finetune.method:
+        raise ConfigError(f"finetune.method={cfg.finetune.method} is a retrieval fine-tuning method: run it with "
+                          "`vidmask finetune retrieval`, not pretraining")
     root = cfg.data.root()
     items = [] if evaluating else training_items(cfg)  # memory-mapped: nothing per entry in Python
     teacher = build_teacher_from(cfg)
@@ -175,7 +178,17 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
 
 register_task("pretrain", help="masked video-text pretraining, evaluated by zero-shot retrieval",
               files=("train.json", "test_retrieval.json"), finetune=False, eval_as="retrieval")(build_pretrain)
-register_task("retrieval", help="text-video retrieval with vtc (+ vtm re-ranking when loss.vtm > 0)",
+def build_retrieval(cfg: Config, model: VideoTextModel, device, evaluating: bool = False) -> Job:
+    """Retrieval fine-tuning: the dual encoder with cfg.loss, or MASCOT with finetune.method=mascot."""
+    if cfg.finetune.method == "mascot":
+        from vidmask.tasks.mascot import build_mascot
+
+        return build_mascot(cfg, model, device, evaluating)
+    return build_pretrain(cfg, model, device, evaluating)
+
+
+register_task("retrieval", help="text-video retrieval with vtc (+ vtm re-ranking when loss.vtm > 0), "
+              "or MASCOT (finetune.method=mascot)",
               files=("train.json", "test_retrieval.json"),
               eval_help="text-to-video and video-to-text retrieval (R@1/5/10, MdR, MnR, Rsum, twin accuracy; "
                         "re-ranked with the matching head where the run has one)",
@@ -185,4 +198,6 @@ register_task("retrieval", help="text-video retrieval with vtc (+ vtm re-ranking
                              "(DiDeMo / ActivityNet paragraph retrieval)", bool),
                   EvalOption("--rerank-k", "finetune.rerank_k", "re-rank each query's top-k with the matching head "
                              "(0: off)"),
-              ))(build_pretrain)
+                  EvalOption("--similarity", "finetune.similarity", "MASCOT runs: score by wti (weighted token "
+                             "interaction) or mean (pooled features)", str),
+              ))(build_retrieval)

@@ -74,13 +74,7 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     tfeat = encode_texts(model, texts, device)  # (Nt, E)
     sim = tfeat @ vfeat.T  # (Nt, Nv)
     t2v_t = torch.tensor(t2v)
-    res = {"anno": str(anno), "num_videos": len(items), "num_texts": len(texts), **retrieval_metrics(sim, t2v_t),
-           "chance_R@1": 100.0 / len(items)}
-    pairs = twin_pairs(anno, items)
-    if pairs:
-        res["twins"] = twin_accuracy(sim, t2v_t, pairs)
-    if cfg.finetune.dsl:
-        res["dsl"] = retrieval_metrics(dual_softmax(sim), t2v_t)
+    res = score_report(sim, t2v_t, anno, items, len(texts), cfg)
     if keep_tokens:
         vtok = torch.stack(gather_ordered(toks, len(items))).to(device)  # (Nv, K, C)
         enc = model.text.tokenize(texts, device)  # one padding for all queries
@@ -97,9 +91,24 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     return res
 
 
+def score_report(sim, t2v, anno: Path, items, num_texts: int, cfg: Config) -> dict:
+    """The retrieval report of scores sim [Nt,Nv] (t2v long[Nt]: each text's video): R@k, MdR, MnR,
+    chance, twin accuracy when the corpus has twins, and DSL when cfg.finetune.dsl."""
+    res = {"anno": str(anno), "num_videos": len(items), "num_texts": num_texts, **retrieval_metrics(sim, t2v),
+           "chance_R@1": 100.0 / len(items)}
+    pairs = twin_pairs(anno, items)
+    if pairs:
+        res["twins"] = twin_accuracy(sim, t2v, pairs)
+    if cfg.finetune.dsl:
+        res["dsl"] = retrieval_metrics(dual_softmax(sim), t2v)
+    return res
+
+
 def format_table(result: dict) -> str:
     """A plain-text table of one evaluation, with chance level beside it."""
-    lines = [f"retrieval on {result['anno']}: {result['num_videos']} videos, {result['num_texts']} text queries"]
+    scored = f", scored by {result['similarity']}" if "similarity" in result else ""
+    lines = [f"retrieval on {result['anno']}: {result['num_videos']} videos, {result['num_texts']} text queries"
+             f"{scored}"]
     head = f"{'':6s} {'R@1':>7s} {'R@5':>7s} {'R@10':>7s} {'MdR':>7s} {'MnR':>8s}"
     lines.append(head)
     for side in ("t2v", "v2t"):

@@ -96,7 +96,7 @@ def _update(task, optimizer, scaler, inputs, spec, step, rank, device, last_chec
     """One forward, backward and optimizer step; returns (loss, named losses, report, grad_norm, lr)."""
     lr = lr_at(step, spec.total_steps, spec.peak_lr, spec.min_lr, spec.warmup)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # a task's new modules may learn faster (param_groups)
     gen = step_generator(spec.seed, step, rank, device)
     with autocast_ctx(device, spec.precision):
         losses, report = task(inputs, gen)

@@ -164,7 +164,8 @@ class Trainer:
     @classmethod
     def build(cls, task: torch.nn.Module, cfg: Config, device: torch.device) -> "Trainer":
         # the fused kernel on a GPU (one launch for all parameters); the reference loop elsewhere
-        optimizer = torch.optim.AdamW(param_groups(task, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.98),
+        groups = param_groups(task, cfg.train.weight_decay, lr_scales=getattr(task, "lr_scales", None))
+        optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.98),
                                       fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
         return cls(optimizer, scaler, BadSampleTracker(cfg.data.max_bad_share))
