@@ -89,6 +89,7 @@ class ModelConfig:
     temperature: float = 0.07  # initial contrastive temperature (learnable)
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
     fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm, QA)
+    tubelet: int = 1  # frames per video token (VideoMAE's 2: a token sees motion); data.num_frames must divide by it
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -97,8 +98,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.dim % self.heads:  # heads >= 1 checked above
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
-        if self.patch < 1 or self.depth < 1:
-            raise ConfigError("model.patch and model.depth must be >= 1")
+        if self.patch < 1 or self.depth < 1 or self.tubelet < 1:
+            raise ConfigError("model.patch, model.depth and model.tubelet must be >= 1")
         _require("model.mlp_ratio", self.mlp_ratio, 0, strict=True)
         if not 0.0 < self.temperature < 1.0:
             raise ConfigError("model.temperature must be in (0, 1)")
@@ -363,6 +364,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if self.data.num_frames % self.model.tubelet:
+            raise ConfigError(f"data.num_frames ({self.data.num_frames}) must be a multiple of model.tubelet "
+                              f"({self.model.tubelet}): each token covers that many frames")
         missing = self.loss.needs_teacher()
         if missing and not self.teacher.name:
             raise ConfigError(f"loss.{missing[0]} > 0 needs a teacher: set teacher.name (lit-effnet or hf-clip)")

@@ -20,7 +20,7 @@ class VideoTextModel(nn.Module):
         self.cfg = cfg
         self.visual = VideoViT(
             img_size=img_size, patch=cfg.patch, frames=num_frames, dim=cfg.dim, depth=cfg.depth,
-            heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing,
+            heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing, tubelet=cfg.tubelet,
         )
         self.text = TextEncoder(cfg.text)
         self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)

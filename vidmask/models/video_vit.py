@@ -1,6 +1,7 @@
 """A video ViT that encodes only the tokens a mask keeps.
 
-Per-frame patch embedding, separable space and time position embeddings
+Per-frame patch embedding (or tubelets of ``tubelet`` frames, as VideoMAE
+and ViViT, so that one token sees motion), separable space and time position embeddings
 (resampled when the clip has other frames or resolution than the weights were
 made for), and MAE-style token dropping: ``forward_features`` gathers the kept
 tokens first, so a 75 % mask really cuts the encoder's work by about 4x.
@@ -20,9 +21,12 @@ from vidmask.models.pos_embed import space_time_pos
 from vidmask.tokens import gather_tokens
 
 
-def patchify(video: Tensor, patch: int) -> Tensor:
-    """Pixel patches: video [B,T,3,H,W] -> [B,T,N,p*p*3], each patch in (p1 p2 c) order."""
-    return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=patch, p2=patch)
+def patchify(video: Tensor, patch: int, tubelet: int = 1) -> Tensor:
+    """Pixel patches: video [B,T,3,H,W] -> [B,T/k,N,k*p*p*3] for tubelets of k frames (k = 1: one
+    frame's patch), each in (k p1 p2 c) order."""
+    if video.shape[1] % tubelet:
+        raise ValueError(f"a clip of {video.shape[1]} frames does not split into tubelets of {tubelet} frames")
+    return rearrange(video, "b (t k) c (h p1) (w p2) -> b t (h w) (k p1 p2 c)", k=tubelet, p1=patch, p2=patch)
 
 
 @dataclass
@@ -44,18 +48,25 @@ class VideoViT(nn.Module):
         heads: int = 3,
         mlp_ratio: float = 4.0,
         grad_checkpointing: bool = False,
+        tubelet: int = 1,
     ):
         super().__init__()
         if img_size % patch:
             raise ValueError(f"image size {img_size} is not a multiple of the patch size {patch}")
+        if tubelet < 1 or frames % tubelet:
+            raise ValueError(f"{frames} frames do not split into tubelets of {tubelet} frames")
         self.patch = patch
         self.grid = img_size // patch
-        self.frames = frames
+        self.tubelet = tubelet  # frames per token (VideoMAE / ViViT tubelet embedding); 1 = per-frame patches
+        self.frames = frames // tubelet  # token time steps of a clip of `frames` frames
         self.dim = dim
         self.grad_checkpointing = grad_checkpointing
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        if tubelet == 1:
+            self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        else:  # a token sees k frames of its patch: motion inside one token
+            self.patch_embed = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
         self.pos_space = nn.Parameter(torch.zeros(self.grid * self.grid, dim))  # (N, C)
-        self.pos_time = nn.Parameter(torch.zeros(frames, dim))  # (T, C)
+        self.pos_time = nn.Parameter(torch.zeros(self.frames, dim))  # (T/k, C)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         nn.init.trunc_normal_(self.pos_space, std=0.02)
@@ -65,8 +76,14 @@ class VideoViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as MAE: the conv is a linear map
 
     def patchify(self, video: Tensor) -> Tensor:
-        """Pixel patches: video [B,T,3,H,W] -> [B,T,N,p*p*3]."""
-        return patchify(video, self.patch)
+        """Pixel patches (tubelets): video [B,T,3,H,W] -> [B,T/k,N,k*p*p*3], the token layout."""
+        return patchify(video, self.patch, self.tubelet)
+
+    def token_frames(self, frames: int) -> int:
+        """Token time steps of a clip of ``frames`` frames (T/k)."""
+        if frames % self.tubelet:
+            raise ValueError(f"a clip of {frames} frames does not split into tubelets of {self.tubelet} frames")
+        return frames // self.tubelet
 
     def pos_embed(self, frames: int, grid: int) -> Tensor:
         """Space + time position embeddings: [T, N, C]."""
@@ -77,27 +94,34 @@ class VideoViT(nn.Module):
         return self.norm(x)
 
     def embed(self, video: Tensor) -> Tensor:
-        """video float[B,T,3,H,W] -> tokens float[B,T,N,C] (patches + positions)."""
+        """video float[B,T,3,H,W] -> tokens float[B,T/k,N,C] (patches or tubelets + positions)."""
         B, T, _, H, W = video.shape
         if H != W or H % self.patch:
             raise ValueError(f"video frames must be square multiples of {self.patch} px, got {H}x{W}")
-        x = self.patch_embed(video.flatten(0, 1))  # (B*T, C, g, g)
-        x = rearrange(x, "(b t) c h w -> b t (h w) c", b=B)  # (B, T, N, C)
-        return x + self.pos_embed(T, H // self.patch).to(x.dtype)  # (B, T, N, C)
+        Tk = self.token_frames(T)
+        if self.tubelet == 1:
+            x = self.patch_embed(video.flatten(0, 1))  # (B*T, C, g, g)
+            x = rearrange(x, "(b t) c h w -> b t (h w) c", b=B)  # (B, T, N, C)
+        else:
+            x = self.patch_embed(video.transpose(1, 2))  # (B, C, T/k, g, g)
+            x = rearrange(x, "b c t h w -> b t (h w) c")  # (B, T/k, N, C)
+        return x + self.pos_embed(Tk, H // self.patch).to(x.dtype)  # (B, T/k, N, C)
 
     def embed_kept(self, video: Tensor, ids_keep: Tensor) -> Tensor:
-        """Embed only the kept patches: video [B,T,3,H,W], ids_keep long[B,K] -> [B,K,C].
+        """Embed only the kept patches: video [B,T,3,H,W], ids_keep long[B,K] (into (T/k)*N) -> [B,K,C].
 
         Same values as ``gather(embed(video))`` but the patch projection runs
         on K tokens instead of T*N, which matters at high mask ratios.
         """
         B, T, _, H, W = video.shape
         grid = H // self.patch
-        pixels = gather_tokens(self.patchify(video).flatten(1, 2), ids_keep)  # (B, K, p*p*3)
-        # the conv weight [C, 3, p, p] as a linear map over (p1 p2 c)-ordered pixels
-        w = self.patch_embed.weight.permute(0, 2, 3, 1).reshape(self.dim, -1)  # (C, p*p*3)
+        pixels = gather_tokens(self.patchify(video).flatten(1, 2), ids_keep)  # (B, K, k*p*p*3)
+        # the conv weight [C, 3, (k,) p, p] as a linear map over (k p1 p2 c)-ordered pixels
+        w = self.patch_embed.weight
+        w = w.unsqueeze(2) if w.dim() == 4 else w  # (C, 3, k, p, p)
+        w = w.permute(0, 2, 3, 4, 1).reshape(self.dim, -1)  # (C, k*p*p*3)
         x = pixels @ w.T.to(pixels.dtype) + self.patch_embed.bias  # (B, K, C)
-        pos = self.pos_embed(T, grid).flatten(0, 1)  # (L, C)
+        pos = self.pos_embed(self.token_frames(T), grid).flatten(0, 1)  # (L, C)
         return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
 
     def forward_features(self, tokens: Tensor, ids_keep: Tensor | None = None, token_weight: Tensor | None = None,

@@ -56,7 +56,7 @@ class ObjectiveEnv:
 
     model: nn.Module  # the VideoTextModel being trained
     teacher: nn.Module | None  # the frozen teacher (None without one)
-    frames: int  # T of the training clips
+    frames: int  # T: token time steps of the training clips (data.num_frames / model.tubelet)
     grid: int  # the student's patch grid side (N = grid * grid)
     fusion: nn.Module | None = None  # the shared cross-attention fusion encoder, for objectives that use it
 
@@ -77,7 +77,7 @@ class StepContext:
     teacher: nn.Module | None  # the frozen teacher, for targets it computes (text features, pooling)
     fusion: nn.Module | None  # the shared fusion encoder (None when no objective uses it)
     generator: torch.Generator | None  # this step's generator (negatives, MLM masking)
-    frames: int  # T
+    frames: int  # T: token time steps (frames / model.tubelet); video holds T*k frames
     tokens: int  # N per frame
     _tokenized: dict | None = field(default=None, repr=False)
 

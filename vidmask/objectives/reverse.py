@@ -8,8 +8,9 @@ candidates of its own caption as a hard negative: to tell "moves left" from
 its reverse, the video feature must depend on the order of frames.
 
 The reversed clip is encoded with the *same* kept tokens, mirrored in time
-(token (t, n) of the original is token (T-1-t, n) of the reversed clip), so
-it holds exactly the same patches and differs only in their time positions:
+(token (t, n) of the original is token (T-1-t, n) of the reversed clip; with
+tubelets, each token's own frames are reversed as well), so it holds exactly
+the same patches and differs only in their time order:
 an encoder that ignores time gives both the same feature and pays ``log 2``
 for it. ``order: shuffle`` permutes the frames instead (one draw per clip from
 the step's generator; a permutation equal to the identity is redrawn as the
@@ -41,6 +42,17 @@ def time_order_ids(ids_keep: Tensor, tokens: int, order: Tensor) -> tuple[Tensor
     where = torch.argsort(order, dim=1)  # (B, T): the new position of each original frame
     moved = where.gather(1, t) * tokens + n  # (B, K)
     return moved.sort(dim=1)  # values (B, K), indices (B, K)
+
+
+def tubelet_frame_order(order: Tensor, tubelet: int, reverse: bool) -> Tensor:
+    """The frame order [B,T*k] that moves tubelets of k frames by the token order ``order`` long[B,T]:
+    reversed, each tubelet's frames reversed too (the clip played backwards); otherwise each tubelet
+    moved whole, its frames in their own order."""
+    B, T = order.shape
+    if reverse:
+        return torch.arange(T * tubelet - 1, -1, -1, device=order.device).expand(B, T * tubelet)  # (B, T*k)
+    inner = torch.arange(tubelet, device=order.device)  # (k,)
+    return (order.unsqueeze(-1) * tubelet + inner).flatten(1)  # (B, T*k)
 
 
 def reorder_frames(video: Tensor, order: Tensor) -> Tensor:
@@ -79,11 +91,12 @@ class Reverse(Objective):
         return torch.where(identity, reverse, perm)  # an unchanged order would be no negative
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        video, model = ctx.video, ctx.model  # (B, T, 3, H, W)
-        B, T = video.shape[:2]
+        video, model = ctx.video, ctx.model  # (B, F, 3, H, W), F = T*k frames for tubelets of k
+        B, T = video.shape[0], ctx.frames  # T token time steps
         order = self.frame_order(B, T, ctx.generator, video.device)  # (B, T)
         ids, columns = time_order_ids(ctx.masking.ids_keep, ctx.tokens, order)  # (B, K), (B, K)
-        embedded = model.visual.embed_kept(reorder_frames(video, order), ids)  # (B, K, C): the same patches
+        frames = tubelet_frame_order(order, video.shape[1] // T, self.order == "reverse")  # (B, F)
+        embedded = model.visual.embed_kept(reorder_frames(video, frames), ids)  # (B, K, C): the same patches
         weight = ctx.masking.token_weight  # (B, K) or None, in ids_keep's order: carried along
         weight = None if weight is None else weight.gather(1, columns)  # (B, K)
         negative = model.project_video(model.visual.forward_features(embedded, None, weight).tokens)  # (B, E)

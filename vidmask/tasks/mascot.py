@@ -125,8 +125,9 @@ class MascotTask(nn.Module):
         video_target, text_target = detached(vset), detached(tset)
         domains = []  # (pooled video [b,C], label) for the discriminator
         for name, b in self.branches:
-            keep = self.maskers[name](patches, attn=attn, generator=generator).keep  # (B, T, N)
-            erased = replace_patches(video, keep, generator, mean=CLIP_MEAN, std=CLIP_STD)  # (B, T, 3, H, W)
+            keep = self.maskers[name](patches, attn=attn, generator=generator).keep  # (B, T, N), T token steps
+            pixel_keep = keep.repeat_interleave(self.model.visual.tubelet, 1)  # (B, F, N): per frame
+            erased = replace_patches(video, pixel_keep, generator, mean=CLIP_MEAN, std=CLIP_STD)  # (B, F, 3, H, W)
             out = encode_frames(self.model.visual, erased, self.heads.cls, keep,
                                 unidirectional=b.co_encoder == "unidirectional")  # frames (B, T, C)
             frame_masked = (~keep).any(-1)  # (B, T)
@@ -207,7 +208,8 @@ def build_mascot(cfg: Config, model: VideoTextModel, device, evaluating: bool = 
         raise ConfigError(f"finetune.mascot.temporal_heads ({cfg.finetune.mascot.temporal_heads}) must divide "
                           f"model.dim ({cfg.model.dim})")
     items = [] if evaluating else training_items(cfg)
-    task = MascotTask(model, cfg.finetune.mascot, cfg.data.num_frames, cfg.model.text.max_len).to(device)
+    task = MascotTask(model, cfg.finetune.mascot, cfg.data.num_frames // cfg.model.tubelet,
+                      cfg.model.text.max_len).to(device)
     test_path = cfg.data.path(cfg.data.test_anno)
     test = load_annotations(test_path, root=cfg.data.root(), unique=True, nonempty=True) if cfg.data.test_anno else None
     return Job(

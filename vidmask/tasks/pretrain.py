@@ -26,7 +26,7 @@ from vidmask.models.video_text import VideoTextModel
 from vidmask.objectives import ObjectiveEnv, StepContext, build_objective, objective_class
 from vidmask.tasks.base import EvalOption, Job, register_task
 from vidmask.tasks.retrieval import evaluate_retrieval, format_table
-from vidmask.teachers.base import TeacherOut
+from vidmask.teachers.base import TeacherOut, tubelet_mean
 
 
 class PretrainTask(nn.Module):
@@ -89,9 +89,12 @@ class PretrainTask(nn.Module):
         with torch.no_grad():
             if self.teacher_cache is not None and "frame_ids" in batch:
                 feats = self.teacher_cache.lookup(batch["index"], batch["frame_ids"]).to(video.device)
-                return self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
-            # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D)
-            return self.teacher(video, grid=grid, return_layers=self.teacher_layers)
+                out = self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
+            else:
+                # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D)
+                out = self.teacher(video, grid=grid, return_layers=self.teacher_layers)
+            # on the student's token grid: a tubelet token holds k frames (tokens (B, T/k, N, D))
+            return tubelet_mean(out, self.model.visual.tubelet)
 
     def choose_tokens(self, video: Tensor, generator: torch.Generator | None,
                       teacher_out: TeacherOut | None = None):
@@ -111,7 +114,7 @@ class PretrainTask(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator | None = None):
         """batch: {"video": float[B,T,3,H,W], "caption": list of B str, ...} -> (losses, report)."""
         video, captions = batch["video"], batch["caption"]  # (B, T, 3, H, W)
-        T, H = video.shape[1], video.shape[3]
+        T, H = self.model.visual.token_frames(video.shape[1]), video.shape[3]  # token time steps (T/k)
         N = (H // self.model.visual.patch) ** 2
         out, t_out = self.choose_tokens(video, generator, self.run_teacher(batch))
         embedded = self.model.visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
@@ -159,7 +162,7 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
     if teacher is not None:
         teacher.to(device)
     masker = masker_from(cfg, teacher)  # a wrong mask setting stops the run before the teacher cache is built
-    task = PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
+    task = PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames // cfg.model.tubelet,
                         grid=cfg.data.size // cfg.model.patch).to(device)
     if cfg.teacher.cache and teacher is not None:
         task.check_cache_allowed()  # before the cache is built, not after

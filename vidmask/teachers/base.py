@@ -91,6 +91,21 @@ class FrameFeatures:
 # resolution the patch sizes do not share.
 
 
+def tubelet_mean(out: TeacherOut, tubelet: int) -> TeacherOut:
+    """A teacher's per-frame output on a student whose tokens span ``tubelet`` frames: tokens, attention
+    and layers averaged over each tubelet's frames ([B,T,...] -> [B,T/k,...]); the clip feature as is.
+    Each averaged attention map still sums to 1."""
+    if tubelet == 1:
+        return out
+
+    def mean(x: Tensor) -> Tensor:
+        B, T = x.shape[:2]
+        return x.reshape(B, T // tubelet, tubelet, *x.shape[2:]).mean(2)  # (B, T/k, ...)
+
+    layers = None if out.layers is None else [mean(x) for x in out.layers]
+    return TeacherOut(tokens=mean(out.tokens), attn=mean(out.attn), video=out.video, layers=layers)
+
+
 def resample_attn(attn: Tensor, N: int) -> Tensor:
     """Resample per-frame attention maps [B,T,n] -> [B,T,N], renormalised to sum to 1 per frame."""
     if attn.shape[-1] == N:

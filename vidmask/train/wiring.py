@@ -97,5 +97,5 @@ def build_task(cfg: Config, model: VideoTextModel, teacher=None, teacher_cache=N
     from vidmask.tasks.pretrain import PretrainTask
 
     masker = masker if masker is not None else masker_from(cfg, teacher)
-    return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames,
+    return PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames // cfg.model.tubelet,
                         grid=cfg.data.size // cfg.model.patch, teacher_cache=teacher_cache)
