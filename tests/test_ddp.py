@@ -68,6 +68,23 @@ def test_finetune_task_under_two_processes(task, result, tiny_set, tmp_path):
 
 
 @pytest.mark.slow
+def test_mascot_under_two_processes(tiny_set, tmp_path):
+    """MASCOT's WTI contrast gathers token sets from both ranks; the run and its evaluation agree with one process."""
+    run = tmp_path / "mascot"
+    p = torchrun("none", 0, "finetune", "retrieval", "--config", "configs/finetune/mascot.yaml",
+                 f"data.corpus={tiny_set}", *TINY, "data.test_anno=test.json", "finetune.mascot.temporal_heads=2",
+                 "train.batch_size=2", "train.steps=3", "train.device=cpu", f"run_dir={run}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Expected to have finished reduction" not in p.stderr  # every parameter received a gradient
+    assert steps_logged(run)[-1] == 3
+    out = tmp_path / "one.json"
+    one = subprocess.run([sys.executable, "-m", "vidmask", "eval", "retrieval", "--run", str(run), "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    assert json.loads((run / "eval_retrieval.json").read_text())["t2v"] == json.loads(out.read_text())["t2v"]
+
+
+@pytest.mark.slow
 def test_time_limit_is_rank_zeros_clock(tiny_set, tmp_path):
     common = [f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.batch_size=2", "train.steps=6",
               "train.device=cpu", "train.time_limit_min=30", "train.ckpt_every=100"]
