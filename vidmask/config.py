@@ -324,6 +324,7 @@ class TrainConfig:
     dist_timeout_min: float = 30.0  # a collective (or rank 0 building the teacher cache) waited on longer fails
     tf32: bool = True  # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later)
     compile: bool = False  # torch.compile the student's video encoder (in place: checkpoints keep their names)
+    hard_batches: int = 0  # k > 0: each clip shares its batch with one of its k nearest clips by caption similarity
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -347,6 +348,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.eval_every < 0:
             raise ConfigError(f"train.eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+        if self.hard_batches < 0:
+            raise ConfigError(f"train.hard_batches must be >= 0 (0 = random batches), got {self.hard_batches}")
         if self.seed < 0:
             raise ConfigError(f"train.seed must be >= 0, got {self.seed}")
 

@@ -27,6 +27,7 @@ from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
 from vidmask.train.engine import LoopSpec, train
+from vidmask.train.hard_batches import run_neighbours
 from vidmask.train.optim import param_groups
 from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
 from vidmask.train.schedule import epoch_batches, steps_per_epoch
@@ -115,14 +116,16 @@ def _ignore_sigterm(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int):
-    """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order."""
+def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbours=None):
+    """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order
+    (``neighbours``: train.hard_batches' caption neighbours, int64[n,k])."""
     spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
     step = start_step
     while step < cfg.train.steps:
         epoch, skip = divmod(step, spe)
         dataset.set_epoch(epoch)
-        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world)
+        batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world,
+                                neighbours)
         loader = DataLoader(
             dataset, batch_sampler=batches[skip:], num_workers=cfg.data.num_workers,
             collate_fn=collate_video_text, persistent_workers=False, worker_init_fn=_ignore_sigterm,
@@ -320,6 +323,9 @@ def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
                                hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
     # frozen text tower: every caption's features once, before the clock starts
     job.model.text.warm_cache([c for it in job.items for c in it.captions])
+    neighbours = None
+    if cfg.train.hard_batches:
+        neighbours = run_neighbours(job.model.text, job.items, cfg.train.hard_batches, run_dir, info.main)
     if info.main:
         _describe_run(cfg, run_dir, info, job)
     metrics = MetricsWriter(run_dir, resume_step=trainer.start_step) if info.main else None
@@ -329,7 +335,8 @@ def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
             job.task, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     hooks = Hooks(cfg, run_dir, info, job, trainer, metrics, stop)
     t0 = time.time()
-    last = train(wrapped, trainer.optimizer, trainer.scaler, batch_stream(dataset, cfg, info, trainer.start_step),
+    last = train(wrapped, trainer.optimizer, trainer.scaler,
+                 batch_stream(dataset, cfg, info, trainer.start_step, neighbours),
                  trainer.start_step, _loop_spec(cfg, job.task, info.device), info.device, info.rank, hooks,
                  show_progress=info.main)
     _finish(cfg, run_dir, job, last, time.time() - t0, stop.requested, info.main)

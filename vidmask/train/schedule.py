@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from vidmask.config import ConfigError
+from vidmask.data.neighbours import paired_order
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  neighbours: np.ndarray | None = None) -> list[list[int]]:
     """This rank's batches of sample indices for one epoch.
 
     The permutation depends only on (seed, epoch), so every rank agrees on it
     and a resumed run can skip exactly the batches it already consumed. Each
     rank takes a disjoint slice of every global batch (DistributedSampler
-    semantics, last partial global batch dropped).
+    semantics, last partial global batch dropped). ``neighbours`` int64[n,k]
+    (train.hard_batches): the permutation is reordered so that each clip is
+    followed by one of its caption neighbours (`vidmask.data.neighbours`); a
+    pair can straddle two slices or batches.
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g).tolist()
+    if neighbours is not None:
+        perm = paired_order(perm, neighbours)
     global_bs = batch_size * world
     batches = []
     for s in range(0, n - global_bs + 1, global_bs):
