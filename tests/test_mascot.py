@@ -305,3 +305,22 @@ def test_finetune_mascot_and_eval_with_both_similarities(tiny_set, tmp_path):
     assert json.loads(again.read_text())["similarity"] == "mean" and "scored by mean" in p.stdout
     bad = vidmask("eval", "retrieval", "--run", str(run), "--similarity", "cosine", check=False)
     assert bad.returncode == 2 and "finetune.similarity" in bad.stderr
+
+
+def test_bench_rows_map_to_distinct_runs():
+    """bench/mascot.py reuses a run across its two tables only when the settings are the same."""
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import mascot as table
+    finally:
+        sys.path.remove(str(bench))
+    keys = {label: table.run_key(config, over) for _, label, config, over in table.ROWS}
+    assert keys["high-informed 70%"] == keys["H: T + V_u + R_u (H)"]  # the same configuration in both tables
+    assert len(set(keys.values())) == len(keys) - 1  # every other row is its own run
+    for _, label, config, over in table.ROWS:  # every row's overrides are valid config keys
+        if config is not None:
+            load_config(config, ["finetune.task=retrieval", *over])
