@@ -22,6 +22,7 @@ from vidmask.objectives import relevance as _relevance  # noqa: F401  (relevance
 from vidmask.objectives import stm_decoder as _stm_decoder  # noqa: F401  (stm)
 from vidmask.objectives import recon as _recon  # noqa: F401  (recon)
 from vidmask.objectives import reverse as _reverse  # noqa: F401  (reverse)
+from vidmask.objectives import arrow as _arrow  # noqa: F401  (arrow)
 
 __all__ = [
     "Objective",
