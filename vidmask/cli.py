@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "vidmask.commands.masks",
     "vidmask.commands.teacher",
     "vidmask.commands.anno",
+    "vidmask.commands.shards",
 ]
 
 
@@ -49,12 +50,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vidmask.corpus.make import CorpusError
     from vidmask.data.annotations import AnnotationError
     from vidmask.data.dataset import TooManyBadSamples
+    from vidmask.data.shards import ShardError
     from vidmask.data.video import VideoError
     from vidmask.train.checkpoint import CheckpointWriteError
     from vidmask.train.engine import RunStopped
 
     return (ConfigError, CorpusError, AnnotationError, TooManyBadSamples, VideoError, FileNotFoundError,
-            RunStopped, CheckpointWriteError)
+            RunStopped, CheckpointWriteError, ShardError)
 
 
 def main(argv: list[str] | None = None) -> int:

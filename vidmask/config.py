@@ -42,6 +42,11 @@ class DataConfig:
     cache_frames: bool = False  # decode every video once and sample frames from memory
     hflip_p: float = 0.0  # horizontal flip probability; captions get left/right swapped when > 0
     max_bad_share: float = 0.05  # stop training when more than this share of samples is unreadable
+    # WebDataset tar shards to train from instead of train_anno (`vidmask shards make`): a brace
+    # range `DIR/{000000..000123}.tar`, a glob, `pipe:COMMAND` URLs, or a list of these; "" = loose files
+    shards: str | list[str] = ""
+    shards_index: str = ""  # the shards' shards.json (a path or a pipe: URL); "" = shards.json beside the first shard
+    shuffle_buffer: int = 256  # shards: samples each loader worker holds to shuffle (that many encoded clips in memory)
 
     def __post_init__(self):
         if self.num_frames < 1:
@@ -54,6 +59,17 @@ class DataConfig:
             raise ConfigError(f"data.max_bad_share must be in [0, 1), got {self.max_bad_share}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
+        if isinstance(self.shards, list) and not (self.shards and all(isinstance(u, str) and u.strip()
+                                                                      for u in self.shards)):
+            raise ConfigError(f"data.shards must be a shard pattern or a non-empty list of them, got {self.shards!r}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"data.shuffle_buffer must be >= 1 (1 = no shuffling within shards), "
+                              f"got {self.shuffle_buffer}")
+        if self.shards and self.cache_frames:
+            raise ConfigError("data.cache_frames decodes the loose files of data.train_anno; "
+                              "set data.cache_frames=false to train from data.shards")
+        if self.shards_index and not self.shards:
+            raise ConfigError("data.shards_index is set but data.shards is empty; name the shards too")
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -373,6 +389,12 @@ class Config:
         missing = self.loss.needs_teacher()
         if missing and not self.teacher.name:
             raise ConfigError(f"loss.{missing[0]} > 0 needs a teacher: set teacher.name (lit-effnet or hf-clip)")
+        if self.data.shards and self.teacher.cache:
+            raise ConfigError("teacher.cache holds features of the frames of data.train_anno's files; "
+                              "set teacher.cache='' to train from data.shards (the teacher then runs every step)")
+        if self.data.shards and self.finetune.task not in ("", "retrieval"):
+            raise ConfigError(f"data.shards feeds pretraining and retrieval fine-tuning; finetune.task="
+                              f"{self.finetune.task} reads data.train_anno: set data.shards=''")
         if self.teacher.cache and self.data.hflip_p > 0:
             raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0 "
                               "or teacher.cache='' (run the teacher every step)")
@@ -585,7 +607,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 
 
 # Config fields that hold file or folder paths (or a keyword: model.text.init "minilm" / "random")
-PATH_FIELDS = ("data.corpus", "data.video_root", "teacher.path", "teacher.cache", "model.text.init", "finetune.init")
+PATH_FIELDS = ("data.corpus", "data.video_root", "data.shards_index", "teacher.path", "teacher.cache",
+               "model.text.init", "finetune.init")
 
 
 def rebase_paths(cfg: Config, base: str | Path) -> list[str]:

@@ -15,6 +15,8 @@ Public API::
     VideoTextDataset(items, num_frames, size, train, seed=0, ...)
     collate_video_text(batch) -> {"video", "caption", "index", "frame_ids", "path", "bad"}
     BadSampleTracker(max_share, min_samples).update(num_good, bad)
+    write_shards(items, out, shard_bytes=, resize_short=) -> index (WebDataset tar shards + shards.json)
+    open_shards(spec, index=None) -> ShardSet; ShardStream(shards, num_frames, size, batch_size=, rank=, world=, ...)
     public_formats.convert(fmt, src, split=, ids=, mapping=, ext=) -> annotation entries
         (MSR-VTT, MSRVTT-QA, MSVD, DiDeMo, ActivityNet Captions as released)
 """
@@ -27,11 +29,14 @@ from vidmask.data.dataset import (
     TooManyBadSamples,
     VideoTextDataset,
     collate_video_text,
+    draw_sample,
     eval_loader,
     sample_generator,
 )
+from vidmask.data.shards import ShardError, ShardSet, ShardStream, open_shards, write_shards
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, swap_left_right
 from vidmask.data.video import (
+    MemoryMedia,
     VideoError,
     count_frames,
     decode_all_frames,
@@ -48,6 +53,10 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "FrameCache",
+    "MemoryMedia",
+    "ShardError",
+    "ShardSet",
+    "ShardStream",
     "TooManyBadSamples",
     "VideoError",
     "VideoText",
@@ -59,12 +68,15 @@ __all__ = [
     "decode_all_frames",
     "decode_frames",
     "decode_sampled",
+    "draw_sample",
     "eval_loader",
     "flatten_captions",
     "load_annotations",
     "load_image",
     "load_store",
+    "open_shards",
     "sample_generator",
     "sample_indices",
     "swap_left_right",
+    "write_shards",
 ]

@@ -16,7 +16,7 @@ file: a metric over a silently shrunk test set is not the published metric.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,29 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(2)  # (2,) uint32
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def draw_sample(
+    captions: Sequence[str],
+    read_frames: Callable[[torch.Generator], tuple[Tensor, list[int]]],
+    transform: VideoTransform,
+    generator: torch.Generator,
+    train: bool,
+) -> tuple[Tensor, str, Tensor]:
+    """One sample's (video float[T,3,S,S], caption, frame_ids long[T]) from its own generator.
+
+    The draws come in a fixed order, caption, then frames (``read_frames(generator)`` ->
+    uint8[T,H,W,3] and their indices), then crop and flip, so a sample read from loose files
+    (:class:`VideoTextDataset`) or from a tar shard (:mod:`vidmask.data.shards`) with the same
+    generator comes out the same. Evaluation takes the first caption and draws none.
+    """
+    if train:
+        caption = captions[int(torch.randint(len(captions), (), generator=generator))]
+    else:
+        caption = captions[0]
+    frames, frame_ids = read_frames(generator)  # (T, H, W, 3), T indices
+    video, caption = transform(frames, caption, generator)  # (T, 3, S, S)
+    return video, caption, torch.tensor(frame_ids, dtype=torch.long)  # (T,)
 
 
 class FrameCache:
@@ -191,15 +214,9 @@ class VideoTextDataset(Dataset):
         if item.problem:
             raise AnnotationError(f"{item.path}: item {i}: {item.problem}")
         g = sample_generator(self.seed, self.epoch, i)
-        if self.train:
-            # the caption first, then frames, then crop/flip: a fixed order of draws
-            caption = item.captions[int(torch.randint(len(item.captions), (), generator=g))]
-        else:
-            caption = item.captions[0]
-        frames, frame_ids = self._frames(i, item, g)  # (T, H, W, 3), T indices
-        video, caption = self.transform(frames, caption, g)  # (T, 3, S, S)
-        return {"video": video, "caption": caption, "index": i, "path": str(item.path),
-                "frame_ids": torch.tensor(frame_ids, dtype=torch.long)}  # (T,)
+        video, caption, frame_ids = draw_sample(item.captions, lambda gen: self._frames(i, item, gen),
+                                                self.transform, g, self.train)  # (T, 3, S, S), (T,)
+        return {"video": video, "caption": caption, "index": i, "path": str(item.path), "frame_ids": frame_ids}
 
     def __getitem__(self, i: int) -> dict:
         try:
@@ -224,10 +241,13 @@ def collate_video_text(batch: list[dict]) -> dict:
     long[B], ``frame_ids`` long[B,T] (which frames of each video),
     ``path`` list[str] and ``bad`` list[(path, error)], where B
     counts good samples only. When every sample is bad, B = 0 and ``video``
-    is an empty tensor: the trainer skips the step.
+    is an empty tensor: the trainer skips the step. A *fatal* marker (a
+    stream that cannot go on: a tar shard that cannot be read) adds ``error``,
+    its message: the trainer stops on it.
     """
+    fatal = [s["fatal"] for s in batch if s.get("fatal")]
     good = [s for s in batch if not s.get("bad")]
-    bad = [(s["path"], s["error"]) for s in batch if s.get("bad")]
+    bad = [(s["path"], s["error"]) for s in batch if s.get("bad") and not s.get("fatal")]
     video = torch.stack([s["video"] for s in good]) if good else torch.empty(0)  # (B, T, 3, S, S)
     return {
         "video": video,
@@ -236,6 +256,7 @@ def collate_video_text(batch: list[dict]) -> dict:
         "frame_ids": torch.stack([s["frame_ids"] for s in good]) if good else torch.empty(0, dtype=torch.long),  # (B, T)
         "path": [s["path"] for s in good],
         "bad": bad,
+        **({"error": fatal[0]} if fatal else {}),
     }
 
 

@@ -51,10 +51,11 @@ to it, with a warning naming the file.
 
 from __future__ import annotations
 
+import io
 import logging
 from bisect import bisect_right
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Iterator, Literal, NamedTuple
 
 import av
 import numpy as np
@@ -142,7 +143,29 @@ def sample_indices(n: int, T: int, mode: SampleMode, generator: Generator | None
     return (start + offset).tolist()
 
 
-def _check_file(path: Path) -> None:
+class MemoryMedia(NamedTuple):
+    """A media file's bytes held in memory (a member of a tar shard), read as a file on disk is.
+
+    ``name`` (``SHARD.tar:KEY.mp4``) is what errors and warnings name; its suffix tells a
+    video from an image. Every reader here that takes a path takes one of these too.
+    """
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _as_source(path) -> Path | MemoryMedia:
+    return path if isinstance(path, MemoryMedia) else Path(path)
+
+
+def _check_file(path: Path | MemoryMedia) -> None:
+    if isinstance(path, MemoryMedia):
+        if not path.data:
+            raise VideoError(path, "empty member (0 bytes); rewrite the shard or leave it out")
+        return
     if not path.exists():
         raise VideoError(path, "file not found (check the media root and the annotation's path)")
     if not path.is_file():
@@ -153,17 +176,17 @@ def _check_file(path: Path) -> None:
 
 def is_image_path(path: str | Path) -> bool:
     """True for still-image files, which are read as a 1-frame video."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    return Path(str(path)).suffix.lower() in IMAGE_SUFFIXES
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """One still image as ``uint8[1,H,W,3]`` RGB (greyscale, palette, alpha converted)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    path = _as_source(path)
     _check_file(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, MemoryMedia) else path) as im:
             rgb = np.array(im.convert("RGB"))  # (H, W, 3), a writable copy
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise VideoError(path, f"corrupt or unreadable image ({e})") from e
@@ -182,7 +205,7 @@ def video_stream(container):
 def _open_video(path: Path):
     _check_file(path)
     try:
-        container = av.open(str(path))
+        container = av.open(io.BytesIO(path.data) if isinstance(path, MemoryMedia) else str(path))
     except av.error.FFmpegError as e:
         raise VideoError(path, f"not a readable video, corrupt or truncated ({e})") from e
     stream = video_stream(container)
@@ -205,7 +228,7 @@ def count_frames(path: str | Path) -> int:
     (see the module docstring), otherwise (mkv, webm, such an avi) its
     packets, or, when those carry no usable timestamps, counted by decoding:
     the ``n`` that :func:`decode_frames` samples from."""
-    path = Path(path)
+    path = _as_source(path)
     if is_image_path(path):
         load_image(path)
         return 1
@@ -513,7 +536,7 @@ def decode_sampled(
     The indices are those of :func:`decode_all_frames`' output, so per-frame
     features computed from that (:mod:`vidmask.teachers.cache`) can be looked up.
     """
-    path = Path(path)
+    path = _as_source(path)
     if is_image_path(path):
         image = torch.from_numpy(load_image(path))  # (1, H, W, 3)
         return image.expand(T, -1, -1, -1).contiguous(), [0] * T  # (T, H, W, 3)
@@ -548,7 +571,7 @@ def decode_all_frames(path: str | Path) -> Tensor:
 
     For the in-memory cache: sampling then happens on this array.
     """
-    path = Path(path)
+    path = _as_source(path)
     if is_image_path(path):
         return torch.from_numpy(load_image(path))  # (1, H, W, 3)
     container = _open_video(path)
@@ -568,3 +591,41 @@ def decode_all_frames(path: str | Path) -> Tensor:
         raise VideoError(path, "no decodable frames")
     _check_count(path, listed, len(out))
     return _stack(path, out, out[0].shape[:2])  # (n, H, W, 3)
+
+
+def iter_frames(path: str | Path | MemoryMedia, short_side: int = 0) -> Iterator[np.ndarray]:
+    """Every frame of a video in order, upright, one at a time: ``uint8[H,W,3]``.
+
+    ``short_side`` > 0 scales each frame (FFmpeg's area filter, before the RGB conversion)
+    so that its shorter upright side has that many pixels; 0 keeps the stored size. For
+    re-encoding a whole video (``vidmask shards make``) without holding it in memory.
+    Raises :class:`VideoError` as :func:`decode_all_frames` does.
+    """
+    path = _as_source(path)
+    container = _open_video(path)
+    n = 0
+    try:
+        for frame in container.decode(video_stream(container)):
+            turns = _quarter_turns(frame)
+            if short_side > 0:
+                H, W = _upright_size(frame)
+                h, w = scaled_size(H, W, short_side)
+                if turns % 2:
+                    h, w = w, h  # the stored picture is the upright one on its side
+                frame = frame.reformat(width=w, height=h, interpolation="AREA")
+            rgb = frame.to_ndarray(format="rgb24")  # (h, w, 3) as stored
+            yield np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb  # (H, W, 3) upright
+            n += 1
+    except av.error.FFmpegError as e:
+        raise VideoError(path, f"corrupt or truncated video: decoding failed after {n} frames ({e})") from e
+    finally:
+        container.close()
+    if n == 0:
+        raise VideoError(path, "no decodable frames")
+
+
+def scaled_size(H: int, W: int, short_side: int) -> tuple[int, int]:
+    """(h, w) with the shorter side ``short_side`` and the aspect ratio kept, both even (what
+    H.264's 4:2:0 sampling needs)."""
+    scale = short_side / min(H, W)
+    return max(2, round(H * scale / 2) * 2), max(2, round(W * scale / 2) * 2)

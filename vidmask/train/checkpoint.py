@@ -251,10 +251,11 @@ def rng_states_of_all_ranks() -> list[dict]:
 
 
 def trainer_state(step: int, optimizer: torch.optim.Optimizer, scaler=None, bad_samples=None,
-                  rng_ranks: list[dict] | None = None, world_size: int = 1) -> dict:
+                  rng_ranks: list[dict] | None = None, world_size: int = 1, data: dict | None = None) -> dict:
     """What ``state.pt`` holds besides the weights: the step, the optimiser (and fp16 grad scaler),
-    each rank's random state, the world size and the bad-sample count. Tensors and plain
-    containers only (it loads with ``weights_only=True``)."""
+    each rank's random state, the world size, the bad-sample count and, from a stream whose order
+    depends on more than the step (tar shards), its position (``data``: plain numbers and strings).
+    Tensors and plain containers only (it loads with ``weights_only=True``)."""
     rng_ranks = rng_ranks or [rng_state()]
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": rng_ranks[0]["cpu"],
              "rng_ranks": rng_ranks, "world_size": world_size}
@@ -262,6 +263,8 @@ def trainer_state(step: int, optimizer: torch.optim.Optimizer, scaler=None, bad_
         state["bad_samples"] = bad_samples.state_dict()
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if data is not None:
+        state["data"] = dict(data)
     return state
 
 

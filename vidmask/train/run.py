@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from vidmask.config import Config, ConfigError, save_config, to_dict
 from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text
+from vidmask.data.shards import ShardError, ShardStream
 from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
@@ -30,7 +31,7 @@ from vidmask.train.engine import LoopSpec, train
 from vidmask.train.hard_batches import run_neighbours
 from vidmask.train.optim import param_groups
 from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
-from vidmask.train.schedule import epoch_batches, steps_per_epoch
+from vidmask.train.schedule import epoch_batches, shard_steps_per_epoch, steps_per_epoch
 from vidmask.train.wiring import init_model
 
 log = logging.getLogger("vidmask")
@@ -119,6 +120,9 @@ def _ignore_sigterm(worker_id: int) -> None:
 def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbours=None):
     """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order
     (``neighbours``: train.hard_batches' caption neighbours, int64[n,k])."""
+    if isinstance(dataset, ShardStream):
+        yield from shard_batch_stream(dataset, cfg, start_step)
+        return
     spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
     step = start_step
     while step < cfg.train.steps:
@@ -135,6 +139,72 @@ def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbou
             step += 1
             if step >= cfg.train.steps:
                 return
+
+
+def shard_batch_stream(stream: ShardStream, cfg: Config, start_step: int):
+    """(step, batch) pairs from tar shards: one DataLoader per epoch, started at the step's place in
+    it (`ShardStream.set_position`). A shard that cannot be read (a missing file, a failed pipe:
+    command) ends the stream with a batch carrying the error, which `Hooks.prepare` raises: every
+    rank then stops at that step with its message, rather than the others waiting for this one."""
+    step = start_step
+    while step < cfg.train.steps:
+        stream.set_position(step)
+        loader = DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                            collate_fn=collate_video_text, persistent_workers=False, worker_init_fn=_ignore_sigterm)
+        first = step
+        for batch in loader:
+            yield step, batch
+            if batch.get("error"):
+                return
+            step += 1
+            if step >= cfg.train.steps or step % stream.steps_per_epoch == 0:
+                break
+        if step == first:  # never loop on a loader that yields nothing
+            raise RuntimeError(f"the shard stream gave no batch at step {step}")
+
+
+def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", resume: bool):
+    """The dataset the loop reads: loose files (`VideoTextDataset`) or tar shards (`ShardStream`,
+    whose position goes into every checkpoint and is checked on resume)."""
+    saved = trainer.saved_data or {}
+    if not cfg.data.shards:
+        if resume and saved.get("source") == "shards":
+            raise ConfigError("--resume: the run was trained from tar shards; keep its data.shards setting")
+        dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
+                                   hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
+        # frozen text tower: every caption's features once, before the clock starts (from shards: as they come)
+        job.model.text.warm_cache([c for it in job.items for c in it.captions])
+        return dataset
+    shards = job.items
+    if shards.resize_short and shards.resize_short < cfg.data.size and info.main:
+        log.warning("data.shards were re-encoded to a short side of %d px, below data.size=%d: frames are "
+                    "scaled up", shards.resize_short, cfg.data.size)
+    stream = ShardStream(shards, cfg.data.num_frames, cfg.data.size, batch_size=cfg.train.batch_size,
+                         seed=cfg.train.seed, rank=info.rank, world=info.world, num_workers=cfg.data.num_workers,
+                         buffer=cfg.data.shuffle_buffer, hflip_p=cfg.data.hflip_p)
+    if resume:
+        check_stream_position(stream.position(trainer.start_step), saved)
+    trainer.position = stream.position
+    return stream
+
+
+# what each recorded part of a shard stream's position is set by, for the resume check's message
+POSITION_KEYS = {"shards": "data.shards (their names and counts)", "workers": "data.num_workers",
+                 "batch_size": "train.batch_size", "seed": "train.seed", "world": "the number of processes",
+                 "steps_per_epoch": "the steps per epoch", "epoch": "the epoch", "batch": "the batch"}
+
+
+def check_stream_position(now: dict, saved: dict) -> None:
+    """A ConfigError unless the resumed stream puts the checkpoint's step where the interrupted
+    run was (the same shards, workers, batch size and seed)."""
+    if not saved:
+        raise ConfigError("--resume: the checkpoint records no place in a shard stream (the run trained from "
+                          "data.train_anno's files); resume it without data.shards")
+    differ = [k for k in POSITION_KEYS if k in saved and saved[k] != now.get(k)]
+    if differ:
+        what = "; ".join(f"{POSITION_KEYS[k]}: {saved[k]} then, {now.get(k)} now" for k in differ)
+        raise ConfigError(f"--resume: the shard stream would not continue where the run stopped ({what}); "
+                          "resume with the run's own settings")
 
 
 def check_media_exist(items, cfg: Config) -> None:
@@ -163,6 +233,8 @@ class Trainer:
     scaler: torch.amp.GradScaler | None
     tracker: BadSampleTracker
     start_step: int = 0
+    position: Callable[[int], dict] | None = None  # a shard stream's place at a step, saved in checkpoints
+    saved_data: dict | None = None  # the place the resumed checkpoint recorded
 
     @classmethod
     def build(cls, task: torch.nn.Module, cfg: Config, device: torch.device) -> "Trainer":
@@ -182,6 +254,7 @@ class Trainer:
                               f"Resume with {saved_world} processes (torchrun --nproc_per_node ...)")
         self.start_step = ckpt.restore_trainer_state(state, self.optimizer, self.scaler, self.tracker,
                                                      rank=info.rank)
+        self.saved_data = state.get("data")
         log.info("resumed from %s at step %d", latest, self.start_step)
 
     def save(self, task: torch.nn.Module, run_dir: Path, step: int, info: DistInfo) -> Path | None:
@@ -190,7 +263,7 @@ class Trainer:
         if not info.main:
             return None
         state = ckpt.trainer_state(step, self.optimizer, self.scaler, self.tracker, rng_ranks=rng,
-                                   world_size=info.world)
+                                   world_size=info.world, data=self.position(step) if self.position else None)
         return ckpt.save_checkpoint(run_dir / "checkpoints", step, task, state)
 
 
@@ -243,6 +316,8 @@ class Hooks:
             log.info("step %d: %s", step, ", ".join(f"{k} {v:.2f}" for k, v in short.items()))
 
     def prepare(self, batch: dict) -> None:
+        if batch.get("error"):  # the data stream failed on this rank (shard_batch_stream)
+            raise ShardError(batch["error"])
         if len(batch["caption"]):
             self.job.prepare(batch)
 
@@ -300,8 +375,12 @@ def _setup(cfg: Config, info: DistInfo, resume: bool, run_dir: Path) -> tuple[Jo
     job = make_job(cfg, info.device)
     if info.rank:
         torch.manual_seed(cfg.train.seed + 1_000_003 * info.rank)  # each rank its own dropout draws
-    steps_per_epoch(len(job.items), cfg.train.batch_size, info.world)  # too few samples: stop before any step
-    check_media_exist(job.items, cfg)
+    # too few samples: stop before any step
+    if cfg.data.shards:  # the shards were found when opened (`training_items`)
+        shard_steps_per_epoch(len(job.items), cfg.train.batch_size, info.world, cfg.data.num_workers)
+    else:
+        steps_per_epoch(len(job.items), cfg.train.batch_size, info.world)
+        check_media_exist(job.items, cfg)
     speed_settings(cfg, job.model, info.device)
     trainer = Trainer.build(job.task, cfg, info.device)
     if resume:
@@ -319,12 +398,12 @@ def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
             logging.getLogger("vidmask").handlers.clear()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
-                               hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
-    # frozen text tower: every caption's features once, before the clock starts
-    job.model.text.warm_cache([c for it in job.items for c in it.captions])
+    dataset = training_stream(job, cfg, info, trainer, resume)
     neighbours = None
     if cfg.train.hard_batches:
+        if cfg.data.shards:
+            raise ConfigError("train.hard_batches composes batches from data.train_anno's clips; tar shards are "
+                              "read in stream order: set train.hard_batches=0 or data.shards=''")
         neighbours = run_neighbours(job.model.text, job.items, cfg.train.hard_batches, run_dir, info.main)
     if info.main:
         _describe_run(cfg, run_dir, info, job)

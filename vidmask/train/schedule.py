@@ -45,6 +45,22 @@ def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
     return spe
 
 
+def shard_steps_per_epoch(n: int, batch_size: int, world: int, num_workers: int) -> int:
+    """Steps per epoch from tar shards (`vidmask.data.shards`): each of world x workers loader
+    units emits (n // units) // batch_size batches, the same number on every rank."""
+    from vidmask.data.shards import batches_per_unit
+
+    workers = max(1, num_workers)
+    per_unit = batches_per_unit(n, world * workers, batch_size)
+    if per_unit < 1:
+        raise ConfigError(
+            f"train.batch_size: the {n} samples of data.shards, split between {world} processes x {workers} "
+            f"loader workers (data.num_workers), cannot give each worker one batch of {batch_size}; lower "
+            "train.batch_size or data.num_workers, or add samples"
+        )
+    return per_unit * workers
+
+
 def lr_at(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
     """Linear warm-up to `peak`, then cosine decay to `floor` at `total`."""
     if warmup and step < warmup:

@@ -53,7 +53,12 @@ def build_teacher_from(cfg: Config):
 def training_items(cfg: Config):
     """The training annotations as a memory-mapped store (`vidmask.data.load_store`): every rank and
     loader worker shares its pages instead of holding a Python list. Rank 0 builds or refreshes the
-    store beside the file while the other ranks wait, then they open it."""
+    store beside the file while the other ranks wait, then they open it.
+
+    With data.shards, the shards and their counts instead (`vidmask.data.shards.ShardSet`: its
+    length is the number of samples; the runner streams it)."""
+    if cfg.data.shards:
+        return training_shards(cfg)
     from vidmask.data import load_store
 
     path, root = cfg.data.path(cfg.data.train_anno), cfg.data.root()
@@ -61,6 +66,17 @@ def training_items(cfg: Config):
     store = load_store(path, root=root) if main else None
     barrier()
     return store if main else load_store(path, root=root)
+
+
+def training_shards(cfg: Config):
+    """data.shards opened against their index; a missing or unlisted shard is a ConfigError naming it."""
+    from vidmask.data.shards import ShardError, open_shards
+
+    try:
+        return open_shards(cfg.data.shards, cfg.data.shards_index or None)
+    except (ShardError, FileNotFoundError, ValueError) as e:
+        hint = "; data.shards_index names the index" if str(e).startswith(("shard index", "pipe:")) else ""
+        raise ConfigError(f"data.shards: {e}{hint}") from None
 
 
 def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
