@@ -17,8 +17,10 @@ Sections:
 Synthetic clips and captions; the teacher is lit-effnet with untrained heads
 (``teacher.path=''``: the head weights do not change the cost). The hf-clip
 recipes take ``--clip FOLDER`` (a local CLIPModel); without it they are
-switched to lit-effnet (its one map as every aligned layer's target), since no
-CLIP folder can be assumed on the machine.
+switched to lit-effnet (its one map as every aligned layer's target, and
+``stm`` decoding one layer), since no CLIP folder can be assumed on the
+machine. ``--tiny`` runs ``stm`` at 64 px: its alignment network needs a grid
+side of at least 4 patches.
 """
 
 from __future__ import annotations
@@ -51,12 +53,18 @@ def recipe_config(path: Path, tiny: bool, precision: str, clip: str = ""):
     """A base recipe at the check's scale. hf-clip recipes use the CLIP folder ``clip`` when given, else
     lit-effnet with untrained heads, whose one token map every aligned layer then targets."""
     from vidmask.config import load_config
+    from vidmask.masking import masker_class
 
     over = ["teacher.cache=", f"train.precision={precision}"]
-    over += TINY + ["train.batch_size=4", "loss.align.layers=1"] if tiny else ["train.batch_size=64"]
-    if load_config(path, over).teacher.name == "hf-clip":
+    over += (TINY + ["train.batch_size=4", "loss.align.layers=1", "loss.stm.layers=1"] if tiny
+             else ["train.batch_size=64"])
+    cfg = load_config(path, over)
+    if tiny and masker_class(cfg.mask.strategy).needs_grid:
+        over.append("data.size=64")  # stm pools its patch grid twice by 2: a side of at least 4 patches
+    if cfg.teacher.name == "hf-clip":
+        # lit-effnet has one map: every aligned layer targets it, and stm decodes one layer
         over += [f"teacher.path={clip}"] if clip else ["teacher.name=lit-effnet", "teacher.path=",
-                                                       "loss.align.targets=last"]
+                                                       "loss.align.targets=last", "loss.stm.layers=1"]
     else:
         over.append("teacher.path=")
     return load_config(path, over)

@@ -35,7 +35,10 @@ def config_of(name: str, corpus: Path):
     before = ["loss.recon=0", "loss.align=1", "loss.vtm=1", "loss.mlm=1"] if name.startswith("clusterstm") else []
     if name.startswith(("clusterstm", "umt", "stm")):
         before.append("loss.align.head=ln-linear")  # umt.yaml has UMT's heads since; the old runs had these
-    return load_config(ROOT / "configs" / "recipes" / f"{name}.yaml",
+    # the recipe called stm then is stm-guided now (stm is STM's official algorithm): an old stm run's
+    # config.yaml migrates to it (vidmask.config.migrate_legacy) and its weights are renamed to it
+    recipe = "stm-guided" if name == "stm" else name
+    return load_config(ROOT / "configs" / "recipes" / f"{recipe}.yaml",
                        [f"data.corpus={corpus}", *TINY, "data.test_anno=test.json", *before])
 
 

@@ -156,8 +156,16 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_set):
     from vidmask.tasks import list_tasks, task_info
     from vidmask.train.run import make_job
 
-    configs = [(p.stem, load_config(p, [f"data.corpus={tiny_set}", *TASK_TINY, "data.test_anno=",
-                                        "teacher.path=", "teacher.cache="])) for p in RECIPES]
+    from vidmask.masking import masker_class
+
+    def recipe(path):
+        over = [f"data.corpus={tiny_set}", *TASK_TINY, "data.test_anno=", "teacher.path=", "teacher.cache="]
+        cfg = load_config(path, over)
+        if masker_class(cfg.mask.strategy).needs_grid:  # stm pools its patch grid twice by 2: side >= 4
+            cfg = load_config(path, [*over, "data.size=64"])
+        return cfg
+
+    configs = [(p.stem, recipe(p)) for p in RECIPES]
     for name in list_tasks(finetune=True):
         files = task_info(name).files
         test = "test.json" if name == "retrieval" else files[1]

@@ -21,9 +21,11 @@ from vidmask.masking.clusterstm import (
     quantile_linear,
     temporal_density,
 )
-from vidmask.masking.stm import StmMasker
+from vidmask.masking.stm_guided import StmGuidedMasker
 
 B, T, N, C = 2, 4, 50, 16  # N = 50: not a perfect square
+N_PLAIN = N
+N_GRID = 64  # for a strategy that convolves over each frame's grid (Masker.needs_grid): 8 x 8
 
 
 def gen(seed):
@@ -51,9 +53,11 @@ def make(name, ratio=0.75, c=C, **params):
 
 @pytest.mark.parametrize("name", list_maskers())
 def test_contract(name):
-    tokens, attn = clip()
     masker = make(name)
+    N = N_GRID if masker.needs_grid else N_PLAIN  # a grid strategy cannot see 50 tokens as a square
+    tokens, attn = clip(n=N)
     assert set(masker.modes) <= {"drop", "replace"} and masker.modes
+    assert masker.inputs in ("features", "patch_embeds") and masker.video_text_set in ("kept", "masked")
     out = masker(tokens, attn=attn, generator=gen(0))
     assert isinstance(out, MaskOut)
     keep = out.keep
@@ -74,6 +78,9 @@ def test_contract(name):
         assert (ids[:, 1:] > ids[:, :-1]).all()
         flat = tokens.reshape(B, T * N, C)
         assert torch.equal(gather_tokens(flat, ids), flat[keep.reshape(B, -1)].reshape(B, K, C))
+    if masker.video_text_set == "masked":  # its masked set is encoded too: straight-through weights for it
+        assert out.masked_weight.shape == (B, T * N - K)
+        assert torch.equal(out.masked_weight.detach(), torch.ones(B, T * N - K))
 
     again = masker(tokens, attn=attn, generator=gen(0))
     assert torch.equal(again.keep, keep)
@@ -85,7 +92,7 @@ def test_contract(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = masker(tokens, attn=attn, generator=gen(0))
     assert torch.equal(auto.keep, keep), "autocast changed the mask"
-    for extra in (auto.saliency, auto.token_weight, *(auto.extra or {}).values()):
+    for extra in (auto.saliency, auto.token_weight, auto.masked_weight, *(auto.extra or {}).values()):
         if torch.is_tensor(extra) and extra.is_floating_point():
             assert extra.dtype == torch.float32
 
@@ -377,9 +384,12 @@ def test_ratio_extremes():
     tokens, _ = clip()
     out = build_masker("clusterstm", ratio=0.0)(tokens)
     assert out.keep.all()
-    for name in ("clusterstm", "density-topk", "cluster-random", "umt", "stm", "random"):
+    for name in ("clusterstm", "density-topk", "cluster-random", "umt", "stm-guided", "random"):
         out = make(name, ratio=0.99)(tokens, attn=clip()[1], generator=gen(0))
         assert (out.keep.sum(-1) == 1).all(), name  # floor/round(50 * 0.01) = 0 -> at least 1
+    square, attn = clip(n=N_GRID)
+    out = make("stm", ratio=0.99)(square, attn=attn, generator=gen(0))
+    assert (out.keep.sum(-1) == 1).all()  # STM masks int(64 * 0.99) = 63
 
 
 def test_num_clusters_floors():
@@ -484,10 +494,10 @@ def test_replace_patches_both_conventions():
 # ----------------------------------------------------------------------------
 
 
-def test_stm_is_a_module_and_trains_through_token_weight():
+def test_stm_guided_is_a_module_and_trains_through_token_weight():
     tokens, attn = clip()
-    masker = make("stm", ratio=0.75)
-    assert isinstance(masker, torch.nn.Module) and isinstance(masker, StmMasker)
+    masker = make("stm-guided", ratio=0.75)
+    assert isinstance(masker, torch.nn.Module) and isinstance(masker, StmGuidedMasker)
     for a in (attn, None):
         masker.zero_grad(set_to_none=True)
         out = masker(tokens, attn=a, generator=gen(0))
@@ -503,13 +513,13 @@ def test_stm_is_a_module_and_trains_through_token_weight():
             assert masker.attn_logit.grad.abs() > 0
 
 
-def test_stm_masks_tokens_that_leak_across_adjacent_frames():
+def test_stm_guided_masks_tokens_that_leak_across_adjacent_frames():
     g = gen(11)
     n, c = 40, 32
     tokens = torch.randn(2, 6, n, c, generator=g)
     static = torch.arange(20)  # these positions show the same content in every frame
     tokens[:, :, static] = torch.randn(2, 1, 20, c, generator=g)
-    masker = StmMasker(ratio=0.5, token_dim=c).eval()  # no Gumbel noise: the score alone decides
+    masker = StmGuidedMasker(ratio=0.5, token_dim=c).eval()  # no Gumbel noise: the score alone decides
     out = masker(tokens)
     assert not out.keep[:, :, static].any()
     assert (out.keep.sum(-1) == 20).all()

@@ -12,7 +12,7 @@ from vidmask.masking.base import keep_to_ids
 from vidmask.objectives.align import AlignHead, align_loss
 from vidmask.objectives.relevance import RelevanceDecoder, relevance_loss, relevance_map
 from vidmask.tokens import gather_tokens, scatter_kept, window_tokens
-from vidmask.objectives.stm_decoder import StmDecoder, stm_decoder_loss
+from vidmask.objectives.stm_guided import StmGuidedDecoder, stm_guided_loss
 
 
 def _keep(B, T, N, k, seed=0) -> torch.Tensor:
@@ -158,15 +158,15 @@ def test_align_head_mlp_and_layer_count():
         heads([torch.randn(1, 3, 8)])
 
 
-# ---- STM decoder ----------------------------------------------------------
+# ---- stm-guided: vidmask's STM decoder (the official one: tests/test_stm.py) ----------------------------------------------------------
 
 
-def test_stm_decoder_loss_matches_reference_and_positions():
+def test_stm_guided_loss_matches_reference_and_positions():
     torch.manual_seed(3)
     B, T, N, D = 2, 2, 9, 5
     keep = _keep(B, T, N, 2)
     pred, teacher = torch.randn(B, T * N, D), torch.randn(B, T, N, D)
-    got = stm_decoder_loss(pred, teacher, keep)["stm_loss"]
+    got = stm_guided_loss(pred, teacher, keep)["stm-guided_loss"]
     ref_m, ref_all, n_m = 0.0, 0.0, 0
     for b in range(B):
         for l in range(T * N):
@@ -176,23 +176,24 @@ def test_stm_decoder_loss_matches_reference_and_positions():
                 ref_m += v
                 n_m += 1
     assert got.item() == pytest.approx(ref_m / n_m, rel=1e-5)
-    assert stm_decoder_loss(pred, teacher, keep, "all")["stm_loss"].item() == pytest.approx(ref_all / (B * T * N), rel=1e-5)
+    assert stm_guided_loss(pred, teacher, keep, "all")["stm-guided_loss"].item() == pytest.approx(
+        ref_all / (B * T * N), rel=1e-5)
     changed = pred.clone()
     changed[keep.reshape(B, -1)] = torch.randn_like(changed[keep.reshape(B, -1)])
-    torch.testing.assert_close(stm_decoder_loss(changed, teacher, keep)["stm_loss"], got)
+    torch.testing.assert_close(stm_guided_loss(changed, teacher, keep)["stm-guided_loss"], got)
 
 
-def test_stm_decoder_fills_masked_with_text():
+def test_stm_guided_decoder_fills_masked_with_text():
     torch.manual_seed(0)
     B, T, N, C, E, D = 2, 2, 16, 12, 10, 6
     keep = _keep(B, T, N, 4)
     ids = keep_to_ids(keep)
     kept = torch.randn(B, ids.shape[1], C)
     text = torch.randn(B, E, requires_grad=True)
-    dec = StmDecoder(C, E, D, dim=16, depth=1, heads=2, frames=T, grid=4)
+    dec = StmGuidedDecoder(C, E, D, dim=16, depth=1, heads=2, frames=T, grid=4)
     pred = dec(kept, ids, text, T, N)  # (B, L, D)
     assert pred.shape == (B, T * N, D)
-    stm_decoder_loss(pred, torch.randn(B, T, N, D), keep)["stm_loss"].backward()
+    stm_guided_loss(pred, torch.randn(B, T, N, D), keep)["stm-guided_loss"].backward()
     assert text.grad is not None and text.grad.abs().sum() > 0  # the caption reaches the masked slots
     with torch.no_grad():  # a different caption changes the prediction
         assert not torch.allclose(dec(kept, ids, text + 1.0, T, N), pred)
@@ -309,7 +310,7 @@ def test_reverse_objective_against_an_explicit_softmax():
 
     model = SimpleNamespace(visual=Visual(), project_video=lambda tokens: neg, temperature_scale=lambda: scale)
     ctx = SimpleNamespace(video=torch.zeros(B, 2, 3, 4, 4), model=model, frames=2, tokens=1, generator=None,
-                          masking=SimpleNamespace(ids_keep=torch.zeros(B, 1, dtype=torch.long), token_weight=None),
+                          video_ids=torch.zeros(B, 1, dtype=torch.long), video_weight=None,  # the video-text set
                           text_feat=t, video_feat=v)
     w = 2.0
     got = Reverse(ReverseConfig(negative_weight=w), None)(ctx)

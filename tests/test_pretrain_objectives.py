@@ -27,10 +27,12 @@ def batch():
 def test_every_objective_with_hf_clip_teacher(tiny_clip_dir):
     teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
     model = tiny_model()
-    loss = LossConfig(vtc=1.0, vtm=1.0, mlm=1.0, align={"weight": 1.0, "layers": 2}, relevance=1.0, stm=1.0)
+    loss = LossConfig(vtc=1.0, vtm=1.0, mlm=1.0, align={"weight": 1.0, "layers": 2}, relevance=1.0,
+                      stm={"weight": 1.0, "channels": 16}, **{"stm-guided": 1.0})
     task = PretrainTask(model, build_masker("clusterstm", ratio=0.75), loss, teacher, frames=2, grid=4)
     losses, report = task(batch(), torch.Generator().manual_seed(1))
-    assert set(losses) == {"vtc_loss", "vtm_loss", "mlm_loss", "align_loss", "relevance_loss", "stm_loss"}
+    assert set(losses) == {"vtc_loss", "vtm_loss", "mlm_loss", "align_loss", "relevance_loss", "stm_loss",
+                           "stm-guided_loss"}
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()

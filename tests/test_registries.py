@@ -81,7 +81,8 @@ def test_run_config_of_the_flat_loss_section_still_loads(tmp_path):
                    "fusion_depth: 3, decoder_dim: 64}\n")
     cfg = load_config(old)
     assert cfg.loss.vtm.weight == 0.5 and cfg.loss.mlm.prob == 0.3 and cfg.loss.align.layers == 2
-    assert cfg.loss.relevance.window == 5 and cfg.loss.stm.decoder_dim == 64 and cfg.model.fusion_depth == 3
+    # decoder_dim was the stm decoder's, vidmask's own STM reading, now stm-guided
+    assert cfg.loss.relevance.window == 5 and cfg.loss["stm-guided"].decoder_dim == 64 and cfg.model.fusion_depth == 3
 
 
 def test_a_new_objective_is_one_registration(monkeypatch):

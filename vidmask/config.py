@@ -473,13 +473,23 @@ LEGACY_KEYS = {
     "loss.mlm_prob": ("loss.mlm.prob",),
     "loss.align_layers": ("loss.align.layers",),
     "loss.relevance_window": ("loss.relevance.window",),
-    "loss.decoder_dim": ("loss.relevance.decoder_dim", "loss.stm.decoder_dim"),
+    "loss.decoder_dim": ("loss.relevance.decoder_dim", "loss.stm-guided.decoder_dim"),
     "loss.fusion_depth": ("model.fusion_depth",),
 }
 
 
+# Fields only the `stm` loss section had before vidmask's own STM reading became `stm-guided` and
+# `stm` the official STM: a section holding one of them is the old one.
+STM_GUIDED_FIELDS = ("decoder_dim", "positions")
+
+
 def migrate_legacy(tree: dict) -> list[str]:
-    """Rewrite the keys of :data:`LEGACY_KEYS` in a config tree in place; returns those found."""
+    """Rewrite the keys of :data:`LEGACY_KEYS` in a config tree in place; returns those found.
+
+    Also a config written when ``stm`` was vidmask's own STM reading (a run folder's config.yaml holds
+    every loss section, so its ``loss.stm`` has ``decoder_dim`` and ``positions``; a flat loss section
+    predates the official one too): its ``loss.stm`` becomes ``loss.stm-guided`` and a ``mask.strategy``
+    of ``stm`` becomes ``stm-guided``, so the old run trains and loads as the method it ran."""
     found = []
     for old, new in LEGACY_KEYS.items():
         section, key = old.split(".")
@@ -490,6 +500,17 @@ def migrate_legacy(tree: dict) -> list[str]:
         found.append(old)
         for dotted in new:
             _set_dotted(tree, dotted, value)
+    loss, mask = tree.get("loss"), tree.get("mask")
+    old_stm = isinstance(loss, dict) and isinstance(loss.get("stm"), dict) and any(
+        k in loss["stm"] for k in STM_GUIDED_FIELDS)
+    if old_stm or (found and isinstance(loss, dict)):
+        if isinstance(loss, dict) and "stm" in loss:
+            moved = loss.get("stm-guided", {})  # loss.decoder_dim may have put a field there already
+            loss["stm-guided"] = {**_as_section(loss.pop("stm")), **(moved if isinstance(moved, dict) else {})}
+            found.append("loss.stm")
+        if isinstance(mask, dict) and mask.get("strategy") == "stm":
+            mask["strategy"] = "stm-guided"
+            found.append("mask.strategy")
     return found
 
 

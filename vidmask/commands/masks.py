@@ -64,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
     video, _ = VideoTransform(size=args.size, train=False)(raw)  # (T, 3, S, S)
     p = args.patch
     patches = patchify(video.unsqueeze(0), p)  # (1, T, N, p*p*3)
-    tokens, attn = masker_inputs(patches)  # (1, T, N, P), (1, T, N): what a strategy sees without a teacher
     ratio = strategy_ratio(args.strategy, args.ratio)
-    masker = build_masker(args.strategy, ratio=ratio, token_dim=masker_token_dim(p), **params)
+    masker = build_masker(args.strategy, ratio=ratio, token_dim=masker_token_dim(p, None, args.strategy), **params)
+    # (1, T, N, P), (1, T, N): what a strategy sees without a teacher
+    tokens, attn = masker_inputs(patches, inputs=masker.inputs)
     with torch.no_grad():
         out = masker(tokens, attn=attn, generator=torch.Generator().manual_seed(args.seed))
     if out.saliency is None and masker.needs_attn:

@@ -15,9 +15,17 @@ Two ways to apply a mask:
   pixels) and every token is still encoded.
 
 A strategy is a pure function of tensors; the registered object only holds
-hyper-parameters (``StmMasker`` is the exception: it has learnable weights).
-Randomness comes only from the explicit ``generator``; tensors are made on the
-input's device; masks are computed in float32 even under autocast.
+hyper-parameters (``stm`` and ``stm-guided`` are the exceptions: they have
+learnable weights). Randomness comes only from the explicit ``generator``;
+tensors are made on the input's device; masks are computed in float32 even
+under autocast.
+
+What a strategy ranks and what the encoder does with its mask are class
+attributes: ``inputs`` (the teacher's output tokens, or its patch embeddings
+before the transformer, which ``stm`` reads) and ``video_text_set`` (the
+video-text objectives vtc, vtm and mlm read the kept tokens, one encoder
+pass; or, for ``stm``, the complementary masked set, encoded in a second
+pass).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from torch import Tensor
 from vidmask.tokens import gather_tokens  # noqa: F401  (re-exported: the gather that goes with ids_keep)
 
 Mode = Literal["drop", "replace"]
+Inputs = Literal["features", "patch_embeds"]
+VideoTextSet = Literal["kept", "masked"]
 
 
 @dataclass
@@ -45,9 +55,13 @@ class MaskOut:
         temporal density), for pictures.
     clusters: optional long[B,T,N] cluster id of every token within its frame.
     token_weight: optional float[B,K] aligned with ``ids_keep``, from a learnable
-        strategy (``stm``): 1.0 in the forward pass, carrying the gradient of a
-        soft top-k backward. The encoder multiplies it onto the kept tokens, so
-        the task's loss reaches the strategy's parameters.
+        strategy (``stm``, ``stm-guided``): 1.0 in the forward pass, carrying the
+        gradient of a soft top-k backward. The encoder multiplies it onto the kept
+        tokens, so the task's loss reaches the strategy's parameters.
+    masked_weight: optional float[B,L-K] aligned with ``keep_to_ids(~keep)`` (the
+        masked tokens, ascending), the same straight-through weight for the masked
+        set, from a strategy whose masked set is encoded too
+        (``video_text_set = "masked"``: ``stm``'s second pass).
     extra: anything else a strategy exposes (e.g. MASCOT's interval).
     """
 
@@ -56,6 +70,7 @@ class MaskOut:
     saliency: Tensor | None = None
     clusters: Tensor | None = None
     token_weight: Tensor | None = None
+    masked_weight: Tensor | None = None
     extra: dict | None = None
 
     @property
@@ -103,7 +118,7 @@ def topk_keep(score: Tensor, k: int) -> Tensor:
 def kept_per_frame(num_tokens: int, ratio: float) -> int:
     """Tokens each frame keeps at mask ratio `ratio`: round(N * (1 - ratio)), at least 1.
 
-    The rounding rule of the per-frame strategies (random, tube, umt, stm);
+    The rounding rule of the per-frame strategies (random, tube, umt, stm-guided);
     each masker states its own count through :meth:`Masker.kept_per_frame`."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
@@ -115,7 +130,8 @@ class Masker:
 
     Subclasses set ``name``, ``modes`` (the apply modes they support),
     ``needs_attn`` and ``stochastic`` (False when the mask is a function of the
-    inputs alone and ignores ``generator``), and implement ``__call__``.
+    inputs alone and ignores ``generator``), and implement ``__call__``; the
+    attributes below them default to what every strategy but ``stm`` does.
     """
 
     name: str = ""
@@ -123,6 +139,16 @@ class Masker:
     needs_attn: bool = False
     stochastic: bool = True
     fixed_ratio: float | None = None  # a strategy that only works at one ratio (`none`: 0) states it
+    # what `tokens` is (vidmask.masking.inputs): "features", the teacher's output tokens (pixel tokens
+    # without one); "patch_embeds", its patch embeddings before the transformer (raw pixel patches where
+    # the teacher has none)
+    inputs: Inputs = "features"
+    # which tokens the video-text objectives (vtc, vtm, mlm) read: "kept" (one encoder pass) or "masked"
+    # (the complementary set, encoded in a second pass: STM)
+    video_text_set: VideoTextSet = "kept"
+    needs_grid: bool = False  # it convolves over each frame's square token grid (N = side * side, side >= 4)
+    # parameter-name prefix (inside the masker) -> learning-rate multiplier, for a learnable strategy
+    lr_scales: dict[str, float] = {}
 
     def __init__(self, ratio: float = 0.75):
         if not 0.0 <= ratio < 1.0:
@@ -172,6 +198,13 @@ def list_maskers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def masker_class(name: str) -> Callable[..., Masker]:
+    """The registered class of strategy ``name`` (KeyError listing the known ones)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown mask strategy {name!r}; known: {', '.join(list_maskers())}")
+    return _REGISTRY[name]
+
+
 def strategy_ratio(name: str, ratio: float) -> float:
     """The ratio to build strategy ``name`` with: its fixed ratio if it has one, else ``ratio``."""
     fixed = _REGISTRY[name].fixed_ratio if name in _REGISTRY else None
@@ -201,8 +234,7 @@ def build_masker(name: str, ratio: float = 0.75, *, token_dim: int | None = None
     KeyError for an unknown name, TypeError for a parameter the strategy
     does not take; both messages list what is valid.
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown mask strategy {name!r}; known: {', '.join(list_maskers())}")
+    masker_class(name)  # a KeyError for an unknown name
     unknown = sorted(set(params) - set(masker_params(name)))
     if unknown:
         raise TypeError(f"mask strategy {name!r} takes no parameter {', '.join(unknown)}; "

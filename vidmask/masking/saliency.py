@@ -3,7 +3,7 @@
 `pixel_tokens` is what clustering strategies cluster: per-patch normalised
 pixels.
 
-`umt`, `mascot-*` and `stm` rank tokens by a teacher's CLS-to-patch attention.
+`umt`, `mascot-*`, `stm` and `stm-guided` rank tokens by a teacher's CLS-to-patch attention.
 When no teacher is configured, pretraining gives them this stand-in instead:
 how far each patch's mean colour lies from the frame's median patch colour.
 On the motion-shapes corpus (saturated objects on muted textures) it lights

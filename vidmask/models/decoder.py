@@ -1,11 +1,13 @@
 """A light MAE-style token decoder: kept encoder features back onto every position of the clip.
 
-The reconstruction objectives (ClusterSTM's relevance, STM's text-filled
-decoder) share it: kept student features (projected to ``dim``) go to their
-positions, a filler the subclass chooses (a learned mask token, projected
-text) to the masked ones; space + time position embeddings are added
-everywhere, a few ``Block``s run over all L = T*N positions, and a linear head
-maps each position to ``out_dim``.
+The reconstruction objectives (ClusterSTM's relevance and recon, the
+text-filled decoder of ``stm-guided``) share it: kept student features
+(projected to ``dim``) go to their positions, a filler the subclass chooses
+(a learned mask token, projected text) to the masked ones; space + time
+position embeddings are added everywhere, a few ``Block``s run over all
+L = T*N positions, and a linear head maps each position to ``out_dim``.
+STM's official decoders (``vidmask.objectives.stm_decoder``) are another
+design: no blocks, ILA message passing between frames.
 """
 
 from __future__ import annotations

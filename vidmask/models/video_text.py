@@ -52,7 +52,10 @@ class VideoTextModel(nn.Module):
 
     def encode_text(self, captions: list[str]) -> Tensor:
         """captions -> unit features [B,E]."""
-        pooled = self.text(captions)  # (B, W)
+        return self.project_text(self.text(captions))  # (B, E)
+
+    def project_text(self, pooled: Tensor) -> Tensor:
+        """The text tower's pooled states [B,W] -> unit features [B,E]."""
         return F.normalize(self.text_proj(pooled).float(), dim=-1)  # (B, E)
 
     def temperature_scale(self) -> Tensor:

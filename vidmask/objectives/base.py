@@ -63,7 +63,14 @@ class ObjectiveEnv:
 
 @dataclass
 class StepContext:
-    """What every objective of one pretraining step may read; computed once by the task."""
+    """What every objective of one pretraining step may read; computed once by the task.
+
+    Two token sets: the **kept** tokens (``masking.ids_keep``; ``feats`` and ``layers``), which the
+    teacher objectives read (align, relevance, recon, stm, stm-guided), and the **video-text set**
+    (``video_ids``; ``video_tokens`` and ``video_feat``), which vtc, vtm, mlm and reverse read. They are
+    the same tokens and the same encoder pass for every strategy but ``stm``, whose video-text set is
+    the complementary masked set, encoded in a second pass (``Masker.video_text_set``).
+    """
 
     model: nn.Module  # the VideoTextModel
     video: Tensor  # float[B,T,3,H,W]
@@ -71,7 +78,7 @@ class StepContext:
     masking: Any  # MaskOut: keep bool[B,T,N], ids_keep long[B,K]
     feats: Tensor  # float[B,K,C]: the student's final (normed) features of the kept tokens
     layers: list[Tensor]  # the raw outputs of the last k student blocks, k x [B,K,C] (k = most requested)
-    video_feat: Tensor  # float[B,E] unit video features (joint space)
+    video_feat: Tensor  # float[B,E] unit video features (joint space) of the video-text set
     text_feat: Tensor  # float[B,E] unit text features (joint space)
     teacher_out: Any  # TeacherOut (tokens float[B,T,N,D], attn float[B,T,N]) or None
     teacher: nn.Module | None  # the frozen teacher, for targets it computes (text features, pooling)
@@ -79,6 +86,13 @@ class StepContext:
     generator: torch.Generator | None  # this step's generator (negatives, MLM masking)
     frames: int  # T: token time steps (frames / model.tubelet); video holds T*k frames
     tokens: int  # N per frame
+    # the video-text set: float[B,K',C] final (normed) encoder features, long[B,K'] their flat indices
+    # (ascending), float[B,K'] a learnable masker's straight-through weights on them (or None). The task
+    # sets them; in one pass they are feats, masking.ids_keep and masking.token_weight
+    video_tokens: Tensor | None = None
+    video_ids: Tensor | None = None
+    video_weight: Tensor | None = None
+    text_pooled: Tensor | None = None  # float[B,W]: the text tower's pooled caption state, what its head projects
     _tokenized: dict | None = field(default=None, repr=False)
 
     def tokenized(self) -> dict[str, Tensor]:

@@ -115,7 +115,8 @@ class MlmConfig(ObjectiveConfig):
 
 @register_objective("mlm", MlmConfig)
 class Mlm(Objective):
-    """Masked language modelling through the shared fusion encoder, conditioned on the kept video tokens."""
+    """Masked language modelling through the shared fusion encoder, conditioned on the video-text set
+    (the kept video tokens; STM: the masked ones, ``StepContext``)."""
 
     uses_fusion = True
 
@@ -131,4 +132,4 @@ class Mlm(Objective):
         ids, labels = mask_tokens(tok["input_ids"], tok["attention_mask"], text.tokenizer, self.prob,
                                   ctx.generator)  # (B, S), (B, S)
         states, mask = text.token_states(ctx.captions, ids, tok["attention_mask"])  # (B, S, W), (B, S)
-        return mlm_loss(ctx.fusion, self.head, states, mask, ctx.feats, labels)
+        return mlm_loss(ctx.fusion, self.head, states, mask, ctx.video_tokens, labels)

@@ -7,7 +7,8 @@ Bagad et al., CVPR 2023), each clip's time-reversed version joins the
 candidates of its own caption as a hard negative: to tell "moves left" from
 its reverse, the video feature must depend on the order of frames.
 
-The reversed clip is encoded with the *same* kept tokens, mirrored in time
+The reversed clip is encoded with the *same* tokens the contrastive term reads
+(the kept ones; with ``stm``, the masked set: ``StepContext.video_ids``), mirrored in time
 (token (t, n) of the original is token (T-1-t, n) of the reversed clip; with
 tubelets, each token's own frames are reversed as well), so it holds exactly
 the same patches and differs only in their time order:
@@ -94,10 +95,10 @@ class Reverse(Objective):
         video, model = ctx.video, ctx.model  # (B, F, 3, H, W), F = T*k frames for tubelets of k
         B, T = video.shape[0], ctx.frames  # T token time steps
         order = self.frame_order(B, T, ctx.generator, video.device)  # (B, T)
-        ids, columns = time_order_ids(ctx.masking.ids_keep, ctx.tokens, order)  # (B, K), (B, K)
+        ids, columns = time_order_ids(ctx.video_ids, ctx.tokens, order)  # (B, K), (B, K)
         frames = tubelet_frame_order(order, video.shape[1] // T, self.order == "reverse")  # (B, F)
         embedded = model.visual.embed_kept(reorder_frames(video, frames), ids)  # (B, K, C): the same patches
-        weight = ctx.masking.token_weight  # (B, K) or None, in ids_keep's order: carried along
+        weight = ctx.video_weight  # (B, K) or None, in video_ids' order: carried along
         weight = None if weight is None else weight.gather(1, columns)  # (B, K)
         negative = model.project_video(model.visual.forward_features(embedded, None, weight).tokens)  # (B, E)
         scale = model.temperature_scale()

@@ -6,10 +6,16 @@ The task computes once per step what every objective may read (a
 :class:`~vidmask.objectives.StepContext`) and calls the active objectives in
 turn; it knows none of them by name. A frozen teacher, when configured,
 supplies what strategies and objectives consume from outside: its
-CLS-to-patch attention and per-token features for the masker
-(`vidmask.masking.masker_inputs`), and the targets of the teacher objectives.
-Without a teacher, strategies see per-patch normalised pixels and a
-colour-contrast stand-in for attention.
+CLS-to-patch attention and per-token features (or patch embeddings) for the
+masker (`vidmask.masking.masker_inputs`), and the targets of the teacher
+objectives. Without a teacher, strategies see per-patch normalised pixels
+(or raw pixel patches) and a colour-contrast stand-in for attention.
+
+One encoder pass over the kept tokens serves every objective, except for a
+strategy whose ``video_text_set`` is ``"masked"`` (``stm``, as STM's code
+runs it): the kept tokens feed the teacher objectives, and a second pass over
+the complementary masked tokens feeds vtc, vtm, mlm and reverse. A learnable
+strategy's straight-through weights multiply the tokens of both passes.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import Tensor, nn
 
 from vidmask.config import Config, ConfigError, LossConfig
 from vidmask.data import load_annotations
-from vidmask.masking.base import Masker
+from vidmask.masking.base import Masker, keep_to_ids
 from vidmask.masking.inputs import masker_inputs
 from vidmask.models.fusion import FusionEncoder
 from vidmask.models.video_text import VideoTextModel
@@ -44,6 +50,8 @@ class PretrainTask(nn.Module):
         super().__init__()
         self.model = model
         self.masker = masker  # a learnable strategy (an nn.Module) trains and is saved with the model
+        # learning-rate multipliers of a learnable strategy's parameters (Trainer.build reads `lr_scales`)
+        self.lr_scales = {f"masker.{k}": v for k, v in getattr(masker, "lr_scales", {}).items()}
         self.loss_cfg = cfg = loss or LossConfig()
         # a list hides the frozen teacher from state_dict, the optimizer and DDP
         self._teacher = [teacher]
@@ -63,7 +71,11 @@ class PretrainTask(nn.Module):
         self.teacher_cache = teacher_cache
 
     def check_cache_allowed(self) -> None:
-        """A ConfigError when an objective reads more teacher layers than the cache holds (its last one)."""
+        """A ConfigError when an objective reads more teacher layers than the cache holds (its last one),
+        or the strategy reads patch embeddings the teacher has and the cache does not hold."""
+        if self.masker.inputs == "patch_embeds" and getattr(self.teacher, "patch_dim", 0):
+            raise ConfigError(f"mask.strategy={self.masker.name} reads the teacher's patch embeddings, which "
+                              "teacher.cache does not hold: set teacher.cache= (the teacher then runs every step)")
         if self.teacher_layers > 1:
             wants = [n for n, o in self.objectives.items() if o.teacher_layers() > 1]
             raise ConfigError(f"loss.{wants[0]} reads the teacher's last {self.teacher_layers} layers but "
@@ -91,8 +103,10 @@ class PretrainTask(nn.Module):
                 feats = self.teacher_cache.lookup(batch["index"], batch["frame_ids"]).to(video.device)
                 out = self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
             else:
-                # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D)
-                out = self.teacher(video, grid=grid, return_layers=self.teacher_layers)
+                # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D); patch_embeds
+                # (B, T, N, W) only when the strategy reads them
+                ask = {"patch_embeds": True} if self.masker.inputs == "patch_embeds" else {}
+                out = self.teacher(video, grid=grid, return_layers=self.teacher_layers, **ask)
             # on the student's token grid: a tubelet token holds k frames (tokens (B, T/k, N, D))
             return tubelet_mean(out, self.model.visual.tubelet)
 
@@ -103,9 +117,11 @@ class PretrainTask(nn.Module):
         ``teacher_out``: the teacher's output on ``video``, if already computed."""
         if self.teacher is not None and teacher_out is None:
             teacher_out = self.run_teacher({"video": video})
+        inputs = self.masker.inputs
+        pixels = teacher_out is None or (inputs == "patch_embeds" and teacher_out.patch_embeds is None)
         with torch.autocast(video.device.type, enabled=False):
-            patches = None if teacher_out is not None else self.model.visual.patchify(video.float())  # (B, T, N, P)
-            tokens, attn = masker_inputs(patches, teacher_out)  # (B, T, N, C), (B, T, N)
+            patches = self.model.visual.patchify(video.float()) if pixels else None  # (B, T, N, P)
+            tokens, attn = masker_inputs(patches, teacher_out, inputs)  # (B, T, N, C), (B, T, N)
             out = self.masker(tokens, attn=attn, generator=generator)
         if out.ids_keep is None:
             raise ValueError(f"mask strategy {self.masker.name!r} cannot drop tokens; pretraining needs drop mode")
@@ -117,13 +133,21 @@ class PretrainTask(nn.Module):
         T, H = self.model.visual.token_frames(video.shape[1]), video.shape[3]  # token time steps (T/k)
         N = (H // self.model.visual.patch) ** 2
         out, t_out = self.choose_tokens(video, generator, self.run_teacher(batch))
-        embedded = self.model.visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
-        enc = self.model.visual.forward_features(embedded, None, out.token_weight, return_layers=self.student_layers)
+        visual = self.model.visual
+        embedded = visual.embed_kept(video, out.ids_keep)  # (B, K, C): only kept patches embedded
+        enc = visual.forward_features(embedded, None, out.token_weight, return_layers=self.student_layers)
+        video_ids, video_weight, video_tokens = out.ids_keep, out.token_weight, enc.tokens  # (B, K), (B, K), (B, K, C)
+        if self.masker.video_text_set == "masked":  # STM: a second pass over the complementary masked set
+            video_ids, video_weight = keep_to_ids(~out.keep), out.masked_weight  # (B, L-K), (B, L-K)
+            embedded = visual.embed_kept(video, video_ids)  # (B, L-K, C)
+            video_tokens = visual.forward_features(embedded, None, video_weight).tokens  # (B, L-K, C)
+        pooled = self.model.text(captions)  # (B, W)
         ctx = StepContext(
             model=self.model, video=video, captions=captions, masking=out, feats=enc.tokens, layers=enc.layers,
-            video_feat=self.model.project_video(enc.tokens), text_feat=self.model.encode_text(captions),
+            video_feat=self.model.project_video(video_tokens), text_feat=self.model.project_text(pooled),
             teacher_out=t_out, teacher=self.teacher, fusion=self.fusion, generator=generator,
-            frames=T, tokens=N,
+            frames=T, tokens=N, video_tokens=video_tokens, video_ids=video_ids, video_weight=video_weight,
+            text_pooled=pooled,
         )
         losses: dict[str, Tensor] = {}
         report: dict = {}

@@ -4,6 +4,7 @@ Public API::
 
     build_teacher(name, **kw) -> Teacher          # exact names: list_teachers()
     Teacher(video [B,T,3,H,W], grid=None) -> TeacherOut(tokens [B,T,N,D], attn [B,T,N], video [B,E])
+    Teacher(video, return_layers=k, patch_embeds=True)   # + layers k x [B,T,N,D], patch_embeds [B,T,N,W]
     Teacher.pool(tokens [M,W,D]) -> [M,E]; Teacher.encode_text(captions) -> [B,E]
     resample_grid(tokens [B,T,n,D], N) -> [B,T,N,D]
 

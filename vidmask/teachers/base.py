@@ -2,9 +2,10 @@
 
 A teacher is a frozen image-text model run per frame on *all* tokens of a
 clip. UMT distils its per-token features into the student's visible tokens,
-attention-guided maskers (``umt``, ``mascot-*``, ``stm``) rank tokens by its
-CLS-to-patch attention, and ClusterSTM's relevance reconstruction pools its
-tokens with its own pooler and scores them against its text feature.
+attention-guided maskers (``umt``, ``mascot-*``, ``stm``, ``stm-guided``) rank
+tokens by its CLS-to-patch attention, STM's mask module reads its patch
+embeddings, and ClusterSTM's relevance reconstruction pools its tokens with
+its own pooler and scores them against its text feature.
 
 For a clip ``video`` float[B,T,3,H,W] (CLIP-normalised, as every vidmask
 loader makes it) a teacher returns a :class:`TeacherOut`, computed under
@@ -19,7 +20,13 @@ loader makes it) a teacher returns a :class:`TeacherOut`, computed under
   one ``tokens`` itself (UMT aligns student layer i to teacher layer i). k is
   asked for with ``teacher(video, return_layers=k)``; the default 1 costs
   nothing more than ``tokens``. A teacher gives at most ``max_layers``
-  (1 for a teacher with one token map).
+  (1 for a teacher with one token map);
+* ``patch_embeds`` float[B,T,N,W]: the patch embeddings **before** the
+  teacher's transformer (a ViT's patch convolution, no position embedding,
+  no norm), what STM's mask module reads, when asked for with
+  ``teacher(video, patch_embeds=True)`` and the teacher has them
+  (``patch_dim`` > 0: hf-clip); None otherwise (lit-effnet, a CNN, has no
+  patch embedding: ``vidmask.masking.inputs`` then gives the pixel patches).
 
 and offers ``pool(tokens [M,W,D]) -> [M,E]`` (unit norm; any set of W tokens
 to the joint space) and ``encode_text(captions) -> [B,E]`` (unit norm).
@@ -57,6 +64,9 @@ class TeacherOut:
     # the last k layers, k x float[B,T,N,D] on the student's grid, through the final norm and projection,
     # oldest first, the last being `tokens`; None from a teacher that does not say
     layers: list[Tensor] | None = None
+    # float[B,T,N,W]: the patch embeddings before the transformer, on the student's grid, when asked for
+    # and the teacher has them; None otherwise
+    patch_embeds: Tensor | None = None
 
 
 @dataclass
@@ -73,10 +83,12 @@ class FrameFeatures:
     # float[B,T,k-1,n,D]: the k-1 layers before the one in `tokens` (oldest first, same norm and
     # projection), when encode_frames was asked for k > 1 layers; `tokens` is the k-th
     earlier: Tensor | None = None
+    patch_embeds: Tensor | None = None  # float[B,T,n,W] before the transformer, when encode_frames was asked
 
     def fields(self) -> dict[str, Tensor]:
         """The tensors that are set, by name."""
-        named = (("tokens", self.tokens), ("attn", self.attn), ("cls", self.cls), ("earlier", self.earlier))
+        named = (("tokens", self.tokens), ("attn", self.attn), ("cls", self.cls), ("earlier", self.earlier),
+                 ("patch_embeds", self.patch_embeds))
         return {k: v for k, v in named if v is not None}
 
     def to(self, device: torch.device | str) -> "FrameFeatures":
@@ -92,9 +104,9 @@ class FrameFeatures:
 
 
 def tubelet_mean(out: TeacherOut, tubelet: int) -> TeacherOut:
-    """A teacher's per-frame output on a student whose tokens span ``tubelet`` frames: tokens, attention
-    and layers averaged over each tubelet's frames ([B,T,...] -> [B,T/k,...]); the clip feature as is.
-    Each averaged attention map still sums to 1."""
+    """A teacher's per-frame output on a student whose tokens span ``tubelet`` frames: tokens, attention,
+    layers and patch embeddings averaged over each tubelet's frames ([B,T,...] -> [B,T/k,...]); the clip
+    feature as is. Each averaged attention map still sums to 1."""
     if tubelet == 1:
         return out
 
@@ -103,7 +115,9 @@ def tubelet_mean(out: TeacherOut, tubelet: int) -> TeacherOut:
         return x.reshape(B, T // tubelet, tubelet, *x.shape[2:]).mean(2)  # (B, T/k, ...)
 
     layers = None if out.layers is None else [mean(x) for x in out.layers]
-    return TeacherOut(tokens=mean(out.tokens), attn=mean(out.attn), video=out.video, layers=layers)
+    embeds = None if out.patch_embeds is None else mean(out.patch_embeds)
+    return TeacherOut(tokens=mean(out.tokens), attn=mean(out.attn), video=out.video, layers=layers,
+                      patch_embeds=embeds)
 
 
 def resample_attn(attn: Tensor, N: int) -> Tensor:
@@ -128,6 +142,7 @@ class Teacher(nn.Module):
     embed_dim: int = 0  # E: width of the joint video-text space
     student_patch: int = 16  # default target grid = H // student_patch
     max_layers: int = 1  # most layers `return_layers` may ask for (1: the teacher has one token map)
+    patch_dim: int = 0  # W: width of `patch_embeds`; 0 = the teacher has no patch embedding to give
 
     def freeze(self) -> "Teacher":
         """No parameter trains and no dropout / batch-norm update ever runs."""
@@ -143,15 +158,17 @@ class Teacher(nn.Module):
         # a frozen teacher stays in eval mode whatever the trainer's model.train() says
         return super().train(mode and not self.frozen)
 
-    def forward(self, video: Tensor, grid: int | None = None, return_layers: int = 1) -> TeacherOut:
+    def forward(self, video: Tensor, grid: int | None = None, return_layers: int = 1,
+                patch_embeds: bool = False) -> TeacherOut:
         """video float[B,T,3,H,W] -> TeacherOut on a grid x grid token grid per frame,
-        with the last ``return_layers`` layers in ``TeacherOut.layers``."""
+        with the last ``return_layers`` layers in ``TeacherOut.layers`` and, with ``patch_embeds``,
+        the patch embeddings in ``TeacherOut.patch_embeds`` (None from a teacher without them)."""
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"{self.name}: video must be [B,T,3,H,W], got {tuple(video.shape)}")
         self.check_layers(return_layers)
         grid = grid or video.shape[-1] // self.student_patch
         with torch.no_grad():
-            return self.from_frames(self.encode_frames(video, layers=return_layers), grid)
+            return self.from_frames(self.encode_frames(video, layers=return_layers, patch_embeds=patch_embeds), grid)
 
     def check_layers(self, layers: int) -> None:
         """A ValueError unless 1 <= layers <= max_layers."""
@@ -159,14 +176,16 @@ class Teacher(nn.Module):
             raise ValueError(f"teacher {self.name} gives its last 1 to {self.max_layers} layers, "
                              f"{layers} were asked for")
 
-    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:  # pragma: no cover - abstract
+    def encode_frames(self, video: Tensor, layers: int = 1,
+                      patch_embeds: bool = False) -> FrameFeatures:  # pragma: no cover - abstract
         """The trunk, frame by frame: video float[B,T,3,H,W] -> FrameFeatures on the teacher's grid
-        (``layers`` > 1: the layers before the last in ``FrameFeatures.earlier``)."""
+        (``layers`` > 1: the layers before the last in ``FrameFeatures.earlier``; ``patch_embeds``: the
+        patch embeddings in ``FrameFeatures.patch_embeds``, from a teacher with ``patch_dim`` > 0)."""
         raise NotImplementedError
 
     def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:  # pragma: no cover - abstract
         """FrameFeatures (computed now or cached) -> TeacherOut on a grid x grid token grid per frame,
-        ``layers`` holding as many layers as the features do."""
+        ``layers`` holding as many layers as the features do, ``patch_embeds`` resampled when they hold them."""
         raise NotImplementedError
 
     def pool(self, tokens: Tensor) -> Tensor:  # pragma: no cover - abstract

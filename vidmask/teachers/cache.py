@@ -25,8 +25,10 @@ file.
 It holds each frame's last layer (``FrameFeatures.tokens``), not the earlier
 layers a teacher can give (``encode_frames(video, layers=k)``): six layers
 of hf-clip would be six times the memory. An objective that reads several
-teacher layers (``align`` with ``targets: layers``) therefore refuses a
-cache (a ConfigError when the pretraining task is built).
+teacher layers (``align`` with ``targets: layers``, ``stm`` with ``layers`` > 1)
+therefore refuses a cache (a ConfigError when the pretraining task is built),
+as does ``stm``'s mask module with a teacher that has patch embeddings
+(hf-clip): the cache does not hold them.
 
 Memory: 4 bytes x frames x n x D. The motion-shapes corpus (22,400 training
 frames, lit-effnet at 128 px: 4x4 tokens of 256) takes 367 MB.

@@ -19,6 +19,11 @@ aligns the student's last 6 layers to its last 6 layers: ``align`` with
   share is dropped) so each frame sums to 1. Attention weights are only
   returned by the eager attention, so the model loads with
   ``attn_implementation="eager"`` (SDPA / flash return none).
+* ``patch_embeds`` (``teacher(video, patch_embeds=True)``): the output of
+  the patch convolution (``embeddings.patch_embedding``), before the class
+  token, the position embedding, ``pre_layrnorm`` and the transformer: what
+  STM's CLIP returns as ``img_features`` for its mask module (W = the
+  tower's ``hidden_size``, ``patch_dim``), resampled like ``tokens``.
 * ``video``: the projected CLS embedding (CLIP's image embedding) averaged
   over frames, normalised.
 * ``pool(tokens)``: the mean of the (already normalised-and-projected)
@@ -85,6 +90,7 @@ class HfClipTeacher(Teacher):
         self.image_size, self.clip_patch = int(vc.image_size), int(vc.patch_size)
         self.token_dim = self.embed_dim = int(self.model.config.projection_dim)
         self.max_layers = int(vc.num_hidden_layers)  # any of the tower's layers can be a target
+        self.patch_dim = int(vc.hidden_size)  # width of the patch convolution's output
         self.student_patch = student_patch
         self.max_len = min(max_len, int(tc.max_position_embeddings))
         self.frame_chunk = frame_chunk
@@ -106,10 +112,11 @@ class HfClipTeacher(Teacher):
         attn = out.attentions[-1][:, :, 0, 1:].float().mean(1)  # (F, n) last block, CLS query, head mean
         return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12), earlier  # (F, n) rows sum to 1
 
-    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:
+    def encode_frames(self, video: Tensor, layers: int = 1, patch_embeds: bool = False) -> FrameFeatures:
         """The vision tower per frame: [B,T,3,H,W] -> projected patch tokens [B,T,n,E],
         CLS attention [B,T,n] and projected CLS [B,T,E], on CLIP's own patch grid; with
-        ``layers`` = k > 1 also the k-1 layers before the last, projected, [B,T,k-1,n,E]."""
+        ``layers`` = k > 1 also the k-1 layers before the last, projected, [B,T,k-1,n,E]; with
+        ``patch_embeds`` the patch convolution's output [B,T,n,W]."""
         self.check_layers(layers)
         B, T = video.shape[:2]
         frames = video.flatten(0, 1).to(self.model.dtype)  # (B*T, 3, H, W)
@@ -123,8 +130,16 @@ class HfClipTeacher(Teacher):
         if layers > 1:
             earlier = torch.cat([e for _, _, e in parts])[:, :, 1:]  # (B*T, k-1, n, E) patch tokens only
             earlier = earlier.reshape(B, T, layers - 1, n, -1)  # (B, T, k-1, n, E)
+        embeds = None
+        if patch_embeds:
+            conv = self.model.vision_model.embeddings.patch_embedding
+            with torch.no_grad():
+                embeds = torch.cat([conv(frames[s : s + self.frame_chunk]).flatten(2).transpose(1, 2)
+                                    for s in range(0, frames.shape[0], self.frame_chunk)])  # (B*T, n, W)
+            embeds = embeds.reshape(B, T, n, -1)  # (B, T, n, W)
         return FrameFeatures(tokens=proj[:, 1:].reshape(B, T, n, -1), attn=attn.reshape(B, T, n),
-                             cls=proj[:, 0].reshape(B, T, -1), earlier=earlier)  # (B, T, n, E), (B, T, n), (B, T, E)
+                             cls=proj[:, 0].reshape(B, T, -1), earlier=earlier,
+                             patch_embeds=embeds)  # (B, T, n, E), (B, T, n), (B, T, E)
 
     def from_frames(self, feats: FrameFeatures, grid: int) -> TeacherOut:
         N = grid * grid
@@ -135,7 +150,8 @@ class HfClipTeacher(Teacher):
         if feats.earlier is not None:
             earlier = resample_grid(feats.earlier, N)  # (B, T, k-1, N, E)
             layers = [*earlier.unbind(2), tokens]  # k x (B, T, N, E), oldest first
-        return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=layers)
+        embeds = None if feats.patch_embeds is None else resample_grid(feats.patch_embeds, N)  # (B, T, N, W)
+        return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=layers, patch_embeds=embeds)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """Mean of projected tokens, normalised: [M,W,E] -> [M,E]."""

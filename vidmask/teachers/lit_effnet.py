@@ -235,12 +235,15 @@ class LitEffnetTeacher(Teacher):
 
     # ---- the teacher ------------------------------------------------------
 
-    def encode_frames(self, video: Tensor, layers: int = 1) -> FrameFeatures:
+    def encode_frames(self, video: Tensor, layers: int = 1, patch_embeds: bool = False) -> FrameFeatures:
         """Trunk and token projection per frame: [B,T,3,H,W] -> tokens [B,T,n,D] on the trunk's grid.
 
         One projected map (``max_layers = 1``): the projection sits on the
         trunk's last stage only, so there are no earlier layers in the
-        token space to give.
+        token space to give. No patch embeddings (``patch_dim = 0``; the
+        argument is accepted and gives none): a CNN has no patch embedding
+        before a transformer; STM's mask module then reads the pixel patches
+        (``vidmask.masking.inputs``).
         """
         self.check_layers(layers)
         with torch.no_grad():

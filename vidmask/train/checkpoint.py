@@ -44,7 +44,8 @@ def model_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # Weight naming of vidmask checkpoints. 1: heads as task attributes (`vtm_head.*`), a learnable
 # masker saved twice (`masker.*`, `masker_module.*`), fine-tuning tasks wrapped (`qa.*`, `cap.*`).
 # 2: objectives under `objectives.<name>.*`, each module once, tasks unwrapped.
-FORMAT = 2
+# 3: `stm` is STM's official decoder; the objective vidmask called `stm` before is `stm-guided`.
+FORMAT = 3
 RENAMES = {  # format 1 prefix -> format 2 prefix ("" drops nothing but the prefix; None drops the key)
     "masker_module.": None,
     "vtm_head.": "objectives.vtm.head.",
@@ -55,24 +56,31 @@ RENAMES = {  # format 1 prefix -> format 2 prefix ("" drops nothing but the pref
     "qa.": "",
     "cap.": "",
 }
+# format 2 prefix -> format 3 prefix: an `stm` run before format 3 trained vidmask's own variant (its
+# masker keeps its `masker.*` names; the run's config.yaml is migrated by vidmask.config.migrate_legacy)
+RENAMES_3 = {"objectives.stm.": "objectives.stm-guided."}
 
 
-def upgrade_names(weights: dict[str, torch.Tensor], fmt: int) -> dict[str, torch.Tensor]:
-    """Weights saved under naming ``fmt`` -> today's names (see :data:`RENAMES`)."""
-    if fmt >= FORMAT:
-        return weights
+def _rename(weights: dict[str, torch.Tensor], renames: dict[str, str | None]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in weights.items():
-        for old, new in RENAMES.items():
+        for old, new in renames.items():
             if key.startswith(old):
-                if new is None:
-                    break
-                key = new + key[len(old):]
-                out[key] = value
+                if new is not None:
+                    out[new + key[len(old):]] = value
                 break
         else:
             out[key] = value
     return out
+
+
+def upgrade_names(weights: dict[str, torch.Tensor], fmt: int) -> dict[str, torch.Tensor]:
+    """Weights saved under naming ``fmt`` -> today's names (see :data:`RENAMES`, :data:`RENAMES_3`)."""
+    if fmt < 2:
+        weights = _rename(weights, RENAMES)
+    if fmt < 3:
+        weights = _rename(weights, RENAMES_3)
+    return weights
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -101,7 +101,8 @@ def masker_from(cfg: Config, teacher=None):
     """cfg.mask's strategy; a ConfigError naming mask.strategy or mask.params when they are wrong."""
     try:
         return build_masker(cfg.mask.strategy, ratio=cfg.mask.ratio,
-                            token_dim=masker_token_dim(cfg.model.patch, teacher), **cfg.mask.params)
+                            token_dim=masker_token_dim(cfg.model.patch, teacher, cfg.mask.strategy,
+                                                       cfg.model.tubelet), **cfg.mask.params)
     except KeyError as e:
         raise ConfigError(f"mask.strategy: {e.args[0]}") from None
     except TypeError as e:
