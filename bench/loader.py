@@ -27,8 +27,8 @@ from vidmask.data import VideoTextDataset, collate_video_text, load_annotations
 from vidmask.data.shards import ShardStream, open_shards, write_shards
 
 
-def clips_per_s(ds, workers: int, clips: int, batch: int = 32) -> float:
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_video_text)
+def loader_clips_per_s(loader, clips: int) -> float:
+    """clips/s of a loader over about ``clips`` clips, the first batch (worker start-up) not timed."""
     seen, t0 = 0, None
     for i, b in enumerate(loader):
         if i == 0:
@@ -38,21 +38,18 @@ def clips_per_s(ds, workers: int, clips: int, batch: int = 32) -> float:
         if seen >= clips:
             break
     return seen / (time.perf_counter() - t0)
+
+
+def clips_per_s(ds, workers: int, clips: int, batch: int = 32) -> float:
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate_video_text)
+    return loader_clips_per_s(loader, clips)
 
 
 def shard_clips_per_s(shards, workers: int, clips: int, frames: int, size: int, batch: int = 32) -> float:
     """clips/s of the training stream from tar shards (one rank), timed as `clips_per_s`."""
     stream = ShardStream(shards, frames, size, batch_size=batch, num_workers=workers, buffer=256)
     loader = DataLoader(stream, batch_size=batch, num_workers=workers, collate_fn=collate_video_text)
-    seen, t0 = 0, None
-    for i, b in enumerate(loader):
-        if i == 0:
-            t0 = time.perf_counter()  # skip worker start-up
-            continue
-        seen += b["video"].shape[0]
-        if seen >= clips:
-            break
-    return seen / (time.perf_counter() - t0)
+    return loader_clips_per_s(loader, clips)
 
 
 def shard_section(items, args) -> str:
