@@ -136,13 +136,24 @@ class MaskConfig:
 class TeacherConfig:
     name: str = ""  # "" = no teacher; "lit-effnet" or "hf-clip" (vidmask.teachers.list_teachers())
     path: str = ""  # lit-effnet: heads .safetensors from `vidmask teacher train`; hf-clip: a local CLIPModel folder
-    # folder of per-frame teacher features of every training frame, built on first use and reused
-    # (vidmask.teachers.cache); "" = run the teacher's trunk every step. Needs data.hflip_p=0.
+    # folder of per-frame teacher features (float16, memory-mapped) of the training frames, built on first
+    # use (each rank its share of the videos) and reused (vidmask.teachers.cache); "" = run the teacher's
+    # trunk every step. Needs data.hflip_p=0.
     cache: str = ""
+    # frames cached per video: 0 = every frame (the teacher sees the student's exact frames); G >= data.num_frames
+    # = a fixed grid of G frames (segment middles), each lookup served by the nearest one (<= ceil(n/G)/2 frames off)
+    cache_frames_per_video: int = 0
+    # refuse to build a teacher cache projected above this many GB (printed before the build); 0 = no cap
+    cache_max_gb: float = 50.0
 
     def __post_init__(self):
         if self.name and self.name not in ("lit-effnet", "hf-clip"):
             raise ConfigError(f"teacher.name must be '', 'lit-effnet' or 'hf-clip', got {self.name!r}")
+        if self.cache_frames_per_video < 0:
+            raise ConfigError(f"teacher.cache_frames_per_video must be >= 0 (0 = every frame), "
+                              f"got {self.cache_frames_per_video}")
+        if self.cache_max_gb < 0:
+            raise ConfigError(f"teacher.cache_max_gb must be >= 0 (0 = no cap), got {self.cache_max_gb}")
         if self.name == "hf-clip" and not self.path:
             raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder")
 
@@ -337,7 +348,7 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints (and one at the end)
     eval_every: int = 0  # steps between retrieval evaluations on the test split; 0 = only at the end
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes on rank 0's clock; 0 = no limit
-    dist_timeout_min: float = 30.0  # a collective (or rank 0 building the teacher cache) waited on longer fails
+    dist_timeout_min: float = 30.0  # a collective (or the ranks building the teacher cache) waited on longer fails
     tf32: bool = True  # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later)
     compile: bool = False  # torch.compile the student's video encoder (in place: checkpoints keep their names)
     hard_batches: int = 0  # k > 0: each clip shares its batch with one of its k nearest clips by caption similarity
@@ -398,6 +409,10 @@ class Config:
         if self.teacher.cache and self.data.hflip_p > 0:
             raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0 "
                               "or teacher.cache='' (run the teacher every step)")
+        if 0 < self.teacher.cache_frames_per_video < self.data.num_frames:
+            raise ConfigError(f"teacher.cache_frames_per_video={self.teacher.cache_frames_per_video} is below "
+                              f"data.num_frames={self.data.num_frames}: cache at least as many frames per video "
+                              "as a clip samples, or 0 (every frame)")
 
 
 # ---------------------------------------------------------------- loading

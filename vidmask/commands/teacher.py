@@ -29,10 +29,11 @@ def add_parser(sub) -> None:
     t.set_defaults(func=run_train)
     c = jobs.add_parser(
         "cache",
-        help="compute a pretraining config's teacher cache (every training frame, once) before training",
+        help="compute a pretraining config's teacher cache (the training frames, once) before training",
         description="Build the per-frame teacher features that pretraining with teacher.cache=FOLDER reads "
-        "(pretraining builds them on first use too; build them here before a multi-process run, or to "
-        "see the cost). Takes the same config and overrides as `vidmask pretrain`.",
+        "(pretraining builds them on first use too; build them here to see the cost and the projected size "
+        "first). Under torchrun each rank encodes its share of the videos. Takes the same config and "
+        "overrides as `vidmask pretrain`.",
     )
     c.add_argument("--config", help="YAML config (e.g. configs/recipes/umt.yaml)")
     c.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.cache=corpus/teacher/cache")
@@ -73,9 +74,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
     from vidmask.commands.runconfig import config_from_args
     from vidmask.data import load_annotations
-    from vidmask.teachers.cache import cached_or_built
-    from vidmask.train.distributed import pick_device
-    from vidmask.train.wiring import build_teacher_from
+    from vidmask.train.distributed import init_distributed, teardown
+    from vidmask.train.wiring import build_teacher_from, teacher_cache_for
 
     cfg = config_from_args(args.config, args.overrides, None)
     if not cfg.teacher.name or not cfg.teacher.cache:
@@ -83,12 +83,14 @@ def run_cache(args: argparse.Namespace) -> int:
               f"(got teacher.name={cfg.teacher.name!r}, teacher.cache={cfg.teacher.cache!r})", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # under torchrun every rank encodes its share of the videos (vidmask.teachers.cache)
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout_min)
     items = load_annotations(cfg.data.path(cfg.data.train_anno), root=cfg.data.root())
-    device = pick_device(cfg.train.device, 0)
-    teacher = build_teacher_from(cfg).to(device)
+    teacher = build_teacher_from(cfg).to(info.device)
     t0 = time.time()
-    cache = cached_or_built(cfg.teacher.cache, teacher, cfg.teacher.path or None, items, cfg.data.size,
-                            device=device, progress=True)
-    print(f"teacher cache in {cfg.teacher.cache}: {len(cache)} videos, {int(cache.counts.sum())} frames, "
-          f"{cache.nbytes / 1e6:.0f} MB, {time.time() - t0:.1f} s")
+    cache = teacher_cache_for(cfg, teacher, items, info.device)
+    if info.main:
+        print(f"teacher cache in {cache.folder}: {len(cache)} videos, {int(cache.counts.sum())} frames, "
+              f"{cache.nbytes / 1e6:.0f} MB, {time.time() - t0:.1f} s, {info.world} rank(s)")
+    teardown()
     return 0

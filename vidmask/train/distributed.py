@@ -88,6 +88,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wait_for_ranks(what: str, timeout_min: float) -> None:
+    """A barrier that, when some rank has not arrived within the process group's time-out
+    (train.dist_timeout_min), fails saying what was waited for and which key to raise."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except RuntimeError as e:  # gloo and NCCL time-outs (DistBackendError is a RuntimeError)
+        raise RuntimeError(f"rank {dist.get_rank()} waited for the other ranks to finish {what} and gave up "
+                           f"(train.dist_timeout_min={timeout_min:g}): another rank failed (see its log) or needs "
+                           f"longer; raise train.dist_timeout_min ({e})") from e
+
+
 def teardown(clean: bool = True) -> None:
     """A clean exit: collect what the run released, barrier, destroy the group.
 

@@ -16,7 +16,7 @@ from vidmask.config import Config, ConfigError
 from vidmask.masking import build_masker, masker_token_dim
 from vidmask.models.video_text import VideoTextModel
 from vidmask.train import checkpoint as ckpt
-from vidmask.train.distributed import barrier
+from vidmask.train.distributed import barrier, wait_for_ranks
 
 log = logging.getLogger("vidmask")
 
@@ -82,19 +82,22 @@ def training_shards(cfg: Config):
 def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
     """The per-frame teacher features of the training videos (`teacher.cache`), or None.
 
-    Built once by rank 0 in `teacher.cache` (a file named by the teacher's
-    weights, the videos and the frame size, so a stale one is never read),
-    then loaded by every rank.
+    Built on first use in `teacher.cache` (a folder named by the teacher's
+    weights, the videos, the frame size and the frame grid, so a stale one is
+    never read): its projected size is logged first and a build above
+    `teacher.cache_max_gb` refused; each rank encodes its contiguous share of
+    the videos into a part, the ranks wait for each other (up to
+    `train.dist_timeout_min`), and every rank memory-maps the parts.
     """
     if teacher is None or not cfg.teacher.cache:
         return None
     from vidmask.teachers.cache import cached_or_built
 
-    main = not dist.is_initialized() or dist.get_rank() == 0
-    kw = dict(teacher=teacher, teacher_path=cfg.teacher.path or None, items=items, size=cfg.data.size)
-    cache = cached_or_built(cfg.teacher.cache, device=device, progress=True, **kw) if main else None
-    barrier()
-    return cache if main else cached_or_built(cfg.teacher.cache, build=False, **kw)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return cached_or_built(cfg.teacher.cache, teacher, cfg.teacher.path or None, items, cfg.data.size,
+                           grid_frames=cfg.teacher.cache_frames_per_video, max_gb=cfg.teacher.cache_max_gb,
+                           rank=rank, world=world, device=device, progress=True,
+                           barrier=lambda: wait_for_ranks("the teacher cache", cfg.train.dist_timeout_min))
 
 
 def masker_from(cfg: Config, teacher=None):
