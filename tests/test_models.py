@@ -1,12 +1,14 @@
 """Every model: forward, backward, no NaN, kept-token count, checkpointing equivalence."""
 
+import math
+
 import pytest
 import torch
 
-from vidmask.config import ModelConfig, TextConfig
+from vidmask.config import ConfigError, ModelConfig, TextConfig
 from vidmask.masking import build_masker
 from vidmask.models import VideoTextModel, VideoViT
-from vidmask.models.pos_embed import resample_time
+from vidmask.models.pos_embed import resample_time, sincos_1d, sincos_tables
 from vidmask.tokens import resample_grid
 from vidmask.objectives import vtc_loss
 from vidmask.tasks import PretrainTask
@@ -52,6 +54,37 @@ def test_position_embeddings_resample():
     vit = VideoViT(img_size=64, patch=16, frames=8, dim=32, depth=1, heads=2)
     # other frame counts and resolutions than the table was made for
     assert vit.embed(torch.randn(1, 4, 3, 96, 96)).shape == (1, 4, 36, 32)
+
+
+def test_sincos_positions_code_every_token_apart_and_stay_fixed():
+    # the 1-D code against its formula: sin / cos of p * 10000^(-2i/d)
+    code = sincos_1d(torch.arange(5), 8)  # (5, 8)
+    p, i = 3, 2
+    assert code[p, i].item() == pytest.approx(math.sin(p * 10000 ** (-2 * i / 8)), abs=1e-6)
+    assert code[p, 4 + i].item() == pytest.approx(math.cos(p * 10000 ** (-2 * i / 8)), abs=1e-6)
+    space, time = sincos_tables(grid=4, frames=6, dim=32)  # (16, 32), (6, 32)
+    # space and time write disjoint channels, so the separable sum is a concatenation
+    assert not ((space != 0).any(0) & (time != 0).any(0)).any()
+    vit = VideoViT(img_size=64, patch=16, frames=6, dim=32, depth=1, heads=2, pos_embed="sincos")
+    pos = vit.pos_embed(6, 4).flatten(0, 1)  # (T*N, C)
+    dist = torch.cdist(pos, pos) + torch.eye(pos.shape[0]) * 1e3
+    assert dist.min() > 0.1  # no two (t, n) share a code
+    assert pos.abs().max() <= 1.0 + 1e-6 and pos.std() > 0.3  # the patch embeddings' scale, not 0.02
+    # fixed: not trained, not handed to the optimiser, kept by a training step
+    assert not vit.pos_space.requires_grad and not vit.pos_time.requires_grad
+    before = vit.pos_space.clone()
+    opt = torch.optim.AdamW([q for q in vit.parameters() if q.requires_grad], lr=1e-2)
+    vit(torch.randn(1, 6, 3, 64, 64)).square().mean().backward()
+    opt.step()
+    assert torch.equal(vit.pos_space, before)
+    with pytest.raises(ValueError, match="pos_embed"):
+        VideoViT(img_size=64, patch=16, frames=6, dim=32, depth=1, heads=2, pos_embed="rope")
+
+
+def test_pos_embed_config_key():
+    assert VideoTextModel(tiny_cfg(pos_embed="sincos"), num_frames=4, img_size=32).visual.pos_time.requires_grad is False
+    with pytest.raises(ConfigError, match="model.pos_embed"):
+        tiny_cfg(pos_embed="rope")
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])

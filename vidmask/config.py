@@ -106,6 +106,7 @@ class ModelConfig:
     grad_checkpointing: bool = False  # recompute block activations in backward to save memory
     fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm, QA)
     tubelet: int = 1  # frames per video token (VideoMAE's 2: a token sees motion); data.num_frames must divide by it
+    pos_embed: str = "learned"  # learned (std 0.02 init) | sincos (fixed, MAE; at the patch embeddings' scale)
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -114,6 +115,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.dim % self.heads:  # heads >= 1 checked above
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        if self.pos_embed not in ("learned", "sincos"):
+            raise ConfigError(f"model.pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
         if self.patch < 1 or self.depth < 1 or self.tubelet < 1:
             raise ConfigError("model.patch, model.depth and model.tubelet must be >= 1")
         _require("model.mlp_ratio", self.mlp_ratio, 0, strict=True)
