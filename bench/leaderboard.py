@@ -70,7 +70,8 @@ def step_stats(run: Path) -> tuple[float, float]:
     cfg = json.loads((run / "run.json").read_text())["config"]
     bs = cfg["train"]["batch_size"]
     sec = statistics.median(bs / float(r["clips_per_s"]) for r in rows[1:] or rows)
-    return sec, float(rows[-1]["kept_tokens"]) * bs
+    # encoder_tokens counts both of stm's passes; runs logged before it existed have kept_tokens only
+    return sec, float(rows[-1].get("encoder_tokens") or rows[-1]["kept_tokens"]) * bs
 
 
 CORE = ["loss.vtm=0", "loss.mlm=0"]

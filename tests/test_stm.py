@@ -392,8 +392,9 @@ def test_two_passes_visible_set_to_distillation_masked_set_to_vtc_vtm_mlm(tiny_c
             return _orig(*args, **kw)
         monkeypatch.setattr(mod, fn, spy)
     video = torch.randn(3, 4, 3, 64, 64, generator=gen(0))
-    losses, _ = task({"video": video, "caption": CAPTIONS}, gen(1))
+    losses, report = task({"video": video, "caption": CAPTIONS}, gen(1))
     assert set(losses) == {"vtc_loss", "vtm_loss", "mlm_loss", "stm_loss"}
+    assert report["encoder_tokens"] == 64 and report["kept_tokens"] == 4 * 5  # both passes: every token
     assert all(torch.isfinite(v) for v in losses.values())
 
     ctx = seen["stm"]
@@ -441,7 +442,8 @@ def test_one_pass_strategies_read_one_set(tiny_clip_dir):
     seen = {}
     forward = task.objectives["vtc"].forward
     task.objectives["vtc"].forward = lambda ctx: seen.setdefault("ctx", ctx) and forward(ctx)
-    task({"video": torch.randn(3, 4, 3, 64, 64, generator=gen(0)), "caption": CAPTIONS}, gen(1))
+    _, report = task({"video": torch.randn(3, 4, 3, 64, 64, generator=gen(0)), "caption": CAPTIONS}, gen(1))
+    assert report["encoder_tokens"] == report["kept_tokens"]  # one pass
     ctx = seen["ctx"]
     assert ctx.video_tokens is ctx.feats and ctx.video_ids is ctx.masking.ids_keep
     assert ctx.video_weight is ctx.masking.token_weight

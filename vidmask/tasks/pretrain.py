@@ -158,7 +158,10 @@ class PretrainTask(nn.Module):
                 else:
                     report[key] = value
         # tensors until the trainer's logging step reads them: no host sync in the step
-        report.update(kept_tokens=float(out.ids_keep.shape[1]), scale=self.model.temperature_scale().detach())
+        # encoder_tokens counts both of STM's passes: the cost a leaderboard compares at equal compute
+        encoded = out.ids_keep.shape[1] + (video_ids.shape[1] if video_ids is not out.ids_keep else 0)
+        report.update(kept_tokens=float(out.ids_keep.shape[1]), encoder_tokens=float(encoded),
+                      scale=self.model.temperature_scale().detach())
         return losses, report
 
     def reranker(self):
