@@ -124,6 +124,7 @@ def test_vtm_objective_draws_hard_negatives_at_the_contrastive_temperature(monke
     model = SimpleNamespace(temperature_scale=lambda: torch.tensor(1 / 0.07),
                             text=SimpleNamespace(token_states=lambda c, i, m: (None, None)))
     ctx = SimpleNamespace(model=model, text_feat=t, video_feat=v, captions=[""] * B, video_tokens=None, fusion=None,
+                          pair_ids=None,
                           tokenized=lambda: {"input_ids": None, "attention_mask": None})
     objective = vtm.Vtm.__new__(vtm.Vtm)
     torch.nn.Module.__init__(objective)

@@ -70,3 +70,47 @@ def test_config_requires_a_teacher_for_teacher_losses():
         load_config(None, ["loss.relevance=1.0"])
     cfg = load_config(None, ["loss.relevance=1.0", "teacher.name=lit-effnet"])
     assert isinstance(cfg, Config)
+
+
+def test_vtc_same_video_pairs_are_positives_against_a_loop():
+    from vidmask.data.annotations import video_id
+    from vidmask.objectives import vtc_loss
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    t = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    scale = torch.tensor(10.0)
+    # distinct ids: exactly the one-hot loss
+    distinct = torch.tensor([video_id(f"v{i}.mp4") for i in range(5)])
+    torch.testing.assert_close(vtc_loss(v, t, scale, pair_ids=distinct)["vtc_loss"], vtc_loss(v, t, scale)["vtc_loss"])
+    # samples 0 and 3 are one video (video_id of equal paths), 1 and 4 another
+    paths = ["a.mp4", "b.mp4", "c.mp4", "a.mp4", "b.mp4"]
+    ids = torch.tensor([video_id(p) for p in paths])
+    assert ids[0] == ids[3] and ids[1] == ids[4] and len(set(ids.tolist())) == 3
+    got = vtc_loss(v, t, scale, pair_ids=ids)["vtc_loss"]
+    total = 0.0
+    for i in range(5):  # -sum_j target_ij log softmax_j, both directions, target even over the same video
+        pos = [j for j in range(5) if paths[j] == paths[i]]
+        for a, b in ((v, t), (t, v)):
+            logp = torch.log_softmax(scale * a[i] @ b.T, 0)
+            total = total - sum(logp[j] for j in pos) / len(pos) / 2
+    torch.testing.assert_close(got, total / 5)
+
+
+def test_batch_video_ids_reach_vtc_and_vtm(monkeypatch):
+    import vidmask.objectives.vtc as vtc_mod
+    import vidmask.objectives.vtm as vtm_mod
+
+    seen = {}
+    for mod, fn in ((vtc_mod, "vtc_loss"), (vtm_mod, "vtm_loss")):
+        def spy(*args, _orig=getattr(mod, fn), _fn=fn, **kw):
+            seen[_fn] = kw.get("pair_ids")
+            return _orig(*args, **kw)
+        monkeypatch.setattr(mod, fn, spy)
+    task = PretrainTask(tiny_model(), build_masker("random", ratio=0.5), LossConfig(vtc=1.0, vtm=1.0), None,
+                        frames=2, grid=4)
+    b = batch()
+    ids = torch.tensor([5, 9, 5])  # samples 0 and 2: one video
+    losses, _ = task({**b, "video_id": ids}, torch.Generator().manual_seed(0))
+    assert torch.equal(seen["vtc_loss"], ids) and torch.equal(seen["vtm_loss"], ids)
+    assert all(torch.isfinite(v) for v in losses.values())

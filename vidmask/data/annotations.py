@@ -148,3 +148,18 @@ def flatten_captions(items: Sequence[VideoText]) -> tuple[list[str], list[int]]:
             texts.append(c)
             text_to_video.append(i)
     return texts, text_to_video
+
+
+def video_id(path: str) -> int:
+    """A stable 63-bit id of a video from its path (or shard key): equal paths, equal ids.
+
+    A batch's ``video_id`` column: two annotation entries of one video (two
+    captions listed apart, or a sample repeated to even out ranks) are then
+    one video to the contrastive and matching losses (``StepContext.pair_ids``).
+    A hash, not a table, so no rank or worker holds a path-to-id map of a
+    10M-entry set; two different paths collide with probability ~B^2 / 2^64.
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(str(path).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # fits a signed int64

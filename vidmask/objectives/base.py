@@ -93,6 +93,9 @@ class StepContext:
     video_ids: Tensor | None = None
     video_weight: Tensor | None = None
     text_pooled: Tensor | None = None  # float[B,W]: the text tower's pooled caption state, what its head projects
+    # long[B] one id per video (batch['video_id']): pairs sharing one are positives in vtc, never negatives
+    # in vtm (UMT's idx); None = every sample its own video
+    pair_ids: Tensor | None = None
     _tokenized: dict | None = field(default=None, repr=False)
 
     def tokenized(self) -> dict[str, Tensor]:

@@ -58,21 +58,48 @@ def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
     return _AllGather.apply(x, sizes), sum(sizes[: dist.get_rank()])
 
 
-def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True) -> dict[str, Tensor]:
+def gather_ids(ids: Tensor) -> Tensor:
+    """Concatenate long[B] ids from every rank (no gradient; B may differ by rank) -> long[sum B]."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    n = torch.tensor([ids.shape[0]], dtype=torch.long, device=ids.device)
+    counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    sizes = [int(c) for c in counts]
+    padded = ids.new_zeros(max(sizes))  # (Bmax,)
+    padded[: ids.shape[0]] = ids
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)])  # (sum B,)
+
+
+def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
+             pair_ids: Tensor | None = None) -> dict[str, Tensor]:
     """Symmetric InfoNCE between unit features video [B,E] and text [B,E].
 
     Each local row is contrasted against the captions / clips of all ranks
     (open_clip's local loss): the same objective as a single big batch.
+    pair_ids: optional long[B], one id per video (``VideoText.video_id``):
+    every gathered pair with the same id is a positive, the target spread
+    evenly over them (UMT's and ALBEF's ``idx`` targets), so two captions of
+    one video in a batch, or a sample repeated on two ranks, never push each
+    other apart. Without it (or with all ids distinct) the target is the
+    diagonal, and the loss the same.
     """
     v_all, off = gather_with_grad(video) if gather else (video, 0)  # (sum B, E)
     t_all, _ = gather_with_grad(text) if gather else (text, 0)  # (sum B, E)
-    labels = torch.arange(video.shape[0], device=video.device) + off  # (B,)
     # float32 logits even under autocast, which would otherwise recast the matmul to bf16 / fp16:
     # at scale 100, bf16's 8 bits of mantissa blur logits by about 0.4
     with torch.autocast(video.device.type, enabled=False):
         logits_v2t = scale.float() * video.float() @ t_all.float().T  # (B, W*B)
         logits_t2v = scale.float() * text.float() @ v_all.float().T  # (B, W*B)
-        loss = 0.5 * (F.cross_entropy(logits_v2t, labels) + F.cross_entropy(logits_t2v, labels))
+        if pair_ids is None:
+            target = torch.arange(video.shape[0], device=video.device) + off  # (B,): the diagonal
+        else:
+            ids_all = gather_ids(pair_ids) if gather else pair_ids  # (W*B,)
+            same = (pair_ids[:, None] == ids_all[None, :]).float()  # (B, W*B), the diagonal among them
+            target = same / same.sum(1, keepdim=True)  # (B, W*B): rows sum to 1
+        loss = 0.5 * (F.cross_entropy(logits_v2t, target) + F.cross_entropy(logits_t2v, target))
     return {"vtc_loss": loss}
 
 
@@ -89,4 +116,4 @@ class Vtc(Objective):
         super().__init__()
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        return vtc_loss(ctx.video_feat, ctx.text_feat, ctx.model.temperature_scale())
+        return vtc_loss(ctx.video_feat, ctx.text_feat, ctx.model.temperature_scale(), pair_ids=ctx.pair_ids)

@@ -130,7 +130,8 @@ class Vtm(Objective):
         states, mask = ctx.model.text.token_states(ctx.captions, tok["input_ids"], tok["attention_mask"])
         scale = ctx.model.temperature_scale().detach()  # 1 / temperature, as the contrastive logits
         sim = (scale * ctx.text_feat @ ctx.video_feat.T).detach()  # (B, B): text i against video j
-        return vtm_loss(ctx.fusion, self.head, states, mask, ctx.video_tokens, sim, ctx.generator)
+        return vtm_loss(ctx.fusion, self.head, states, mask, ctx.video_tokens, sim, ctx.generator,
+                        pair_ids=ctx.pair_ids)
 
     def scorer(self, fusion: FusionEncoder):
         """The matching head re-scores retrieval pairs (ALBEF / UMT re-ranking, `vidmask.tasks.rerank`)."""

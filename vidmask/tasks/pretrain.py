@@ -147,7 +147,7 @@ class PretrainTask(nn.Module):
             video_feat=self.model.project_video(video_tokens), text_feat=self.model.project_text(pooled),
             teacher_out=t_out, teacher=self.teacher, fusion=self.fusion, generator=generator,
             frames=T, tokens=N, video_tokens=video_tokens, video_ids=video_ids, video_weight=video_weight,
-            text_pooled=pooled,
+            text_pooled=pooled, pair_ids=batch.get("video_id"),
         )
         losses: dict[str, Tensor] = {}
         report: dict = {}
