@@ -18,13 +18,17 @@
 * evaluates every caption of every test video as a query (test_retrieval_all.json:
   about 1,600 queries at the default corpus size), so binomial noise is small;
 * reports mean and 95 % interval (t distribution over seeds) of t2v R@1, R@5,
-  Rsum, the motion and colour twin accuracies, step time and encoder tokens
-  per step, and each recipe's R@1 difference from ``--paired-with`` (default:
+  Rsum, the motion and colour twin accuracies, the linear motion and shape
+  probes of the frozen video features (``vidmask probe``, chance 9.1 % and
+  12.5 %), step time and encoder tokens per step (both of stm's passes), and each recipe's R@1 difference from ``--paired-with`` (default:
   the first recipe) paired by seed: runs with one seed see the same batches
   in the same order with the same sampled frames, and draw their initial
   weights from the same seed, so seed-to-seed luck partly cancels in the
   difference and its interval can be narrower than the two means' suggest; writes
-  bench/results/leaderboard.md and leaderboard.png.
+  bench/results/leaderboard.md and leaderboard.png;
+* ``--set KEY=VALUE ...`` applies overrides to every recipe (the strategies on
+  top of a positive control), ``--curve-every N`` evaluates on the test split
+  every N steps and charts R@1 against the step (has it stopped rising?).
 """
 
 from __future__ import annotations
@@ -77,22 +81,36 @@ def step_stats(run: Path) -> tuple[float, float]:
 CORE = ["loss.vtm=0", "loss.mlm=0"]
 
 
-def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str]) -> dict:
+def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str],
+               curve_every: int = 0) -> dict:
     if not (out / "eval_all.json").is_file():
-        uses_teacher = bool(load_config(ROOT / f"configs/recipes/{recipe}.yaml", []).teacher.name)
+        uses_teacher = bool(load_config(ROOT / f"configs/recipes/{recipe}.yaml", extra).teacher.name)
+        # curve_every: retrieval on the test split every so many steps, logged to metrics.csv (the R@1 curve)
+        curve = ([f"train.eval_every={curve_every}", "data.test_anno=test_retrieval.json"] if curve_every
+                 else ["data.test_anno="])
         vidmask("pretrain", "--config", str(ROOT / f"configs/recipes/{recipe}.yaml"), f"data.corpus={corpus}",
                 f"train.seed={seed}", f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}",
-                f"run_dir={out}", "data.test_anno=", *extra,
+                f"run_dir={out}", *curve, *extra,
                 *([f"teacher.path={teacher}", f"teacher.cache={Path(teacher).parent / 'cache'}"] if uses_teacher
                   else []))
         vidmask("eval", "retrieval", "--run", str(out), "--anno", str(Path(corpus) / "test_retrieval_all.json"),
                 "--rerank-k", "0", "--json", str(out / "eval_all.json"))
+    if not (out / "probe.json").is_file():  # linear probes of the frozen video features (vidmask probe)
+        vidmask("probe", "--run", str(out), "--corpus", corpus, "--max-train", "600")
     res = json.loads((out / "eval_all.json").read_text())
+    probe = json.loads((out / "probe.json").read_text())["joint"]
     sec, tokens = step_stats(out)
     return {"seed": seed, "R@1": res["t2v"]["R@1"], "R@5": res["t2v"]["R@5"], "Rsum": res["rsum"],
             "motion": res.get("twins", {}).get("motion", float("nan")),
             "colour": res.get("twins", {}).get("colour", float("nan")),
-            "step_s": sec, "tokens": tokens, "queries": res["num_texts"]}
+            "probe_motion": probe["motion"], "probe_shape": probe["shape"],
+            "curve": r1_curve(out), "step_s": sec, "tokens": tokens, "queries": res["num_texts"]}
+
+
+def r1_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, t2v R@1 on the test split) of the evaluations logged during training, in step order."""
+    with (run / "metrics.csv").open() as f:
+        return [(int(r["step"]), float(r["eval_t2v_R@1"])) for r in csv.DictReader(f) if r.get("eval_t2v_R@1")]
 
 
 def paired_delta(runs: list[dict], base: list[dict]) -> str:
@@ -110,7 +128,8 @@ def summarise(results: dict[str, list[dict]], base: str, step_s: dict[str, float
     for recipe, runs in results.items():
         sec = step_s[recipe] if step_s else statistics.fmean(r["step_s"] for r in runs)
         delta = "(reference)" if recipe == base else paired_delta(runs, results.get(base, []))
-        rows.append([recipe, len(runs)] + [mean_ci([r[k] for r in runs]) for k in ("R@1", "R@5", "Rsum", "motion", "colour")]
+        keys = ("R@1", "R@5", "Rsum", "motion", "colour", "probe_motion", "probe_shape")
+        rows.append([recipe, len(runs)] + [mean_ci([r[k] for r in runs]) for k in keys]
                     + [delta, f"{sec:.2f}", f"{runs[0]['tokens']:.0f}"])
     return rows
 
@@ -134,6 +153,32 @@ def chart(results: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def curve_chart(results: dict[str, list[dict]], path: Path, title: str) -> bool:
+    """Mean t2v R@1 over seeds against training step, one line per recipe; False when no run logged a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    drawn = False
+    for name, runs in results.items():
+        curves = [dict(r["curve"]) for r in runs if r["curve"]]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if steps:
+            ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker="o", label=name)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("training step")
+        ax.set_ylabel("t2v R@1 (%), test split, mean over seeds")
+        ax.set_title(f"Retrieval during training, {title}", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["full", "random", "tube", "umt", "stm", "clusterstm"])
@@ -148,11 +193,16 @@ def main() -> None:
     ap.add_argument("--name", default="leaderboard", help="results file stem under bench/results/")
     ap.add_argument("--paired-with", default=None,
                     help="recipe the paired-by-seed R@1 differences are taken from (default: the first of --recipes)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for every recipe, e.g. a positive control under all strategies "
+                         "(model.pos_embed=sincos model.tubelet=2)")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="also evaluate on the test split every N steps and chart R@1 against the step")
     ap.add_argument("--report-only", action="store_true",
                     help="tabulate the runs already finished under --out (the seeds column counts them); train nothing")
     args = ap.parse_args()
     out = Path(args.out)
-    extra = CORE if args.losses == "core" else []
+    extra = (CORE if args.losses == "core" else []) + list(args.set)
     teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet.safetensors"
     if not Path(teacher).is_file() and not args.report_only:
         Path(teacher).parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +211,12 @@ def main() -> None:
     if base not in args.recipes:
         ap.error(f"--paired-with {base}: not one of --recipes")
     head = ["recipe", "seeds", "t2v R@1", "t2v R@5", "Rsum", "motion twins %", "colour twins %",
+            "motion probe %", "shape probe %",
             f"Δ R@1 vs {base}, paired by seed", "s / step", "encoder tokens / step"]
     losses = ("vtc plus each recipe's teacher terms (align, relevance, stm); vtm and mlm off in every recipe"
               if args.losses == "core" else "the recipe files as they are")
+    if args.set:
+        losses += f"; every recipe with {' '.join(args.set)}"
     same_steps: dict[str, list[dict]] = {r: [] for r in args.recipes}
     speed: dict[str, float] = {}  # wall-clock row -> its recipe's mean s / step in table 1 (sets its steps)
 
@@ -186,6 +239,8 @@ def main() -> None:
             chart(same_time, RESULTS / f"{args.name}-wallclock.png", f"{args.minutes:g} min per run")
         chart(done, RESULTS / f"{args.name}.png", f"{args.steps} steps per run")
         body += f"\n\n![t2v R@1 by recipe]({args.name}.png)\n"
+        if curve_chart(done, RESULTS / f"{args.name}-curve.png", f"{args.steps} steps per run"):
+            body += f"\n![t2v R@1 during training]({args.name}-curve.png)\n"
         write(f"{args.name}.md", "Recipe leaderboard", body)
 
     def finished(run: Path) -> bool:
@@ -196,7 +251,7 @@ def main() -> None:
         for r in args.recipes:
             if finished(out / f"{r}-s{seed}"):
                 same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher,
-                                                extra))
+                                                extra, args.curve_every))
         if not args.report_only or i == len(args.seeds) - 1:
             report(args.seeds[: i + 1])
     if args.minutes:
