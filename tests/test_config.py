@@ -126,6 +126,7 @@ def test_clusterstm_ablation_changes_one_thing(name):
         ("model.dim=0", "model.dim must be >= 1, got 0"),
         ("model.fusion_depth=0", "model.fusion_depth must be >= 1, got 0"),
         ("data.num_workers=-1", "data.num_workers must be >= 0 (0 = load in the main process), got -1"),
+        ("data.prefetch_factor=0", "data.prefetch_factor must be >= 1 (batches each loader worker holds ready), got 0"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, message):
@@ -135,7 +136,8 @@ def test_out_of_range_values_name_the_key(override, message):
 
 
 @pytest.mark.parametrize("override", ["train.grad_clip=0", "train.min_lr=0", "train.min_lr=5.0e-4",
-                                      "data.num_workers=0", "train.eval_every=0", "train.time_limit_min=0"])
+                                      "data.num_workers=0", "train.eval_every=0", "train.time_limit_min=0",
+                                      "data.prefetch_factor=1"])
 def test_boundary_values_are_valid(override):
     load_config(None, [override])
 

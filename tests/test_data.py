@@ -819,10 +819,10 @@ def test_dataset_train_sample(media):
     ds = VideoTextDataset(items_for(media, GOOD), num_frames=4, size=32, train=True, seed=1)
     s = ds[0]
     assert set(s) == {"video", "caption", "index", "path", "frame_ids"}
-    assert s["video"].shape == (4, 3, 32, 32) and s["video"].dtype == torch.float32
+    assert s["video"].shape == (4, 3, 32, 32) and s["video"].dtype == torch.uint8  # normalised on the device
     assert s["caption"] in ds.items[0].captions and s["index"] == 0 and s["path"] == str(media["clip"])
     # frame_ids name the frames of the whole video that were sampled
-    every = ds.transform(decode_all_frames(media["clip"]))[0]  # (n, 3, 32, 32)
+    every = ds.transform.pixels(decode_all_frames(media["clip"]))[0]  # (n, 3, 32, 32)
     assert s["frame_ids"].shape == (4,) and torch.equal(s["video"], every[s["frame_ids"]])
     assert ds[4]["video"].shape == (4, 3, 32, 32) and ds[4]["frame_ids"].tolist() == [0] * 4  # image item
     captions = set()

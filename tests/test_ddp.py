@@ -153,6 +153,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_set):
     from test_registries import TINY as TASK_TINY
     from vidmask.config import load_config
     from vidmask.data import VideoTextDataset, collate_video_text
+    from vidmask.data.transfer import to_device
     from vidmask.tasks import list_tasks, task_info
     from vidmask.train.run import make_job
 
@@ -175,7 +176,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_set):
         torch.manual_seed(0)
         job = make_job(cfg, torch.device("cpu"))
         ds = VideoTextDataset(job.items[:4], cfg.data.num_frames, cfg.data.size, train=True)
-        batch = job.prepare(collate_video_text([ds[i] for i in range(4)]))
+        batch = job.prepare(to_device(collate_video_text([ds[i] for i in range(4)]), "cpu"))  # uint8 -> float
         losses, _ = job.task(batch, torch.Generator().manual_seed(0))
         sum(losses.values()).backward()
         missing = [n for n, p in job.task.named_parameters() if p.requires_grad and p.grad is None]

@@ -13,6 +13,7 @@ import torch
 
 from vidmask.config import ConfigError, LossConfig, load_config
 from vidmask.data import VideoTextDataset, collate_video_text
+from vidmask.data.transfer import to_device
 from vidmask.masking import build_masker, list_maskers
 from vidmask.objectives import ObjectiveConfig, list_objectives, objective_class, register_objective
 from vidmask.tasks import PretrainTask, list_tasks, task_info
@@ -131,7 +132,7 @@ def test_task_contract(name, tiny_set):
     job = make_job(cfg, torch.device("cpu"))
     assert job.items and job.result_file.endswith(".json")
     ds = VideoTextDataset(job.items[:4], cfg.data.num_frames, cfg.data.size, train=True)
-    b = job.prepare(collate_video_text([ds[i] for i in range(4)]))
+    b = job.prepare(to_device(collate_video_text([ds[i] for i in range(4)]), "cpu"))  # uint8 clips normalised
     losses, report = job.task(b, torch.Generator().manual_seed(0))
     assert losses and all(k.endswith("_loss") and torch.isfinite(v) for k, v in losses.items())
     sum(losses.values()).backward()

@@ -223,7 +223,7 @@ def test_a_missing_shard_is_named(shard_dir, tmp_path):
     assert len(errors) == 1 and errors[0].startswith("shard ") and errors[0].endswith("000002.tar not found")
     # in training, that batch's preparation fails: every rank stops at that step with the message
     cfg = load_config(None, ["train.batch_size=2", "data.num_workers=2", "train.steps=20"])
-    steps = list(runner.shard_batch_stream(stream, cfg, 0))
+    steps = list(runner.shard_batch_stream(stream, cfg, runner.DistInfo(), 0))
     step, last = steps[-1]
     assert step == len(steps) - 1 and "000002.tar not found" in last["error"]
     with pytest.raises(ShardError, match="000002.tar not found"):

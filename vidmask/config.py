@@ -38,7 +38,8 @@ class DataConfig:
     video_root: str = ""  # folder the annotations' `video` paths are relative to; empty = the annotation file's folder
     num_frames: int = 8  # frames sampled per clip (T)
     size: int = 128  # square input resolution in pixels
-    num_workers: int = 2  # DataLoader worker processes
+    num_workers: int = 2  # DataLoader worker processes; they return uint8 clips, normalised on the device
+    prefetch_factor: int = 2  # batches each worker loads ahead (used only with num_workers > 0)
     cache_frames: bool = False  # decode every video once and sample frames from memory
     hflip_p: float = 0.0  # horizontal flip probability; captions get left/right swapped when > 0
     max_bad_share: float = 0.05  # stop training when more than this share of samples is unreadable
@@ -59,6 +60,9 @@ class DataConfig:
             raise ConfigError(f"data.max_bad_share must be in [0, 1), got {self.max_bad_share}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (0 = load in the main process), got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1 (batches each loader worker holds ready), "
+                              f"got {self.prefetch_factor}")
         if isinstance(self.shards, list) and not (self.shards and all(isinstance(u, str) and u.strip()
                                                                       for u in self.shards)):
             raise ConfigError(f"data.shards must be a shard pattern or a non-empty list of them, got {self.shards!r}")

@@ -10,10 +10,15 @@ Public API::
     decode_frames(path, T, mode="middle", generator=None) -> uint8[T,H,W,3]
     decode_sampled(path, T, mode="middle", generator=None) -> (uint8[T,H,W,3], frame indices)
     decode_all_frames(path) -> uint8[n,H,W,3]
-    VideoTransform(size, train, ...)(frames, caption, generator) -> (float[T,3,S,S], caption)
+    VideoTransform(size, train, ...).pixels(frames, caption, generator) -> (uint8[T,3,S,S], caption)
+        (called: the clip normalised on the host, float[T,3,S,S])
+    normalize_video(uint8[...,3,H,W], mean=CLIP_MEAN, std=CLIP_STD) -> float32[...,3,H,W]
     swap_left_right(caption) -> str
     VideoTextDataset(items, num_frames, size, train, seed=0, ...)
-    collate_video_text(batch) -> {"video", "caption", "index", "frame_ids", "path", "bad"}
+    collate_video_text(batch) -> {"video" uint8[B,T,3,S,S], "caption", "index", "frame_ids", "path", "bad"}
+    to_device(batch, device, mean, std) -> the batch on the device, its video normalised there (float32)
+    loader_options(device, num_workers, prefetch_factor) -> DataLoader keywords (pin_memory on CUDA)
+    eval_loader(items, T, S, num_workers, device=) -> evaluation batches on the device, normalised
     BadSampleTracker(max_share, min_samples).update(num_good, bad)
     write_shards(items, out, shard_bytes=, resize_short=) -> index (WebDataset tar shards + shards.json)
     open_shards(spec, index=None) -> ShardSet; ShardStream(shards, num_frames, size, batch_size=, rank=, world=, ...)
@@ -34,7 +39,8 @@ from vidmask.data.dataset import (
     sample_generator,
 )
 from vidmask.data.shards import ShardError, ShardSet, ShardStream, open_shards, write_shards
-from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, swap_left_right
+from vidmask.data.transfer import loader_options, to_device
+from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform, normalize_video, swap_left_right
 from vidmask.data.video import (
     MemoryMedia,
     VideoError,
@@ -73,10 +79,13 @@ __all__ = [
     "flatten_captions",
     "load_annotations",
     "load_image",
+    "loader_options",
     "load_store",
+    "normalize_video",
     "open_shards",
     "sample_generator",
     "sample_indices",
     "swap_left_right",
+    "to_device",
     "write_shards",
 ]

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidmask.data.anno_store import AnnoStore
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions
+from vidmask.data.transfer import loader_options, to_device
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 from vidmask.data.video import (
     SampleMode,
@@ -56,10 +57,11 @@ def draw_sample(
     generator: torch.Generator,
     train: bool,
 ) -> tuple[Tensor, str, Tensor]:
-    """One sample's (video float[T,3,S,S], caption, frame_ids long[T]) from its own generator.
+    """One sample's (video uint8[T,3,S,S], caption, frame_ids long[T]) from its own generator.
 
     The draws come in a fixed order, caption, then frames (``read_frames(generator)`` ->
-    uint8[T,H,W,3] and their indices), then crop and flip, so a sample read from loose files
+    uint8[T,H,W,3] and their indices), then crop and flip (:meth:`VideoTransform.pixels`: the clip
+    stays uint8, normalised later on the device), so a sample read from loose files
     (:class:`VideoTextDataset`) or from a tar shard (:mod:`vidmask.data.shards`) with the same
     generator comes out the same. Evaluation takes the first caption and draws none.
     """
@@ -68,7 +70,7 @@ def draw_sample(
     else:
         caption = captions[0]
     frames, frame_ids = read_frames(generator)  # (T, H, W, 3), T indices
-    video, caption = transform(frames, caption, generator)  # (T, 3, S, S)
+    video, caption = transform.pixels(frames, caption, generator)  # (T, 3, S, S) uint8
     return video, caption, torch.tensor(frame_ids, dtype=torch.long)  # (T,)
 
 
@@ -117,7 +119,10 @@ class FrameCache:
 
 
 class VideoTextDataset(Dataset):
-    """``items[i]`` -> ``{"video": float[T,3,S,S], "caption": str, "index": i, "path": str, "frame_ids": long[T]}``.
+    """``items[i]`` -> ``{"video": uint8[T,3,S,S], "caption": str, "index": i, "path": str, "frame_ids": long[T]}``.
+
+    The clip is cropped, resized and flipped but not normalised: that happens on the device
+    (:func:`vidmask.data.transfer.to_device` with this dataset's ``transform.mean`` / ``std``).
 
     Training (``train=True``): a random caption of the item, ``rand`` frame
     sampling, the training transform, all from the sample's own generator
@@ -154,7 +159,8 @@ class VideoTextDataset(Dataset):
         train: training (random, lenient) or evaluation (deterministic, strict).
         seed: base seed; with the epoch and the index it fixes every sample.
         sample_mode: frame choice; default ``rand`` in training, ``middle`` in evaluation.
-        random_crop_scale, hflip_p, mean, std: see :class:`VideoTransform`.
+        random_crop_scale, hflip_p: see :class:`VideoTransform`.
+        mean, std: what the clips are to be normalised with where they are used (``transform.mean``).
         cache_frames: decode every video once, here, and sample from memory
             afterwards; for small corpora of short clips (memory grows with
             every frame at full resolution).
@@ -237,7 +243,8 @@ class VideoTextDataset(Dataset):
 def collate_video_text(batch: list[dict]) -> dict:
     """Stack the good samples, list the bad ones.
 
-    Returns ``video`` float[B,T,3,S,S], ``caption`` list[str], ``index``
+    Returns ``video`` uint8[B,T,3,S,S] (normalised on the device:
+    :func:`vidmask.data.transfer.to_device`), ``caption`` list[str], ``index``
     long[B], ``frame_ids`` long[B,T] (which frames of each video),
     ``path`` list[str] and ``bad`` list[(path, error)], where B
     counts good samples only. When every sample is bad, B = 0 and ``video``
@@ -248,7 +255,8 @@ def collate_video_text(batch: list[dict]) -> dict:
     fatal = [s["fatal"] for s in batch if s.get("fatal")]
     good = [s for s in batch if not s.get("bad")]
     bad = [(s["path"], s["error"]) for s in batch if s.get("bad") and not s.get("fatal")]
-    video = torch.stack([s["video"] for s in good]) if good else torch.empty(0)  # (B, T, 3, S, S)
+    empty = torch.empty(0, dtype=torch.uint8)
+    video = torch.stack([s["video"] for s in good]) if good else empty  # (B, T, 3, S, S) uint8
     return {
         "video": video,
         "caption": [s["caption"] for s in good],
@@ -278,19 +286,21 @@ class _Marking(Dataset):
                     "index": i}
 
 
-def eval_loader(items, num_frames: int, size: int, num_workers: int = 0, batch_size: int = 32):
-    """Evaluation clips in order (`middle` frames, no augmentation): batches of `collate_video_text`.
+def eval_loader(items, num_frames: int, size: int, num_workers: int = 0, batch_size: int = 32, *,
+                device: torch.device | str):
+    """Evaluation clips in order (`middle` frames, no augmentation): batches of `collate_video_text`
+    on ``device``, their ``video`` normalised there (float32[B,T,3,S,S], :func:`to_device`).
 
     Evaluation never skips: the first unreadable file raises its own one-line error (a
     VideoError or AnnotationError naming the file) in this process, with or without workers."""
-    ds = _Marking(VideoTextDataset(items, num_frames, size, train=False))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=min(num_workers, 2),
-                        collate_fn=collate_video_text)
+    plain = VideoTextDataset(items, num_frames, size, train=False)
+    loader = DataLoader(_Marking(plain), batch_size=batch_size, shuffle=False, collate_fn=collate_video_text,
+                        **loader_options(device, min(num_workers, 2)))
     for batch in loader:
         if batch["bad"]:
             path, error = batch["bad"][0]
             raise VideoError(error if error.startswith(path) else f"{path}: {error}")
-        yield batch
+        yield to_device(batch, device, plain.transform.mean, plain.transform.std)
 
 
 class TooManyBadSamples(RuntimeError):

@@ -1,4 +1,11 @@
-"""Frames ``uint8[T,H,W,3]`` -> normalised ``float[T,3,S,S]``, one crop for all T frames.
+"""Frames ``uint8[T,H,W,3]`` -> clip ``uint8[T,3,S,S]``, one crop for all T frames; then, on the
+device, ``float[...,3,S,S]`` normalised by :func:`normalize_video`.
+
+The host's part (crop, resize, flip: :meth:`VideoTransform.pixels`) runs in the DataLoader
+workers and stays in bytes, a quarter of the float clip on its way to the device; the
+per-channel ``(x / 255 - mean) / std`` runs where the batch lands (``vidmask.data.transfer``).
+A resized pixel is rounded to the nearest of the 256 levels, within half a level (0.5 / 255
+of the [0, 1] range, 0.0075 after CLIP's std) of the float resize; an unresized one is exact.
 
 The default, for training and evaluation alike, is "resize the shorter side
 to S, centre crop S x S". A random crop is available for training but off by
@@ -66,27 +73,41 @@ def random_resized_crop_box(
 def crop_resize(frames: Tensor, box: Box, size: int) -> Tensor:
     """Crop ``box`` from every frame and resize it to size x size.
 
-    frames: uint8[T,H,W,3] -> float[T,3,size,size] in [0, 1]. Bilinear with
-    antialias: a large downscale without it aliases; bilinear never
-    overshoots [0, 1] as bicubic does.
+    frames: uint8[T,H,W,3] -> uint8[T,3,size,size]. Bilinear with antialias
+    (a large downscale without it aliases; bilinear never overshoots as
+    bicubic does), computed in float and rounded to the nearest level, so a
+    pixel is within half a level of the float result: torch's own uint8
+    kernel is faster but rounds its fixed-point weights, one level off on a
+    fifth of the pixels.
     """
     top, left, h, w = box
-    x = frames[:, top : top + h, left : left + w]  # (T, h, w, 3)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
+    x = frames[:, top : top + h, left : left + w].permute(0, 3, 1, 2)  # (T, 3, h, w)
     if (h, w) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)  # (T, 3, S, S)
+        y = F.interpolate(x.float().div_(255.0), size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)  # (T, 3, S, S) in [0, 1]
+        x = y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)  # (T, 3, S, S)
     return x.contiguous()  # (T, 3, S, S)
 
 
-def normalize(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Per-channel ``(x - mean) / std`` on float[T,3,H,W]."""
-    m = torch.tensor(mean, dtype=video.dtype, device=video.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
-    s = torch.tensor(std, dtype=video.dtype, device=video.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
-    return (video - m) / s  # (T, 3, H, W)
+def normalize_video(video: Tensor, mean: tuple[float, ...] = CLIP_MEAN,
+                    std: tuple[float, ...] = CLIP_STD) -> Tensor:
+    """Pixels uint8[..., 3, H, W] (a clip [T,3,H,W] or a batch [B,T,3,H,W]) -> float32
+    ``(x / 255 - mean) / std`` per channel, on the pixels' device.
+
+    Float32 whatever the autocast: the model's input was float32 before this ran on the
+    device, and autocast casts at its layers as it did then. A float input is refused: it
+    has been normalised already, and twice would be wrong without an error.
+    """
+    if video.dtype != torch.uint8 or video.dim() < 3 or video.shape[-3] != 3:
+        raise ValueError(f"normalize_video expects uint8 pixels [..., 3, H, W], got {video.dtype}{list(video.shape)}; "
+                         "a float video has been normalised already")
+    m = torch.tensor(mean, dtype=torch.float32, device=video.device).view(3, 1, 1)  # (3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=video.device).view(3, 1, 1)  # (3, 1, 1)
+    return (video.float().div_(255.0) - m) / s  # (..., 3, H, W)
 
 
 def hflip(video: Tensor) -> Tensor:
-    """Mirror every frame left-right: float[T,3,H,W] -> float[T,3,H,W]."""
+    """Mirror every frame left-right: [T,3,H,W] -> [T,3,H,W], any dtype."""
     return video.flip(-1)  # (T, 3, H, W)
 
 
@@ -187,7 +208,12 @@ def swap_left_right(caption: str) -> str:
 
 @dataclass
 class VideoTransform:
-    """Crop, resize, (flip), normalise: the only per-clip randomness after frame choice."""
+    """Crop, resize, (flip): the only per-clip randomness after frame choice.
+
+    :meth:`pixels` gives the uint8 clip (what the datasets return); calling the transform gives
+    it normalised by ``mean`` / ``std`` on the host (:func:`normalize_video`), for callers
+    that feed one clip to a model directly (the teacher cache, ``vidmask masks``).
+    """
 
     size: int = 224  # output side S; frames come out S x S
     train: bool = False  # False: never random, whatever the options below say
@@ -195,7 +221,7 @@ class VideoTransform:
     random_crop_scale: tuple[float, float] | None = None
     random_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range of that crop
     hflip_p: float = 0.0  # training flip probability; the caption is mirrored with the clip
-    mean: tuple[float, float, float] = CLIP_MEAN  # per-channel mean of [0,1] pixels
+    mean: tuple[float, float, float] = CLIP_MEAN  # per-channel mean of [0,1] pixels (what normalises the clips)
     std: tuple[float, float, float] = CLIP_STD  # per-channel std of [0,1] pixels
 
     def __post_init__(self):
@@ -216,10 +242,10 @@ class VideoTransform:
     def is_random(self) -> bool:
         return self.train and (self.random_crop_scale is not None or self.hflip_p > 0)
 
-    def __call__(
+    def pixels(
         self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, str | None]:
-        """frames: uint8[T,H,W,3] -> (float[T,3,S,S], caption, mirrored when the clip was)."""
+        """frames: uint8[T,H,W,3] -> (uint8[T,3,S,S], caption, mirrored when the clip was)."""
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8[T,H,W,3], got {frames.dtype}{list(frames.shape)}")
         if self.is_random and generator is None:
@@ -229,9 +255,17 @@ class VideoTransform:
             box = random_resized_crop_box(H, W, self.random_crop_scale, self.random_crop_ratio, generator)
         else:
             box = center_square_box(H, W)
-        video = crop_resize(frames, box, self.size)  # (T, 3, S, S)
+        video = crop_resize(frames, box, self.size)  # (T, 3, S, S) uint8
         if self.train and self.hflip_p > 0:
             if float(torch.rand((), generator=generator)) < self.hflip_p:
                 video = hflip(video)  # (T, 3, S, S)
                 caption = None if caption is None else swap_left_right(caption)
-        return normalize(video, self.mean, self.std), caption  # (T, 3, S, S)
+        return video, caption  # (T, 3, S, S) uint8
+
+    def __call__(
+        self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, str | None]:
+        """frames: uint8[T,H,W,3] -> (float[T,3,S,S] normalised, caption): :meth:`pixels`, then
+        :func:`normalize_video` on the host."""
+        video, caption = self.pixels(frames, caption, generator)  # (T, 3, S, S) uint8
+        return normalize_video(video, self.mean, self.std), caption  # (T, 3, S, S)

@@ -81,8 +81,9 @@ def evaluate_caption(cap: CaptionTask, items, cfg: Config, device) -> dict:
     cap.eval()
     generated = []
     share = my_share(len(items))  # under torchrun each rank captions its share of the videos
-    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
-        tokens = cap.encode(batch["video"].to(device))  # (b, K, C)
+    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers,
+                             device=device):
+        tokens = cap.encode(batch["video"])  # (b, K, C)
         if cfg.finetune.beam > 1:
             texts = cap.beam_search(tokens, beam=cfg.finetune.beam, max_len=cfg.finetune.max_len)
         else:

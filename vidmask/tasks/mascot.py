@@ -155,11 +155,12 @@ class MascotTask(nn.Module):
     def retrieval_scores(self, items: list, texts: list[str], loader, similarity: str,
                          batch_size: int = 256) -> Tensor:
         """Text x video scores [Nt, Nv] for ``texts`` against the clips of ``items`` (as batched by
-        ``loader`` over this rank's share), by ``wti`` or ``mean`` (pooled unit features)."""
+        ``loader`` over this rank's share, on the model's device and normalised: ``config_loader``),
+        by ``wti`` or ``mean`` (pooled unit features)."""
         self.eval()
         mine = []  # this rank's clips: pooled unit features [E] (mean) or (tokens [T,E], weight logits [T]) (wti)
         for batch in loader:
-            v, _ = self.encode(batch["video"].to(self.model.logit_scale.device))  # (b, T, C)
+            v, _ = self.encode(batch["video"])  # (b, T, C), on the model's device, normalised there
             if similarity == "mean":
                 mine += list(F.normalize(self.model.vision_proj(v.mean(1)).float(), dim=-1).cpu())  # b x (E,)
             else:
@@ -191,7 +192,7 @@ def evaluate_mascot(task: MascotTask, anno, cfg: Config, items=None) -> dict:
         texts, t2v = [" ".join(it.captions) for it in items], list(range(len(items)))
     else:
         texts, t2v = flatten_captions(items)
-    loader = config_loader([items[i] for i in my_share(len(items))], cfg)
+    loader = config_loader([items[i] for i in my_share(len(items))], cfg, task.model.logit_scale.device)
     sim = task.retrieval_scores(items, texts, loader, cfg.finetune.similarity)  # (Nt, Nv)
     res = score_report(sim, torch.tensor(t2v), anno, items, len(texts), cfg)
     res["similarity"] = cfg.finetune.similarity

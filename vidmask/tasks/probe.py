@@ -52,8 +52,8 @@ def encode_features(model, items: list[VideoText], cfg: Config, device) -> dict[
     """{"joint": float[n,E], "mean_token": float[n,C]} of the clips, all tokens, middle frames."""
     model.eval()
     joint, mean = [], []
-    for batch in eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
-        tokens = model.video_tokens(batch["video"].to(device))  # (b, K, C)
+    for batch in eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers, device=device):
+        tokens = model.video_tokens(batch["video"])  # (b, K, C)
         joint.append(model.project_video(tokens).float().cpu())  # (b, E)
         mean.append(tokens.mean(1).float().cpu())  # (b, C)
     return {"joint": torch.cat(joint), "mean_token": torch.cat(mean)}

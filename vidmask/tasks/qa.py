@@ -80,8 +80,9 @@ def evaluate_qa(qa: QATask, items, answers: list[str], cfg: Config, device) -> d
     qa.eval()
     preds = []
     share = my_share(len(items))  # under torchrun each rank answers its share of the questions
-    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers):
-        idx = qa.predict(batch["video"].to(device), batch["caption"]).cpu()  # (b,)
+    for batch in eval_loader([items[i] for i in share], cfg.data.num_frames, cfg.data.size, cfg.data.num_workers,
+                             device=device):
+        idx = qa.predict(batch["video"], batch["caption"]).cpu()  # (b,)
         preds += [answers[i] for i in idx.tolist()]
     preds = gather_ordered(preds, len(items))
     gold = [str(it.meta["answer"]) for it in items]

@@ -18,9 +18,10 @@ from vidmask.tasks.rerank import rerank
 log = logging.getLogger("vidmask")
 
 
-def config_loader(items, cfg: Config):
-    """The evaluation loader of a run's config: its frames, size and (at most 2) workers."""
-    return eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers)
+def config_loader(items, cfg: Config, device):
+    """The evaluation loader of a run's config: its frames, size and (at most 2) workers; batches on
+    ``device``, their video normalised there."""
+    return eval_loader(items, cfg.data.num_frames, cfg.data.size, cfg.data.num_workers, device=device)
 
 
 @torch.no_grad()
@@ -61,8 +62,8 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     toks, feats = [], []
     keep_tokens = reranker is not None and cfg.finetune.rerank_k > 0
     share = my_share(len(items))  # under torchrun each rank encodes its share of the videos
-    for batch in config_loader([items[i] for i in share], cfg):
-        f = model.video_tokens(batch["video"].to(device))  # (b, K, C)
+    for batch in config_loader([items[i] for i in share], cfg, device):
+        f = model.video_tokens(batch["video"])  # (b, K, C)
         feats += list(model.project_video(f).cpu())  # b x (E,)
         if keep_tokens:
             toks += list(f.cpu())  # b x (K, C)

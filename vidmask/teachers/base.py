@@ -8,8 +8,8 @@ embeddings, and ClusterSTM's relevance reconstruction pools its tokens with
 its own pooler and scores them against its text feature.
 
 For a clip ``video`` float[B,T,3,H,W] (CLIP-normalised, as every vidmask
-loader makes it) a teacher returns a :class:`TeacherOut`, computed under
-``torch.no_grad()``:
+batch is on the device: ``vidmask.data.transfer.to_device``) a teacher
+returns a :class:`TeacherOut`, computed under ``torch.no_grad()``:
 
 * ``tokens`` float[B,T,N,D]: per-token features on the **student's** grid
   (N = grid * grid, grid = H // student_patch unless given);

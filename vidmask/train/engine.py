@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vidmask.data.transfer import to_device
+from vidmask.data.transforms import CLIP_MEAN, CLIP_STD
 from vidmask.train.distributed import StepAgreement, agree
 from vidmask.train.schedule import lr_at, step_generator
 
@@ -50,6 +52,9 @@ class LoopSpec:
     eval_every: int
     time_limit_s: float = 0.0
     params: list = field(default_factory=list)  # parameters to clip
+    # what the batches' uint8 clips are normalised with on the device (the dataset's transform.mean / std)
+    video_mean: tuple[float, ...] = CLIP_MEAN
+    video_std: tuple[float, ...] = CLIP_STD
     check_every_step: bool = True  # read the gradient norm each step (CPU); False: at logging steps and checkpoints
 
 
@@ -151,8 +156,9 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
         hooks.count_samples(verdict.good, verdict.bad, batch["bad"])  # the same totals, the same verdict, everywhere
         updated = not verdict.empty_ranks  # a rank with nothing to learn from: every rank passes the step
         if updated:
-            # tensors to the device; strings (captions, questions, paths) stay as they are
-            inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            # tensors to the device (asynchronous from pinned memory), the uint8 clips normalised there to
+            # float32; strings (captions, questions, paths) stay as they are
+            inputs = to_device(batch, device, spec.video_mean, spec.video_std)
             loss, losses, report, grad_norm, lr = _update(task, optimizer, scaler, inputs, spec, step, rank, device,
                                                           hooks.last_checkpoint())
             if not spec.check_every_step:  # recorded on the device, no host read

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from vidmask.config import Config, ConfigError, save_config, to_dict
 from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text
 from vidmask.data.shards import ShardError, ShardStream
+from vidmask.data.transfer import loader_options
 from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
@@ -119,9 +120,10 @@ def _ignore_sigterm(worker_id: int) -> None:
 
 def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbours=None):
     """(step, batch) pairs from `start_step` on, epoch after epoch, in a resumable order
-    (``neighbours``: train.hard_batches' caption neighbours, int64[n,k])."""
+    (``neighbours``: train.hard_batches' caption neighbours, int64[n,k]). The batches hold uint8
+    clips, pinned when the device is CUDA (`loader_options`); the loop normalises them there."""
     if isinstance(dataset, ShardStream):
-        yield from shard_batch_stream(dataset, cfg, start_step)
+        yield from shard_batch_stream(dataset, cfg, info, start_step)
         return
     spe = steps_per_epoch(len(dataset), cfg.train.batch_size, info.world)
     step = start_step
@@ -131,8 +133,9 @@ def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbou
         batches = epoch_batches(len(dataset), cfg.train.batch_size, cfg.train.seed, epoch, info.rank, info.world,
                                 neighbours)
         loader = DataLoader(
-            dataset, batch_sampler=batches[skip:], num_workers=cfg.data.num_workers,
-            collate_fn=collate_video_text, persistent_workers=False, worker_init_fn=_ignore_sigterm,
+            dataset, batch_sampler=batches[skip:], collate_fn=collate_video_text, persistent_workers=False,
+            worker_init_fn=_ignore_sigterm,
+            **loader_options(info.device, cfg.data.num_workers, cfg.data.prefetch_factor),
         )
         for batch in loader:
             yield step, batch
@@ -141,7 +144,7 @@ def batch_stream(dataset, cfg: Config, info: DistInfo, start_step: int, neighbou
                 return
 
 
-def shard_batch_stream(stream: ShardStream, cfg: Config, start_step: int):
+def shard_batch_stream(stream: ShardStream, cfg: Config, info: DistInfo, start_step: int):
     """(step, batch) pairs from tar shards: one DataLoader per epoch, started at the step's place in
     it (`ShardStream.set_position`). A shard that cannot be read (a missing file, a failed pipe:
     command) ends the stream with a batch carrying the error, which `Hooks.prepare` raises: every
@@ -149,8 +152,9 @@ def shard_batch_stream(stream: ShardStream, cfg: Config, start_step: int):
     step = start_step
     while step < cfg.train.steps:
         stream.set_position(step)
-        loader = DataLoader(stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
-                            collate_fn=collate_video_text, persistent_workers=False, worker_init_fn=_ignore_sigterm)
+        loader = DataLoader(stream, batch_size=cfg.train.batch_size, collate_fn=collate_video_text,
+                            persistent_workers=False, worker_init_fn=_ignore_sigterm,
+                            **loader_options(info.device, cfg.data.num_workers, cfg.data.prefetch_factor))
         first = step
         for batch in loader:
             yield step, batch
@@ -330,13 +334,15 @@ class Hooks:
                                     f"(now {self.cfg.data.max_bad_share}).") from None
 
 
-def _loop_spec(cfg: Config, task: torch.nn.Module, device: torch.device) -> LoopSpec:
+def _loop_spec(cfg: Config, task: torch.nn.Module, device: torch.device, dataset) -> LoopSpec:
+    """The loop's settings; ``dataset``'s uint8 clips are normalised on the device with its transform's mean/std."""
     t = cfg.train
     return LoopSpec(total_steps=t.steps, peak_lr=t.lr, min_lr=t.min_lr, warmup=t.warmup_steps,
                     grad_clip=t.grad_clip, seed=t.seed, precision=t.precision, log_every=t.log_every,
                     ckpt_every=t.ckpt_every, eval_every=t.eval_every, time_limit_s=t.time_limit_min * 60.0,
                     params=[p for p in task.parameters() if p.requires_grad],
-                    check_every_step=device.type == "cpu")  # a host read per step costs nothing on a CPU
+                    check_every_step=device.type == "cpu",  # a host read per step costs nothing on a CPU
+                    video_mean=dataset.transform.mean, video_std=dataset.transform.std)
 
 
 def speed_settings(cfg: Config, model: torch.nn.Module, device: torch.device) -> None:
@@ -416,7 +422,7 @@ def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
     t0 = time.time()
     last = train(wrapped, trainer.optimizer, trainer.scaler,
                  batch_stream(dataset, cfg, info, trainer.start_step, neighbours),
-                 trainer.start_step, _loop_spec(cfg, job.task, info.device), info.device, info.rank, hooks,
+                 trainer.start_step, _loop_spec(cfg, job.task, info.device, dataset), info.device, info.rank, hooks,
                  show_progress=info.main)
     _finish(cfg, run_dir, job, last, time.time() - t0, stop.requested, info.main)
     if info.main:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vidmask.data.transforms import normalize_video
 from vidmask.teachers.lit_effnet import LitEffnetConfig, LitEffnetTeacher, lit_contrastive_loss
 from vidmask.train.optim import param_groups
 from vidmask.train.schedule import lr_at
@@ -56,14 +57,16 @@ class LitTrainArgs:
 
 @torch.no_grad()
 def precompute_trunk(teacher: LitEffnetTeacher, dataset, batch: int = 8) -> tuple[Tensor, list[int]]:
-    """Trunk features of every readable clip: (float16[V,T,n,1280], dataset indices)."""
+    """Trunk features of every readable clip: (float16[V,T,n,1280], dataset indices); the
+    dataset's uint8 clips are normalised with its transform's mean/std (CLIP's, which the trunk expects)."""
     feats, kept = [], []
     for s in range(0, len(dataset), batch):
         samples = [dataset[i] for i in range(s, min(s + batch, len(dataset)))]
         good = [x for x in samples if not x.get("bad")]
         if not good:
             continue
-        video = torch.stack([x["video"] for x in good])  # (b, T, 3, S, S)
+        video = torch.stack([x["video"] for x in good])  # (b, T, 3, S, S) uint8
+        video = normalize_video(video, dataset.transform.mean, dataset.transform.std)  # (b, T, 3, S, S) float
         feats.append(teacher.trunk_features(video).half())  # (b, T, n, 1280), half: 2x less memory
         kept += [x["index"] for x in good]
     if not kept:
