@@ -90,10 +90,15 @@ class TextConfig:
     trainable_layers: int = 0  # last BERT layers trained; 0 = frozen tower with cached caption features
     max_len: int = 32  # tokens per caption
     random_layers: int = 2  # depth of the randomly initialised tower (init="random" only)
+    # frozen tower: caption features kept, least recently used dropped past this many (384 floats each for
+    # MiniLM: 200k = 0.3 GB per rank); 0 = encode every batch's captions again
+    cache_captions: int = 200_000
 
     def __post_init__(self):
         if self.trainable_layers < 0:
             raise ConfigError("model.text.trainable_layers must be >= 0")
+        if self.cache_captions < 0:
+            raise ConfigError(f"model.text.cache_captions must be >= 0 (0 = no cache), got {self.cache_captions}")
         if self.max_len < 4:
             raise ConfigError("model.text.max_len must be >= 4")
 

@@ -88,6 +88,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather_rows(mine: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every rank's rows float[b_r,...] (``sizes[r]`` = b_r, known to all) -> all of them in rank order
+    float[sum b_r,...] on the CPU of every rank: one all-gather of equal, zero-padded blocks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return mine
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    block = torch.zeros(max(sizes), *mine.shape[1:], dtype=mine.dtype, device=device)  # (b_max, ...)
+    block[: mine.shape[0]] = mine
+    blocks = [torch.empty_like(block) for _ in sizes]
+    dist.all_gather(blocks, block)
+    return torch.cat([b[:n] for b, n in zip(blocks, sizes)]).cpu()  # (sum b_r, ...)
 def wait_for_ranks(what: str, timeout_min: float) -> None:
     """A barrier that, when some rank has not arrived within the process group's time-out
     (train.dist_timeout_min), fails saying what was waited for and which key to raise."""

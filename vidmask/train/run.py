@@ -176,8 +176,12 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
             raise ConfigError("--resume: the run was trained from tar shards; keep its data.shards setting")
         dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
                                    hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
-        # frozen text tower: every caption's features once, before the clock starts (from shards: as they come)
-        job.model.text.warm_cache([c for it in job.items for c in it.captions])
+        # frozen text tower: every caption's features once, before the clock starts (from shards: as they come),
+        # each rank encoding its share
+        from vidmask.train.distributed import all_gather_rows
+
+        job.model.text.warm_cache([c for it in job.items for c in it.captions], rank=info.rank, world=info.world,
+                                  gather=all_gather_rows)
         return dataset
     shards = job.items
     if shards.resize_short and shards.resize_short < cfg.data.size and info.main:
