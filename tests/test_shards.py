@@ -134,6 +134,9 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(shard_dir,
         ref = loose[s["index"]]
         assert torch.equal(s["video"], ref["video"]) and s["caption"] == ref["caption"]
         assert torch.equal(s["frame_ids"], ref["frame_ids"])
+        # the shard sample names its source video: one video id from either path (vtc / vtm positives)
+        assert s["video_key"] == ref["path"]
+        assert torch.equal(collate_video_text([s])["video_id"], collate_video_text([ref])["video_id"])
 
 
 @pytest.mark.parametrize("step", [3, 5, 11])

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vidmask.data.anno_store import AnnoStore
-from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions
+from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions, video_id
 from vidmask.data.transfer import loader_options, to_device
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 from vidmask.data.video import (
@@ -246,7 +246,10 @@ def collate_video_text(batch: list[dict]) -> dict:
     Returns ``video`` uint8[B,T,3,S,S] (normalised on the device:
     :func:`vidmask.data.transfer.to_device`), ``caption`` list[str], ``index``
     long[B], ``frame_ids`` long[B,T] (which frames of each video),
-    ``path`` list[str] and ``bad`` list[(path, error)], where B
+    ``video_id`` long[B] (:func:`~vidmask.data.annotations.video_id` of each
+    path: two entries of one video share it, the contrastive and matching
+    losses' same-video positives), ``path`` list[str] and ``bad``
+    list[(path, error)], where B
     counts good samples only. When every sample is bad, B = 0 and ``video``
     is an empty tensor: the trainer skips the step. A *fatal* marker (a
     stream that cannot go on: a tar shard that cannot be read) adds ``error``,
@@ -262,6 +265,8 @@ def collate_video_text(batch: list[dict]) -> dict:
         "caption": [s["caption"] for s in good],
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),  # (B,)
         "frame_ids": torch.stack([s["frame_ids"] for s in good]) if good else torch.empty(0, dtype=torch.long),  # (B, T)
+        # shard samples name their source video (video_key); loose files are their path
+        "video_id": torch.tensor([video_id(s.get("video_key", s["path"])) for s in good], dtype=torch.long),  # (B,)
         "path": [s["path"] for s in good],
         "bad": bad,
         **({"error": fatal[0]} if fatal else {}),

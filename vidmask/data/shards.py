@@ -449,6 +449,19 @@ def caption_list(members: dict) -> list[str]:
     raise ValueError(f"no caption member (.json or .txt; members: {', '.join(sorted(members)) or 'none'})")
 
 
+def source_of(members: dict) -> str | None:
+    """The original video a shard sample was cut from, when its json member names it (``source``
+    from `vidmask shards make`, ``url`` from video2dataset), else None: its ``video_id`` key."""
+    if "json" not in members:
+        return None
+    try:
+        meta = json.loads(members["json"].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    src = meta.get("source") or meta.get("url") if isinstance(meta, dict) else None
+    return src if isinstance(src, str) and src else None
+
+
 def decode_sample(sample_id: int, name: str, members: dict | str, *, epoch: int, seed: int, num_frames: int,
                   transform: VideoTransform) -> dict:
     """A shard sample as :class:`VideoTextDataset` gives an item (the same draws from the same
@@ -474,7 +487,9 @@ def decode_sample(sample_id: int, name: str, members: dict | str, *, epoch: int,
                                                 transform, g, train=True)  # (T, 3, S, S), (T,)
     except VideoError as e:
         return bad(e.reason)
-    return {"video": video, "caption": caption, "index": sample_id, "path": source.name, "frame_ids": frame_ids}
+    # video_key: which video, so that two samples of one source are one video to vtc / vtm (collate's video_id)
+    return {"video": video, "caption": caption, "index": sample_id, "path": source.name, "frame_ids": frame_ids,
+            "video_key": source_of(members) or source.name}
 
 
 class ShardStream(IterableDataset):
