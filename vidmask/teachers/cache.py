@@ -373,7 +373,6 @@ class TeacherCache:
         self.counts = torch.cat(counts)  # (V,)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts  # (V,)
         self.grid = torch.cat(grids) if self.grid_frames else None  # (V, G)
-        self._starts = torch.tensor(self.part_rows, dtype=torch.long)  # (P,)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TeacherCache":
@@ -414,14 +413,13 @@ class TeacherCache:
 
     def gather(self, name: str, rows: Tensor) -> Tensor:
         """Field ``name`` at global rows ``rows`` long[...] -> float32[..., *shape], read from each part's map."""
-        flat = rows.reshape(-1)  # (R,)
-        part = torch.searchsorted(self._starts, flat, right=True) - 1  # (R,) an empty part is never chosen
-        out = torch.empty(flat.numel(), *self.shapes[name], dtype=torch.float32)  # (R, ...)
-        for p in part.unique().tolist():
-            at = (part == p).nonzero().squeeze(1)  # (R_p,)
-            local = (flat[at] - self.part_rows[p]).numpy()
-            out[at] = torch.from_numpy(np.asarray(self.parts[p][name][local])).float()  # (R_p, ...) copies R_p rows
-        return out.reshape(*rows.shape, *self.shapes[name])
+        flat = rows.reshape(-1).numpy()  # (R,)
+        part = np.searchsorted(self.part_rows, flat, side="right") - 1  # (R,) an empty part is never chosen
+        out = np.empty((flat.size, *self.shapes[name]), STORE_DTYPE)  # (R, ...)
+        for p in np.unique(part):
+            at = np.nonzero(part == p)[0]  # (R_p,)
+            out[at] = self.parts[p][name][flat[at] - self.part_rows[p]]  # (R_p, ...) copies R_p rows from the map
+        return torch.from_numpy(out).float().reshape(*rows.shape, *self.shapes[name])
 
     def lookup(self, index: Tensor, frame_ids: Tensor) -> FrameFeatures:
         """Videos ``index`` long[B] (positions in the item list) and their frames
