@@ -46,9 +46,10 @@ exactly, times the videos; every frame: the mean frame count of the first
 **Files.** A cache is a folder of parts and an ``index.json`` written last
 (its presence means complete). Each part is a contiguous share of the
 videos, built by one rank: one raw little-endian float16 file per field
-(``part-A-B.tokens.f16``, rows = frames in video order) and a JSON file with
-the shapes, the per-video row counts and, with a grid, the frame index of
-each cached row. Why raw files and not safetensors: a part is written as
+(``part-A-B.tokens.f16``, rows = frames in video order), the per-video row
+counts (``.counts.i64``) and, with a grid, the frame index of each cached row
+(``.grid.i32``, [videos, G]), and a JSON file with the shapes, written last.
+Why raw files and not safetensors: a part is written as
 its frames are encoded, so a rank's memory does not grow with its share
 (``safetensors.save_file`` writes from tensors held in memory, and its
 header needs every shape before the first byte); and they are read with
@@ -226,8 +227,8 @@ def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, f
     folder.mkdir(parents=True, exist_ok=True)
     tmp = f".tmp{os.getpid()}"
     transform = VideoTransform(size=size, train=False, mean=mean, std=std)
-    counts = [0] * (hi - lo)  # rows per video; 0 = unreadable
-    grid = [[0] * grid_frames for _ in range(hi - lo)] if grid_frames else None  # frame index of each row
+    counts = np.zeros(hi - lo, np.int64)  # (V_p,) rows per video; 0 = unreadable
+    grid = np.zeros((hi - lo, grid_frames), np.int32)  # (V_p, G) frame index of each row (G = 0: none)
     shapes: dict[str, list[int]] = {}
     files: dict[str, object] = {}
     pending: list[Tensor] = []  # frames waiting for a batch, [n_i, 3, S, S] each
@@ -260,7 +261,7 @@ def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, f
             try:
                 if grid_frames:
                     frames, ids = decode_sampled(item.path, grid_frames, "middle")  # (G, H, W, 3), G indices
-                    grid[v - lo] = list(ids)
+                    grid[v - lo] = ids
                 else:
                     frames = decode_all_frames(item.path)  # (n, H, W, 3)
             except VideoError as e:
@@ -286,8 +287,12 @@ def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, f
         log.warning("teacher cache: skipped %d more unreadable items", len(skipped) - 10)
     for k in shapes:
         os.replace(folder / f"{name}.{k}.f16{tmp}", folder / f"{name}.{k}.f16")
-    part = {"format": FORMAT, "name": name, "first": lo, "videos": hi - lo, "rows": sum(counts),
-            "skipped": len(skipped), "fields": shapes, "counts": counts, "grid": grid}
+    columns = {"counts.i64": counts, **({"grid.i32": grid} if grid_frames else {})}  # little-endian, as read
+    for suffix, column in columns.items():
+        column.astype(column.dtype.newbyteorder("<")).tofile(folder / f"{name}.{suffix}{tmp}")
+        os.replace(folder / f"{name}.{suffix}{tmp}", folder / f"{name}.{suffix}")
+    part = {"format": FORMAT, "name": name, "first": lo, "videos": hi - lo, "rows": int(counts.sum()),
+            "skipped": len(skipped), "fields": shapes, "grid": grid_frames}
     done.with_name(done.name + tmp).write_text(json.dumps(part))
     os.replace(done.with_name(done.name + tmp), done)  # the JSON last: a part with one is complete
     return part
@@ -321,6 +326,17 @@ def write_index(folder: str | Path, videos: int, world: int, meta: dict) -> dict
 # ---- reading ----------------------------------------------------------------
 
 
+def gather_parts(arrays: Sequence[np.ndarray], starts: Sequence[int], at: np.ndarray) -> np.ndarray:
+    """Rows ``at`` int[R] of the concatenation of ``arrays`` (array p's first row being row ``starts[p]``)
+    -> [R, ...], copying only those rows out of each (memory-mapped) array; no concatenation is made."""
+    part = np.searchsorted(starts, at, side="right") - 1  # (R,) an empty array is never chosen
+    out = np.empty((at.size, *arrays[0].shape[1:]), arrays[0].dtype)  # (R, ...)
+    for p in np.unique(part):
+        sel = np.nonzero(part == p)[0]  # (R_p,)
+        out[sel] = arrays[p][at[sel] - starts[p]]  # (R_p, ...)
+    return out
+
+
 class TeacherCache:
     """Per-frame teacher features of a list of videos, gathered by (video, frame), read from a cache folder.
 
@@ -328,9 +344,10 @@ class TeacherCache:
     cache was built; the training loop skips its samples as unreadable, so it
     is never looked up); rows run over all videos in order, video v at
     ``offsets[v] : offsets[v] + counts[v]``, split into parts (each a
-    memory-mapped float16 array per field). ``grid`` long[V,G]: with a frame
-    grid, the frame index of each of a video's G rows; None when every frame
-    is cached (row j of a video is its frame j).
+    memory-mapped float16 array per field). With a frame grid of G frames
+    (``grid_frames``), each part also maps the frame index of each of its
+    videos' G rows (:meth:`grid_of`); every frame cached: row j of a video is
+    its frame j. Only ``counts`` and ``offsets`` (16 bytes a video) are held.
     """
 
     def __init__(self, folder: str | Path):
@@ -344,16 +361,20 @@ class TeacherCache:
             raise ValueError(f"{folder} is not a vidmask teacher cache of format {FORMAT} "
                              "(written by vidmask.teachers.cache); delete it and it is built again")
         self.grid_frames = int(index.get("grid", 0))
-        counts, grids = [], []
+        counts = []
         self.parts: list[dict[str, np.ndarray]] = []  # per part: field -> memmap (rows, ...)
         self.part_rows: list[int] = []  # first global row of each part
+        self.grids: list[np.ndarray] = []  # per part: memmap int32 (V_p, G) with a grid
+        self.part_videos: list[int] = []  # first video of each part
         self.shapes: dict[str, list[int]] = {}
         row = 0
         for p in index["parts"]:
             part = json.loads((folder / f"{p['name']}.json").read_text())
-            counts.append(torch.tensor(part["counts"], dtype=torch.long))  # (V_p,)
-            if self.grid_frames:
-                grids.append(torch.tensor(part["grid"], dtype=torch.long).reshape(-1, self.grid_frames))
+            counts.append(torch.from_numpy(np.fromfile(folder / f"{p['name']}.counts.i64", "<i8")))  # (V_p,)
+            if self.grid_frames and p["videos"]:
+                self.grids.append(np.memmap(folder / f"{p['name']}.grid.i32", dtype="<i4", mode="c",
+                                            shape=(p["videos"], self.grid_frames)))  # (V_p, G)
+                self.part_videos.append(p["first"])
             self.shapes = part["fields"]
             fields = {}
             for k, shape in part["fields"].items():
@@ -372,7 +393,6 @@ class TeacherCache:
             raise ValueError(f"teacher cache {folder} has no 'tokens' field")
         self.counts = torch.cat(counts)  # (V,)
         self.offsets = torch.cumsum(self.counts, 0) - self.counts  # (V,)
-        self.grid = torch.cat(grids) if self.grid_frames else None  # (V, G)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TeacherCache":
@@ -404,22 +424,21 @@ class TeacherCache:
         if bool((counts == 0).any()):
             bad = int(index[counts == 0][0])
             raise KeyError(f"teacher cache: video {bad} could not be decoded when the cache was built")
-        if self.grid is not None:
-            slots = nearest_slot(self.grid[index], frame_ids)  # (B, T)
+        if self.grid_frames:
+            slots = nearest_slot(self.grid_of(index), frame_ids)  # (B, T)
         else:
             # a decoder that ran short gives the last frame, as decode_sampled does
             slots = torch.minimum(frame_ids, (counts - 1).unsqueeze(1))  # (B, T)
         return self.offsets[index].unsqueeze(1) + slots  # (B, T)
 
+    def grid_of(self, index: Tensor) -> Tensor:
+        """With a frame grid: the cached frames of videos ``index`` long[B] -> long[B,G]."""
+        return torch.from_numpy(gather_parts(self.grids, self.part_videos, index.numpy())).long()  # (B, G)
+
     def gather(self, name: str, rows: Tensor) -> Tensor:
         """Field ``name`` at global rows ``rows`` long[...] -> float32[..., *shape], read from each part's map."""
-        flat = rows.reshape(-1).numpy()  # (R,)
-        part = np.searchsorted(self.part_rows, flat, side="right") - 1  # (R,) an empty part is never chosen
-        out = np.empty((flat.size, *self.shapes[name]), STORE_DTYPE)  # (R, ...)
-        for p in np.unique(part):
-            at = np.nonzero(part == p)[0]  # (R_p,)
-            out[at] = self.parts[p][name][flat[at] - self.part_rows[p]]  # (R_p, ...) copies R_p rows from the map
-        return torch.from_numpy(out).float().reshape(*rows.shape, *self.shapes[name])
+        out = gather_parts([part[name] for part in self.parts], self.part_rows, rows.reshape(-1).numpy())
+        return torch.from_numpy(out).float().reshape(*rows.shape, *self.shapes[name])  # (..., *shape)
 
     def lookup(self, index: Tensor, frame_ids: Tensor) -> FrameFeatures:
         """Videos ``index`` long[B] (positions in the item list) and their frames
