@@ -157,6 +157,10 @@ class TeacherConfig:
     cache_frames_per_video: int = 0
     # refuse to build a teacher cache projected above this many GB (printed before the build); 0 = no cap
     cache_max_gb: float = 50.0
+    # lit-effnet only: frames resized by this integer factor before its stride-32 trunk (2: 128 px -> an 8x8
+    # map, the patch-16 student's grid, nothing resampled; about 4x the trunk compute). 0 = the head file's
+    # scale (`vidmask teacher train --trunk-scale`; 1 without a head file); N >= 1 = heads trained at N
+    trunk_scale: int = 0
 
     def __post_init__(self):
         if self.name and self.name not in ("lit-effnet", "hf-clip"):
@@ -168,6 +172,12 @@ class TeacherConfig:
             raise ConfigError(f"teacher.cache_max_gb must be >= 0 (0 = no cap), got {self.cache_max_gb}")
         if self.name == "hf-clip" and not self.path:
             raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder")
+        if isinstance(self.trunk_scale, bool) or not isinstance(self.trunk_scale, int) or self.trunk_scale < 0:
+            raise ConfigError(f"teacher.trunk_scale must be an integer >= 0 (0 = the head file's, 1 = the "
+                              f"trunk at the frame size, 2 = frames resized 2x first), got {self.trunk_scale!r}")
+        if self.trunk_scale and self.name != "lit-effnet":
+            raise ConfigError(f"teacher.trunk_scale is lit-effnet's option; teacher.name={self.name!r} "
+                              "takes none (leave it 0)")
 
 
 class LossConfig:

@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
     t.add_argument("--frames", type=int, default=8)
     t.add_argument("--size", type=int, default=128)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--trunk-scale", type=int, default=1,
+                   help="resize frames by this integer factor before the stride-32 trunk (saved with the heads): "
+                   "1 = a 4x4 trunk map at 128 px, resampled to a patch-16 student's 8x8; 2 = 8x8 natively, "
+                   "about 4x the trunk compute")
     t.set_defaults(func=run_train)
     c = jobs.add_parser(
         "cache",
@@ -60,9 +64,13 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"vidmask teacher train: {corpus / args.anno} not found; make a corpus with "
               f"`vidmask corpus make --out {corpus}` or pass --corpus/--anno", file=sys.stderr)
         return 2
+    if args.trunk_scale < 1:
+        print(f"vidmask teacher train: --trunk-scale must be an integer >= 1, got {args.trunk_scale}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     summary = train_lit_teacher(corpus, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                num_frames=args.frames, size=args.size, seed=args.seed, anno=args.anno, say=print)
+                                num_frames=args.frames, size=args.size, seed=args.seed, anno=args.anno,
+                                trunk_scale=args.trunk_scale, say=print)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in summary.items()))
     return 0

@@ -98,9 +98,10 @@ class FrameFeatures:
 # The teachers' grids are resampled onto the student's by the one grid resampler
 # (vidmask.tokens.resample_grid, bilinear). When it runs: a teacher whose grid already
 # equals the student's (hf-clip with a patch-16 CLIP at the student's resolution) is
-# untouched; lit-effnet always is resampled (its stride-32 trunk gives 4x4 at 128 px,
-# 7x7 at 224 px, for the student's 8x8 / 14x14), hf-clip with a patch-32 CLIP or at a
-# resolution the patch sizes do not share.
+# untouched, and so is lit-effnet at trunk scale 2 (frames resized 2x before its stride-32
+# trunk: 8x8 at 128 px); lit-effnet at trunk scale 1 is resampled (4x4 at 128 px, 7x7 at
+# 224 px, for the student's 8x8 / 14x14), hf-clip with a patch-32 CLIP or at a resolution
+# the patch sizes do not share.
 
 
 def tubelet_mean(out: TeacherOut, tubelet: int) -> TeacherOut:
@@ -195,6 +196,11 @@ class Teacher(nn.Module):
     def encode_text(self, captions: list[str]) -> Tensor:  # pragma: no cover - abstract
         """captions -> unit-norm joint-space features [B,E]."""
         raise NotImplementedError
+
+    def cache_options(self) -> dict:
+        """Settings beyond the teacher's weights files that change :meth:`encode_frames`' output; they
+        name a teacher cache (:func:`vidmask.teachers.cache.cache_key`). {} = none (the default)."""
+        return {}
 
     def pool_windows(self, frames: Tensor, window: int) -> Tensor:
         """:meth:`pool` of every token's ``window x window`` neighbourhood (replicate padding):

@@ -124,18 +124,24 @@ def _digest_path(path: Path, h) -> None:
 
 
 def cache_key(teacher_name: str, teacher_path: str | Path | None, items: Sequence[VideoText], size: int,
-              mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD, grid_frames: int = 0) -> str:
+              mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD, grid_frames: int = 0,
+              options: dict | None = None) -> str:
     """A short hex name for the features of ``items`` through this teacher at this frame size.
 
     It covers the teacher's files (their bytes: a retrained head file is a
-    new key), the videos (paths, sizes and modification times, in order),
-    the video reader's version, the frame side, the normalisation, the
-    frame grid and the storage format. Not the number of ranks that build it.
+    new key), the teacher's ``options`` (:meth:`Teacher.cache_options`: what
+    changes its frame features beyond those bytes, such as lit-effnet's trunk
+    scale, kept in the head file's .json sidecar, not in the hashed weights),
+    the videos (paths, sizes and modification times, in order), the video
+    reader's version, the frame side, the normalisation, the frame grid and
+    the storage format. Not the number of ranks that build it.
     """
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT, "reader": video_reader.READER_VERSION, "teacher": teacher_name,
-                         "size": size, "mean": list(mean), "std": list(std), "grid": grid_frames},
-                        sort_keys=True).encode())
+    head = {"format": FORMAT, "reader": video_reader.READER_VERSION, "teacher": teacher_name,
+            "size": size, "mean": list(mean), "std": list(std), "grid": grid_frames}
+    if options:  # only when there are some: the keys of caches built before options existed stay valid
+        head["options"] = options
+    h.update(json.dumps(head, sort_keys=True).encode())
     if teacher_path:
         _digest_path(Path(teacher_path), h)
     for item in items:
@@ -472,7 +478,7 @@ def cached_or_built(folder: str | Path, teacher: Teacher, teacher_path: str | Pa
     index, and every rank opens the cache.
     """
     wait = barrier or (lambda: None)
-    key = cache_key(teacher.name, teacher_path, items, size, mean, std, grid_frames)
+    key = cache_key(teacher.name, teacher_path, items, size, mean, std, grid_frames, teacher.cache_options())
     path = cache_folder(folder, teacher.name, size, grid_frames, key)
     if not (path / INDEX).is_file():
         shapes = field_shapes(teacher, size, device)

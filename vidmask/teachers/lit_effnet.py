@@ -12,6 +12,15 @@ No CLIP can be downloaded here, so the default teacher is assembled LiT-style
   classifier pools and so the most semantic one: 7x7 at 224 px, 4x4 at the
   student's 128 px. Frames arrive CLIP-normalised and are re-normalised to
   the ImageNet mean/std the trunk was trained with.
+* **trunk scale** (``LitEffnetConfig.trunk_scale``, saved with the heads;
+  ``vidmask teacher train --trunk-scale``, ``teacher.trunk_scale`` in a run
+  config): frames are resized bilinearly by this integer factor before the
+  trunk, so its stride-32 map lands on a finer grid. 1 (the default) is the
+  plain trunk: 4x4 at 128 px, resampled to the student's 8x8 below, so each
+  trunk token is spread over 2x2 student patches. 2: 128 px frames become
+  256 px and the trunk gives 8x8, the patch-16 student's own grid, as UMT's
+  and STM's ViT teachers do; nothing is resampled. It costs about 4x the
+  trunk compute (and 4x the trunk map per frame, in a teacher cache too).
 * **text trunk**: the packaged all-MiniLM-L6-v2 (frozen, mean-pooled as
   sentence-transformers), optionally followed by a learnable linear map
   (initialised to the identity).
@@ -20,7 +29,7 @@ No CLIP can be downloaded here, so the default teacher is assembled LiT-style
   :func:`vidmask.train.teacher.train_lit_teacher`: a token projection
   (LayerNorm + Linear, 1280 -> D) applied on the trunk's own grid, then
   :func:`resample_grid` (bilinear) to the student's grid (4x4 -> 8x8 at
-  128 px), and an
+  128 px; a no-op where the grids agree, as at trunk scale 2), and an
   attention-pooling head (one learnable query attending over tokens, the
   shared :class:`~vidmask.models.blocks.Attention`, then LayerNorm + Linear to
   E = 384). The pooling head's head-averaged attention weights over a
@@ -36,8 +45,11 @@ and results: that module's docstring).
 Cost on this 2-core CPU (measured, niced, beside another job, so upper
 bounds): the teacher forward takes about 0.12 s per clip of 8 frames at
 128 px (40 clips in 4.9 s; the trunk is nearly all of it; about 0.6 s per
-clip at 224 px). Relevance generation (3x3 windows through the pooling
-head) for 40 clips: about 1 s.
+clip at 224 px). Trunk scale 2 costs about 4x the trunk: 2.3 s against
+0.6-0.8 s per clip of 8 frames at 128 px (4 clips per batch, measured
+back to back on this CPU beside heavier jobs than the figures above).
+Relevance generation (3x3 windows through the pooling head) for 40 clips:
+about 1 s.
 """
 
 from __future__ import annotations
@@ -98,12 +110,24 @@ class LitEffnetConfig:
     text_linear: bool = True  # a learnable linear map after the frozen MiniLM embedding
     text_max_len: int = 32  # caption tokens
     student_patch: int = 16  # default output grid = H // student_patch
+    # frames resized by this integer factor before the trunk: its grid is ceil(H * trunk_scale / 32), so 2 puts a
+    # 128 px frame's trunk map on the patch-16 student's 8x8 grid, at about 4x the trunk compute. Head files
+    # saved before this field existed were trained at 1 and load as 1.
+    trunk_scale: int = 1
 
     def __post_init__(self):
         if self.token_dim % self.heads:
             raise ValueError(f"token_dim {self.token_dim} must be divisible by heads {self.heads}")
         if min(self.token_dim, self.embed_dim, self.heads, self.student_patch) < 1:
             raise ValueError("token_dim, embed_dim, heads and student_patch must be >= 1")
+        check_trunk_scale(self.trunk_scale, "trunk_scale")
+
+
+def check_trunk_scale(scale, name: str) -> None:
+    """A ValueError naming ``name`` unless ``scale`` is an integer >= 1 (a bool is not one)."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (1 = the trunk at the frame size, 2 = frames "
+                         f"resized to 2x first), got {scale!r}")
 
 
 class AttentionPool(nn.Module):
@@ -200,14 +224,23 @@ class LitEffnetTeacher(Teacher):
         self.text.eval()
         return self
 
+    def cache_options(self) -> dict:
+        # the scale lives in the head file's .json, which the cache key does not hash; 1 says nothing,
+        # so caches built before the option existed keep their key
+        return {"trunk_scale": self.cfg.trunk_scale} if self.cfg.trunk_scale != 1 else {}
+
     # ---- pieces -----------------------------------------------------------
 
     @torch.no_grad()
     def trunk_features(self, video: Tensor) -> Tensor:
-        """Frozen trunk per frame: video float[B,T,3,H,W] (CLIP-normalised) -> [B,T,n,1280]."""
+        """Frozen trunk per frame: video float[B,T,3,H,W] (CLIP-normalised) -> [B,T,n,1280],
+        n = ceil(H * trunk_scale / 32) ** 2 (TF-"same" padding)."""
         B, T = video.shape[:2]
         x = video.flatten(0, 1).float()  # (B*T, 3, H, W)
         x = (x * self._clip_std + self._clip_mean - self._in_mean) / self._in_std  # (B*T, 3, H, W) ImageNet-normalised
+        if self.cfg.trunk_scale > 1:
+            # a finer trunk grid: the stride-32 map of s*H px frames is s times as fine along each side
+            x = F.interpolate(x, scale_factor=self.cfg.trunk_scale, mode="bilinear", align_corners=False)  # (B*T, 3, sH, sW)
         f = self.trunk.extract_features(x)  # (B*T, 1280, h, w)
         return f.flatten(2).transpose(1, 2).reshape(B, T, -1, TRUNK_DIM)  # (B, T, n, 1280)
 
@@ -301,14 +334,27 @@ class LitEffnetTeacher(Teacher):
 
 
 @register_teacher("lit-effnet")
-def build_lit_effnet(path: str | Path | None = None, **cfg) -> LitEffnetTeacher:
-    """``path``: heads saved by :func:`vidmask.train.teacher.train_lit_teacher`; None = untrained heads (tests only)."""
+def build_lit_effnet(path: str | Path | None = None, trunk_scale: int = 0, **cfg) -> LitEffnetTeacher:
+    """``path``: heads saved by :func:`vidmask.train.teacher.train_lit_teacher`; None = untrained heads (tests only).
+
+    ``trunk_scale``: 0 = the head file's (1 without one); N >= 1 = untrained heads at N, or, with a head
+    file, a check that the file was trained at N (heads trained on one trunk scale are not given another's
+    features: a ValueError that says how to train heads at N).
+    """
+    if trunk_scale:
+        check_trunk_scale(trunk_scale, "lit-effnet trunk_scale")
     if path:
         if cfg:
             raise ValueError(f"lit-effnet: the head file fixes the config; drop {sorted(cfg)}")
-        return LitEffnetTeacher.load(path)
+        teacher = LitEffnetTeacher.load(path)
+        if trunk_scale and trunk_scale != teacher.cfg.trunk_scale:
+            raise ValueError(f"lit-effnet: the heads in {path} were trained at trunk scale "
+                             f"{teacher.cfg.trunk_scale}, not {trunk_scale}; train heads at {trunk_scale} with "
+                             f"`vidmask teacher train --trunk-scale {trunk_scale}`, or leave the scale to the "
+                             "head file (0)")
+        return teacher
     log.warning("lit-effnet teacher without a trained head file: its heads are random")
-    return LitEffnetTeacher(LitEffnetConfig(**cfg))
+    return LitEffnetTeacher(LitEffnetConfig(**cfg, **({"trunk_scale": trunk_scale} if trunk_scale else {})))
 
 
 # ---- the heads' training loss (the trainer: vidmask.train.teacher) ----------

@@ -45,7 +45,7 @@ class LitTrainArgs:
     lr: float = 1e-3  # peak AdamW learning rate (cosine decay to 0 after a 5 % warm-up)
     weight_decay: float = 0.05  # AdamW decay on matrices (not on norms, biases, the query, the scale)
     num_frames: int = 8  # frames per clip (middle sampling)
-    size: int = 128  # frame side in pixels; the trunk grid is size // 32
+    size: int = 128  # frame side in pixels; the trunk grid is (size * trunk_scale) // 32
     seed: int = 0  # head initialisation, batch order and caption choice
 
     def __post_init__(self):
@@ -86,6 +86,7 @@ def train_lit_teacher(
     weight_decay: float = 0.05,
     seed: int = 0,
     cfg: LitEffnetConfig | None = None,
+    trunk_scale: int | None = None,
     anno: str = "train.json",
     log_every: int = 50,
     say=None,
@@ -99,12 +100,19 @@ def train_lit_teacher(
     Writes ``out_path`` (safetensors) and ``out_path.with_suffix('.json')``
     (config + training arguments + summary); returns the summary:
     ``{"clips", "captions", "trunk_s", "trunk_s_per_clip", "train_s", "loss", "r1_v2t"}``.
+
+    ``trunk_scale`` (None: ``cfg``'s) replaces ``cfg.trunk_scale``: the trunk features are computed on
+    frames resized by it, and the heads are saved with it, so a teacher loaded from them runs at it.
     """
+    from dataclasses import replace
+
     from vidmask.data import VideoTextDataset, load_annotations
 
     say = say or log.info
     args = LitTrainArgs(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                         num_frames=num_frames, size=size, seed=seed)
+    if trunk_scale is not None:
+        cfg = replace(cfg or LitEffnetConfig(), trunk_scale=trunk_scale)  # validated by the config
     torch.manual_seed(seed)  # head initialisation
     teacher = LitEffnetTeacher(cfg)
     grid = size // teacher.student_patch

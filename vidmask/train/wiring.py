@@ -45,9 +45,16 @@ def build_teacher_from(cfg: Config):
         raise FileNotFoundError(f"teacher.path={cfg.teacher.path} does not exist "
                                 "(lit-effnet: train one with `vidmask teacher train`; hf-clip: a local CLIPModel folder)")
     kw = {"path": cfg.teacher.path} if cfg.teacher.path else {}
+    if cfg.teacher.trunk_scale:  # lit-effnet's alone (TeacherConfig checks)
+        kw["trunk_scale"] = cfg.teacher.trunk_scale
     if cfg.teacher.name == "lit-effnet" and not cfg.teacher.path:
         log.warning("teacher lit-effnet without teacher.path: its heads are untrained (random)")
-    return build_teacher(cfg.teacher.name, **kw)
+    try:
+        return build_teacher(cfg.teacher.name, **kw)
+    except ValueError as e:
+        if "trunk scale" not in str(e):
+            raise
+        raise ConfigError(f"teacher.trunk_scale: {e}") from None
 
 
 def training_items(cfg: Config):
