@@ -58,7 +58,8 @@ def recipe_config(path: Path, tiny: bool, precision: str, clip: str = ""):
     over = ["teacher.cache=", f"train.precision={precision}"]
     over += (TINY + ["train.batch_size=4", "loss.align.layers=1", "loss.stm.layers=1"] if tiny
              else ["train.batch_size=64"])
-    cfg = load_config(path, over)
+    # the base recipes require teacher.path with hf-clip: a stand-in to read the file, replaced below
+    cfg = load_config(path, over + [f"teacher.path={clip or 'unset'}"])
     if tiny and masker_class(cfg.mask.strategy).needs_grid:
         over.append("data.size=64")  # stm pools its patch grid twice by 2: a side of at least 4 patches
     if cfg.teacher.name == "hf-clip":

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vidmask.config import Config, ConfigError, load_config, save_config, to_dict
 
@@ -58,7 +59,28 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])) if "recipes" in str(p) else p.name)
 def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+    if path.parent.name == "base" and path.parent.parent.name == "recipes":
+        # the papers'-scale recipes with a teacher require CLIP weights on the command line
+        raw = yaml.safe_load(path.read_text()) or {}
+        if (raw.get("teacher") or {}).get("name") == "hf-clip":
+            with pytest.raises(ConfigError, match="teacher.path"):
+                load_config(path)
+            cfg = load_config(path, ["teacher.path=/path/to/clip-vit-base-patch16"])
+            assert cfg.teacher.name == "hf-clip" and not cfg.teacher.cache
+            return _check_loaded(path, cfg)
+    _check_loaded(path, load_config(path))
+
+
+def test_base_recipes_with_a_teacher_use_clip():
+    """At the papers' scale no recipe silently falls back to the toy teacher trained on the corpus."""
+    base = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "base"
+    for path in sorted(base.glob("*.yaml")):
+        cfg = load_config(path, ["teacher.path=/clip"]) if "hf-clip" in path.read_text() else load_config(path)
+        assert cfg.teacher.name in ("", "hf-clip"), path.name
+        assert not cfg.loss.needs_teacher() or cfg.teacher.name == "hf-clip", path.name
+
+
+def _check_loaded(path, cfg):
     assert cfg.name
     if "recipes" in path.parts:
         # a recipe's masker and teacher-dependent losses are consistent

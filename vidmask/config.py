@@ -171,7 +171,9 @@ class TeacherConfig:
         if self.cache_max_gb < 0:
             raise ConfigError(f"teacher.cache_max_gb must be >= 0 (0 = no cap), got {self.cache_max_gb}")
         if self.name == "hf-clip" and not self.path:
-            raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder")
+            raise ConfigError("teacher.name=hf-clip needs teacher.path=/path/to/a/local/CLIPModel/folder (a Hugging "
+                              "Face CLIPModel saved with save_pretrained, tokenizer included, e.g. "
+                              "clip-vit-base-patch16 for configs/recipes/base/*; nothing is downloaded)")
         if isinstance(self.trunk_scale, bool) or not isinstance(self.trunk_scale, int) or self.trunk_scale < 0:
             raise ConfigError(f"teacher.trunk_scale must be an integer >= 0 (0 = the head file's, 1 = the "
                               f"trunk at the frame size, 2 = frames resized 2x first), got {self.trunk_scale!r}")
