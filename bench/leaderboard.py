@@ -20,8 +20,9 @@
 * reports mean and 95 % interval (t distribution over seeds) of t2v R@1, R@5,
   Rsum, the motion and colour twin accuracies, the linear motion and shape
   probes of the frozen video features (``vidmask probe``, chance 9.1 % and
-  12.5 %), step time and encoder tokens per step (both of stm's passes), and each recipe's R@1 difference from ``--paired-with`` (default:
-  the first recipe) paired by seed: runs with one seed see the same batches
+  12.5 %), step time and encoder tokens per step (both of stm's passes),
+  and each recipe's R@1 difference from ``--paired-with`` (default: the
+  first recipe) paired by seed: runs with one seed see the same batches
   in the same order with the same sampled frames, and draw their initial
   weights from the same seed, so seed-to-seed luck partly cancels in the
   difference and its interval can be narrower than the two means' suggest; writes

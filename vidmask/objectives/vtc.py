@@ -22,13 +22,8 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, sizes: list[int]) -> Tensor:
-        rank, most = dist.get_rank(), max(sizes)
-        padded = x.new_zeros((most, *x.shape[1:]))  # (Bmax, E)
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.rank, ctx.sizes, ctx.most = rank, sizes, most
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)], 0)  # (sum B, E)
+        ctx.rank, ctx.sizes, ctx.most = dist.get_rank(), sizes, max(sizes)
+        return _gather_rows(x, sizes)  # (sum B, E)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -43,34 +38,49 @@ class _AllGather(torch.autograd.Function):
         return own, None
 
 
-def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
-    """Concatenate x [B,E] from every rank -> ([sum B, E], offset of this rank's rows).
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-    Ranks may hold different B (after dropping unreadable samples).
-    Gradients flow back to each rank's own features.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    n = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+
+def rank_sizes(rows: int, device: torch.device) -> list[int] | None:
+    """Every rank's row count (one all-gather): ranks may hold different B after dropping unreadable
+    samples. None in a single process (nothing to gather)."""
+    if not _distributed():
+        return None
+    n = torch.tensor([rows], dtype=torch.long, device=device)
     counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, n)
-    sizes = [int(c) for c in counts]
+    return [int(c) for c in counts]
+
+
+def _gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
+    """x [B,...] of every rank, ``sizes[r]`` rows each -> [sum B,...] in rank order (no gradient):
+    one all-gather of blocks zero-padded to the largest B."""
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))  # (Bmax, ...)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)], 0)  # (sum B, ...)
+
+
+def gather_with_grad(x: Tensor, sizes: list[int] | None = None) -> tuple[Tensor, int]:
+    """Concatenate x [B,E] from every rank -> ([sum B, E], offset of this rank's rows).
+
+    Ranks may hold different B (after dropping unreadable samples); ``sizes``
+    (:func:`rank_sizes`) when the caller has them already. Gradients flow back
+    to each rank's own features.
+    """
+    if not _distributed():
+        return x, 0
+    sizes = sizes or rank_sizes(x.shape[0], x.device)
     return _AllGather.apply(x, sizes), sum(sizes[: dist.get_rank()])
 
 
-def gather_ids(ids: Tensor) -> Tensor:
+def gather_ids(ids: Tensor, sizes: list[int] | None = None) -> Tensor:
     """Concatenate long[B] ids from every rank (no gradient; B may differ by rank) -> long[sum B]."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _distributed():
         return ids
-    n = torch.tensor([ids.shape[0]], dtype=torch.long, device=ids.device)
-    counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, n)
-    sizes = [int(c) for c in counts]
-    padded = ids.new_zeros(max(sizes))  # (Bmax,)
-    padded[: ids.shape[0]] = ids
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[:k] for p, k in zip(parts, sizes)])  # (sum B,)
+    return _gather_rows(ids, sizes or rank_sizes(ids.shape[0], ids.device))  # (sum B,)
 
 
 def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
@@ -86,8 +96,9 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
     other apart. Without it (or with all ids distinct) the target is the
     diagonal, and the loss the same.
     """
-    v_all, off = gather_with_grad(video) if gather else (video, 0)  # (sum B, E)
-    t_all, _ = gather_with_grad(text) if gather else (text, 0)  # (sum B, E)
+    sizes = rank_sizes(video.shape[0], video.device) if gather else None  # one count for features and ids
+    v_all, off = gather_with_grad(video, sizes) if gather else (video, 0)  # (sum B, E)
+    t_all, _ = gather_with_grad(text, sizes) if gather else (text, 0)  # (sum B, E)
     # float32 logits even under autocast, which would otherwise recast the matmul to bf16 / fp16:
     # at scale 100, bf16's 8 bits of mantissa blur logits by about 0.4
     with torch.autocast(video.device.type, enabled=False):
@@ -96,7 +107,7 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
         if pair_ids is None:
             target = torch.arange(video.shape[0], device=video.device) + off  # (B,): the diagonal
         else:
-            ids_all = gather_ids(pair_ids) if gather else pair_ids  # (W*B,)
+            ids_all = gather_ids(pair_ids, sizes) if gather else pair_ids  # (W*B,)
             same = (pair_ids[:, None] == ids_all[None, :]).float()  # (B, W*B), the diagonal among them
             target = same / same.sum(1, keepdim=True)  # (B, W*B): rows sum to 1
         loss = 0.5 * (F.cross_entropy(logits_v2t, target) + F.cross_entropy(logits_t2v, target))

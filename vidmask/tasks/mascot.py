@@ -38,11 +38,12 @@ from vidmask.models.wti import TokenSet, token_set, wti_similarity, wti_similari
 
 def gather_set(s: TokenSet) -> tuple[TokenSet, int]:
     """A token set from every rank (gradients to this rank's rows) -> (all rows, offset of this rank's)."""
-    from vidmask.objectives.vtc import gather_with_grad
+    from vidmask.objectives.vtc import gather_with_grad, rank_sizes
 
-    tokens, off = gather_with_grad(s.tokens)  # (sum B, M, E)
-    weights, _ = gather_with_grad(s.weights)  # (sum B, M)
-    valid, _ = gather_with_grad(s.valid.float())  # (sum B, M)
+    sizes = rank_sizes(s.tokens.shape[0], s.tokens.device)  # one count for the three (None: one process)
+    tokens, off = gather_with_grad(s.tokens, sizes)  # (sum B, M, E)
+    weights, _ = gather_with_grad(s.weights, sizes)  # (sum B, M)
+    valid, _ = gather_with_grad(s.valid.float(), sizes)  # (sum B, M)
     return TokenSet(tokens, weights, valid > 0.5), off
 
 

@@ -159,7 +159,7 @@ class PretrainTask(nn.Module):
                     report[key] = value
         # tensors until the trainer's logging step reads them: no host sync in the step
         # encoder_tokens counts both of STM's passes: the cost a leaderboard compares at equal compute
-        encoded = out.ids_keep.shape[1] + (video_ids.shape[1] if video_ids is not out.ids_keep else 0)
+        encoded = out.ids_keep.shape[1] + (video_ids.shape[1] if self.masker.video_text_set == "masked" else 0)
         report.update(kept_tokens=float(out.ids_keep.shape[1]), encoder_tokens=float(encoded),
                       scale=self.model.temperature_scale().detach())
         return losses, report

@@ -99,6 +99,8 @@ def all_gather_rows(mine: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     blocks = [torch.empty_like(block) for _ in sizes]
     dist.all_gather(blocks, block)
     return torch.cat([b[:n] for b, n in zip(blocks, sizes)]).cpu()  # (sum b_r, ...)
+
+
 def wait_for_ranks(what: str, timeout_min: float) -> None:
     """A barrier that, when some rank has not arrived within the process group's time-out
     (train.dist_timeout_min), fails saying what was waited for and which key to raise."""
