@@ -116,6 +116,9 @@ class ModelConfig:
     fusion_depth: int = 2  # cross-attention fusion layers over the text tower (vtm, mlm, QA)
     tubelet: int = 1  # frames per video token (VideoMAE's 2: a token sees motion); data.num_frames must divide by it
     pos_embed: str = "learned"  # learned (std 0.02 init) | sincos (fixed, MAE; at the patch embeddings' scale)
+    # a second patch embedding of the frame differences added to every token (TSN / TDN's RGB-difference
+    # stream): a token sees how its patch changes, what the motion-shapes corpus's motion words need
+    frame_diff: bool = False
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):

@@ -21,7 +21,7 @@ class VideoTextModel(nn.Module):
         self.visual = VideoViT(
             img_size=img_size, patch=cfg.patch, frames=num_frames, dim=cfg.dim, depth=cfg.depth,
             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing, tubelet=cfg.tubelet,
-            pos_embed=cfg.pos_embed,
+            pos_embed=cfg.pos_embed, frame_diff=cfg.frame_diff,
         )
         self.text = TextEncoder(cfg.text)
         self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)

@@ -1,7 +1,9 @@
 """A video ViT that encodes only the tokens a mask keeps.
 
 Per-frame patch embedding (or tubelets of ``tubelet`` frames, as VideoMAE
-and ViViT, so that one token sees motion), separable space and time position embeddings
+and ViViT, so that one token sees motion), optionally a second patch embedding of the
+frame differences added to each token (``frame_diff``, TSN / TDN's RGB-difference
+stream), separable space and time position embeddings
 (resampled when the clip has other frames or resolution than the weights were
 made for), and MAE-style token dropping: ``forward_features`` gathers the kept
 tokens first, so a 75 % mask really cuts the encoder's work by about 4x.
@@ -19,6 +21,28 @@ from torch.utils.checkpoint import checkpoint
 from vidmask.models.blocks import Block, init_weights
 from vidmask.models.pos_embed import sincos_tables, space_time_pos
 from vidmask.tokens import gather_tokens
+
+
+def frame_differences(video: Tensor) -> Tensor:
+    """Temporal differences of a clip, frame by frame: video [B,T,...] -> [B,T,...].
+
+    Central differences ``(x[t+1] - x[t-1]) / 2`` inside the clip, one-sided
+    ``x[1] - x[0]`` and ``x[T-1] - x[T-2]`` at its ends (zeros for a one-frame
+    clip). The RGB-difference stream of TSN (Wang et al., ECCV 2016) and TDN
+    (CVPR 2021): static background cancels and what moves stands out, so a
+    linear patch embedding of it already responds to the direction an edge
+    moves in. Reversing the clip in time negates it frame for frame
+    (``d(x reversed)[t] = -d(x)[T-1-t]``), so a played-backwards clip differs
+    from its original in exactly this stream.
+    """
+    T = video.shape[1]
+    if T == 1:
+        return torch.zeros_like(video)  # (B, 1, ...)
+    ahead = torch.cat([video[:, 1:], video[:, -1:]], 1)  # (B, T, ...): x[min(t+1, T-1)]
+    behind = torch.cat([video[:, :1], video[:, :-1]], 1)  # (B, T, ...): x[max(t-1, 0)]
+    steps = torch.full((T,), 2.0, dtype=video.dtype, device=video.device)  # (T,): frames apart
+    steps[0] = steps[-1] = 1.0
+    return (ahead - behind) / steps.view(1, T, *([1] * (video.dim() - 2)))  # (B, T, ...)
 
 
 def patchify(video: Tensor, patch: int, tubelet: int = 1) -> Tensor:
@@ -50,6 +74,7 @@ class VideoViT(nn.Module):
         grad_checkpointing: bool = False,
         tubelet: int = 1,
         pos_embed: str = "learned",
+        frame_diff: bool = False,
     ):
         super().__init__()
         if img_size % patch:
@@ -66,6 +91,14 @@ class VideoViT(nn.Module):
             self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
         else:  # a token sees k frames of its patch: motion inside one token
             self.patch_embed = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+        # frame_diff: a second patch embedding of the clip's frame differences, added to each token
+        # (TSN / TDN's RGB-difference stream), so that a token sees how its patch changes
+        self.frame_diff = frame_diff
+        self.diff_embed = None
+        if frame_diff:
+            self.diff_embed = (nn.Conv2d(3, dim, kernel_size=patch, stride=patch, bias=False) if tubelet == 1 else
+                               nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch),
+                                         bias=False))
         self.pos_space = nn.Parameter(torch.zeros(self.grid * self.grid, dim))  # (N, C)
         self.pos_time = nn.Parameter(torch.zeros(self.frames, dim))  # (T/k, C)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
@@ -85,8 +118,10 @@ class VideoViT(nn.Module):
         else:
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         init_weights(self)
-        w = self.patch_embed.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as MAE: the conv is a linear map
+        for conv in (self.patch_embed, self.diff_embed):
+            if conv is not None:
+                w = conv.weight.data
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as MAE: the conv is a linear map
 
     def patchify(self, video: Tensor) -> Tensor:
         """Pixel patches (tubelets): video [B,T,3,H,W] -> [B,T/k,N,k*p*p*3], the token layout."""
@@ -112,13 +147,25 @@ class VideoViT(nn.Module):
         if H != W or H % self.patch:
             raise ValueError(f"video frames must be square multiples of {self.patch} px, got {H}x{W}")
         Tk = self.token_frames(T)
-        if self.tubelet == 1:
-            x = self.patch_embed(video.flatten(0, 1))  # (B*T, C, g, g)
-            x = rearrange(x, "(b t) c h w -> b t (h w) c", b=B)  # (B, T, N, C)
-        else:
-            x = self.patch_embed(video.transpose(1, 2))  # (B, C, T/k, g, g)
-            x = rearrange(x, "b c t h w -> b t (h w) c")  # (B, T/k, N, C)
+        x = self._conv_tokens(self.patch_embed, video)  # (B, T/k, N, C)
+        if self.diff_embed is not None:
+            x = x + self._conv_tokens(self.diff_embed, frame_differences(video))  # (B, T/k, N, C)
         return x + self.pos_embed(Tk, H // self.patch).to(x.dtype)  # (B, T/k, N, C)
+
+    def _conv_tokens(self, conv: nn.Module, video: Tensor) -> Tensor:
+        """A patch (tubelet) embedding conv over video [B,T,3,H,W] -> tokens [B,T/k,N,C]."""
+        if self.tubelet == 1:
+            x = conv(video.flatten(0, 1))  # (B*T, C, g, g)
+            return rearrange(x, "(b t) c h w -> b t (h w) c", b=video.shape[0])  # (B, T, N, C)
+        x = conv(video.transpose(1, 2))  # (B, C, T/k, g, g)
+        return rearrange(x, "b c t h w -> b t (h w) c")  # (B, T/k, N, C)
+
+    def _linear_weight(self, conv: nn.Module) -> Tensor:
+        """A patch embedding conv's weight [C, 3, (k,) p, p] as a linear map over (k p1 p2 c)-ordered pixels:
+        [C, k*p*p*3]."""
+        w = conv.weight
+        w = w.unsqueeze(2) if w.dim() == 4 else w  # (C, 3, k, p, p)
+        return w.permute(0, 2, 3, 4, 1).reshape(self.dim, -1)  # (C, k*p*p*3)
 
     def embed_kept(self, video: Tensor, ids_keep: Tensor) -> Tensor:
         """Embed only the kept patches: video [B,T,3,H,W], ids_keep long[B,K] (into (T/k)*N) -> [B,K,C].
@@ -129,11 +176,11 @@ class VideoViT(nn.Module):
         B, T, _, H, W = video.shape
         grid = H // self.patch
         pixels = gather_tokens(self.patchify(video).flatten(1, 2), ids_keep)  # (B, K, k*p*p*3)
-        # the conv weight [C, 3, (k,) p, p] as a linear map over (k p1 p2 c)-ordered pixels
-        w = self.patch_embed.weight
-        w = w.unsqueeze(2) if w.dim() == 4 else w  # (C, 3, k, p, p)
-        w = w.permute(0, 2, 3, 4, 1).reshape(self.dim, -1)  # (C, k*p*p*3)
+        w = self._linear_weight(self.patch_embed)  # (C, k*p*p*3)
         x = pixels @ w.T.to(pixels.dtype) + self.patch_embed.bias  # (B, K, C)
+        if self.diff_embed is not None:
+            diffs = gather_tokens(self.patchify(frame_differences(video)).flatten(1, 2), ids_keep)  # (B, K, k*p*p*3)
+            x = x + diffs @ self._linear_weight(self.diff_embed).T.to(diffs.dtype)  # (B, K, C)
         pos = self.pos_embed(self.token_frames(T), grid).flatten(0, 1)  # (L, C)
         return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
 
