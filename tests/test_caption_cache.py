@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 
@@ -56,6 +57,19 @@ def test_the_frozen_tower_keeps_at_most_cache_captions():
     assert len(text._cache) == 4
 
 
+def test_the_warm_up_reads_no_further_than_the_captions_it_keeps():
+    text = TextEncoder(TextConfig(init="random", cache_captions=3))
+    read = []
+
+    def corpus():  # endless, like a caption column too large to list
+        for i in itertools.count():
+            read.append(i)
+            yield "a clip" if i < 2 else f"a clip of thing {i}"
+
+    text.warm_cache(corpus())
+    assert len(read) == 4 and len(text._cache) == 3  # "a clip" twice, then two more distinct captions
+
+
 def _warm_rank(rank, world, port, captions, out):
     import torch.distributed as dist
 
@@ -66,8 +80,8 @@ def _warm_rank(rank, world, port, captions, out):
     torch.manual_seed(0)
     text = TextEncoder(TextConfig(init="random"))
     encoded = []
-    pooled = text._frozen_pooled
-    text._frozen_pooled = lambda c: encoded.extend(c) or pooled(c)
+    pooled = text.encode_frozen
+    text.encode_frozen = lambda c: encoded.extend(c) or pooled(c)
     text.warm_cache(captions, rank=rank, world=world, gather=all_gather_rows)
     out[rank] = (encoded, {c: text._cache.get(c) for c in captions})
     dist.barrier()

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "vidmask.commands.demo",
     "vidmask.commands.masks",
     "vidmask.commands.teacher",
+    "vidmask.commands.text",
     "vidmask.commands.anno",
     "vidmask.commands.shards",
 ]

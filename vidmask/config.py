@@ -93,10 +93,18 @@ class TextConfig:
     # frozen tower: caption features kept, least recently used dropped past this many (384 floats each for
     # MiniLM: 200k = 0.3 GB per rank); 0 = encode every batch's captions again
     cache_captions: int = 200_000
+    # frozen tower: a folder of caption feature stores (vidmask.models.caption_store), one per tower and
+    # caption set, built on first use from data.train_anno's captions (each rank its share) or by
+    # `vidmask text cache`, memory-mapped, read instead of warming the LRU; "" = the LRU alone
+    feature_store: str = ""
 
     def __post_init__(self):
         if self.trainable_layers < 0:
             raise ConfigError("model.text.trainable_layers must be >= 0")
+        if self.feature_store and self.trainable_layers:
+            raise ConfigError(f"model.text.feature_store holds a frozen tower's caption features, but "
+                              f"model.text.trainable_layers={self.trainable_layers} trains the tower: set "
+                              "model.text.trainable_layers=0 or model.text.feature_store=''")
         if self.cache_captions < 0:
             raise ConfigError(f"model.text.cache_captions must be >= 0 (0 = no cache), got {self.cache_captions}")
         if self.max_len < 4:
@@ -671,7 +679,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
 
 # Config fields that hold file or folder paths (or a keyword: model.text.init "minilm" / "random")
 PATH_FIELDS = ("data.corpus", "data.video_root", "data.shards_index", "teacher.path", "teacher.cache",
-               "model.text.init", "finetune.init")
+               "model.text.init", "model.text.feature_store", "finetune.init")
 
 
 def rebase_paths(cfg: Config, base: str | Path) -> list[str]:

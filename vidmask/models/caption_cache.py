@@ -14,7 +14,7 @@ held, encode every miss of the call in one batch, remember it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -35,9 +35,14 @@ class CaptionCache:
     def __contains__(self, caption: str) -> bool:
         return caption in self._held
 
-    def missing(self, captions: list[str]) -> list[str]:
-        """The distinct captions of ``captions`` not held, in first-seen order."""
-        return [c for c in dict.fromkeys(captions) if c not in self._held]
+    def missing(self, captions: Iterable[str]) -> Iterator[str]:
+        """The distinct captions of ``captions`` not held, in first-seen order, lazily: ``captions`` is read
+        no further than the caller asks (a warm-up of 200k captions does not list 10M)."""
+        seen: set[str] = set()
+        for c in captions:
+            if c not in seen and c not in self._held:
+                seen.add(c)
+                yield c
 
     def get(self, caption: str) -> Tensor | None:
         """The held features of ``caption`` (now the most recently used), or None."""

@@ -12,22 +12,35 @@ forward + backward 0.16 s. The default keeps the tower frozen
 (``trainable_layers=0``): pooled caption features are computed once per
 distinct caption and kept in a bounded LRU (:mod:`vidmask.models.caption_cache`,
 ``model.text.cache_captions`` entries; the misses of a batch are encoded in
-one call), and only the projection head trains. With
+one call), and only the projection head trains. With ``model.text.feature_store``
+the features of the training captions are read from a memory-mapped store
+built once (:mod:`vidmask.models.caption_store`), and only the captions it
+lacks go through the LRU. With
 ``trainable_layers=k`` the last k layers train (the others run without
 gradient), which is what a GPU user switches on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from vidmask.config import TextConfig
 from vidmask.models.caption_cache import CaptionCache, cached_features
+from vidmask.models.caption_store import CaptionStore, stored_features
+
+POOLING = "mean"  # how token states become a caption's features (`_pooled`); part of a caption store's identity
+# the BERT config's settings that change what the forward computes beyond the weights' bytes and shapes (the
+# rest is metadata that saving rewrites: architectures, names, versions)
+FORWARD_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads", "position_embedding_type", "is_decoder")
 
 
 def packaged_minilm_dir() -> Path:
@@ -81,6 +94,7 @@ class TextEncoder(nn.Module):
             layer.requires_grad_(True)
         self.frozen = k == 0
         self._cache = CaptionCache(cfg.cache_captions)  # frozen features by caption, bounded
+        self._store: CaptionStore | None = None  # frozen features of the training captions, memory-mapped
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -120,7 +134,7 @@ class TextEncoder(nn.Module):
         return hidden, attention_mask
 
     @torch.no_grad()
-    def _frozen_pooled(self, captions: list[str]) -> Tensor:
+    def encode_frozen(self, captions: list[str]) -> Tensor:
         """The frozen tower's features float32[B,W] (CPU) of ``captions``, without dropout whatever the mode."""
         was_training = self.bert.training
         self.bert.eval()
@@ -129,27 +143,67 @@ class TextEncoder(nn.Module):
         return feats
 
     @torch.no_grad()
-    def warm_cache(self, captions: list[str], batch_size: int = 256, rank: int = 0, world: int = 1,
+    def warm_cache(self, captions: Iterable[str], batch_size: int = 256, rank: int = 0, world: int = 1,
                    gather: Callable[[Tensor, list[int]], Tensor] | None = None) -> None:
-        """Pre-compute the frozen features of the distinct captions (the first ``cache_captions`` of them,
-        sorted). With ``world`` ranks, rank ``rank`` encodes its contiguous share and ``gather(mine
-        float[b_r,W], every rank's b_r) -> float[b,W]`` (the trainer's all-gather) hands every rank all."""
+        """Pre-compute the frozen features of the distinct captions not held: the first ``cache_captions``
+        of them in the order given (``captions`` is read lazily and no further: a 10M-caption corpus is
+        not listed to keep 200k of it), encoded sorted. With ``world`` ranks, rank ``rank`` encodes its
+        contiguous share and ``gather(mine float[b_r,W], every rank's b_r) -> float[b,W]`` (the
+        trainer's all-gather) hands every rank all."""
         if not self.frozen or not self._cache.capacity:
             return
         if world > 1 and gather is None:
             raise ValueError("warm_cache over several ranks needs their all-gather (gather=)")
-        todo = sorted(self._cache.missing(captions))[: self._cache.capacity]
+        todo = sorted(islice(self._cache.missing(captions), self._cache.capacity))
         bounds = [r * len(todo) // world for r in range(world + 1)]
         mine = todo[bounds[rank] : bounds[rank + 1]]
-        feats = [self._frozen_pooled(mine[s : s + batch_size])  # (b, W) each
+        feats = [self.encode_frozen(mine[s : s + batch_size])  # (b, W) each
                  for s in range(0, len(mine), batch_size)]
         feats = torch.cat(feats) if feats else torch.zeros(0, self.width)  # (b_r, W)
         if gather is not None:
             feats = gather(feats, [bounds[r + 1] - bounds[r] for r in range(world)])  # (b, W)
         self._cache.put(todo, feats)
 
+    def use_store(self, store: CaptionStore | None) -> None:
+        """Read frozen features from ``store`` (built for this tower, :meth:`store_identity`); the captions
+        it lacks are encoded through the LRU. None: the LRU alone."""
+        if store is not None and (not self.frozen or store.width != self.width):
+            raise ValueError(f"a caption store serves a frozen tower of width {store.width}; this tower "
+                             f"{'trains' if not self.frozen else f'has width {self.width}'}")
+        self._store = store
+
+    def store_identity(self) -> dict:
+        """What this frozen tower's caption features depend on, binding a caption store to it: digests of
+        the weights' bytes, the tokenizer's pipeline and the config's :data:`FORWARD_SETTINGS`,
+        ``max_len``, the pooling and the width (``init``, the folder or keyword it came from, is kept for
+        messages only). 0.2 s for MiniLM."""
+        weights = hashlib.blake2b(digest_size=16)
+        for name, t in sorted(self.bert.state_dict().items()):
+            weights.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            weights.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        tok = self.tokenizer
+        if hasattr(tok, "backend_tokenizer"):  # a fast tokenizer: its whole pipeline, as saved
+            spec = json.loads(tok.backend_tokenizer.to_str())
+            for call_setting in ("truncation", "padding"):  # set by each call (`tokenize`), not by the files
+                spec.pop(call_setting, None)
+            tok_text = json.dumps(spec, sort_keys=True)
+        else:
+            tok_text = json.dumps(sorted(tok.get_vocab().items()))
+        config = {k: getattr(self.bert.config, k, None) for k in FORWARD_SETTINGS}
+        return {"init": self.cfg.init, "weights": weights.hexdigest(),
+                "tokenizer": _digest(f"{type(tok).__name__}|{tok_text}"),
+                "config": _digest(json.dumps(config, sort_keys=True, default=str)),
+                "max_len": self.cfg.max_len, "pooling": POOLING, "width": self.width}
+
     def forward(self, captions: list[str]) -> Tensor:
         device = next(self.bert.parameters()).device
         if not self.frozen:
             return self._pooled(captions, device)  # (B, W)
-        return cached_features(self._cache, captions, self._frozen_pooled).to(device)  # (B, W)
+        held = partial(cached_features, self._cache, encode=self.encode_frozen)  # captions -> (b, W) on the CPU
+        if self._store is not None:
+            return stored_features(self._store, captions, held).to(device)  # (B, W)
+        return held(captions).to(device)  # (B, W)
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

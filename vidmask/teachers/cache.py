@@ -99,6 +99,8 @@ from torch import Tensor
 
 from vidmask.config import ConfigError
 from vidmask.data.annotations import VideoText
+from vidmask.data.parts import (INDEX, build_in_parts, finished_part, gather_parts, mapped_rows, part_name,
+                                read_parts, write_json)
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 from vidmask.data import video as video_reader
 from vidmask.data.video import VideoError, count_frames, decode_all_frames, decode_sampled
@@ -108,7 +110,6 @@ log = logging.getLogger(__name__)
 
 # bump when what is stored changes. 2: float16 fields in a folder of per-rank parts, an optional frame grid
 FORMAT = 2
-INDEX = "index.json"
 PROBE_VIDEOS = 8  # videos whose frame counts estimate an every-frame cache's size
 STORE_DTYPE = np.float16
 
@@ -151,11 +152,6 @@ def cache_key(teacher_name: str, teacher_path: str | Path | None, items: Sequenc
         except OSError:
             h.update(f"{item.path}|missing\n".encode())
     return h.hexdigest()[:16]
-
-
-def share(videos: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous share ``[lo, hi)`` of ``videos`` videos split over ``world`` ranks."""
-    return rank * videos // world, (rank + 1) * videos // world
 
 
 def nearest_slot(grid: Tensor, frame_ids: Tensor) -> Tensor:
@@ -206,10 +202,6 @@ def projected_bytes(shapes: dict[str, list[int]], items: Sequence[VideoText], gr
 # ---- a part: one rank's share, written as it is encoded ---------------------
 
 
-def _part_name(lo: int, hi: int) -> str:
-    return f"part-{lo}-{hi}"
-
-
 def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, folder: str | Path, size: int,
                grid_frames: int = 0, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD,
                batch_frames: int = 64, device: torch.device | str = "cpu", progress: bool = False,
@@ -226,10 +218,10 @@ def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, f
     from tqdm import tqdm
 
     folder = Path(folder)
-    name = _part_name(lo, hi)
-    done = folder / f"{name}.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    name = part_name(lo, hi)
+    done = finished_part(folder, lo, hi)
+    if done is not None:
+        return done
     folder.mkdir(parents=True, exist_ok=True)
     tmp = f".tmp{os.getpid()}"
     transform = VideoTransform(size=size, train=False, mean=mean, std=std)
@@ -299,48 +291,24 @@ def build_part(teacher: Teacher, items: Sequence[VideoText], lo: int, hi: int, f
         os.replace(folder / f"{name}.{suffix}{tmp}", folder / f"{name}.{suffix}")
     part = {"format": FORMAT, "name": name, "first": lo, "videos": hi - lo, "rows": int(counts.sum()),
             "skipped": len(skipped), "fields": shapes, "grid": grid_frames}
-    done.with_name(done.name + tmp).write_text(json.dumps(part))
-    os.replace(done.with_name(done.name + tmp), done)  # the JSON last: a part with one is complete
+    write_json(folder / f"{name}.json", part)  # the JSON last: a part with one is complete
     return part
 
 
 def write_index(folder: str | Path, videos: int, world: int, meta: dict) -> dict:
     """Join the parts of a ``world``-rank build of ``videos`` videos in ``folder`` into its ``index.json``."""
     folder = Path(folder)
-    parts = []
-    for r in range(world):
-        lo, hi = share(videos, r, world)
-        if hi == lo:
-            continue
-        path = folder / f"{_part_name(lo, hi)}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher cache {folder}: rank {r}'s part {path.name} (videos {lo}-{hi}) "
-                                    "was not written; its build failed (see that rank's log)")
-        part = json.loads(path.read_text())
-        parts.append({"name": part["name"], "first": lo, "videos": hi - lo, "rows": part["rows"],
-                      "skipped": part["skipped"]})
+    parts = [{"name": p["name"], "first": p["first"], "videos": p["videos"], "rows": p["rows"],
+              "skipped": p["skipped"]} for p in read_parts(folder, videos, world, "teacher cache", "videos")]
     if not any(p["rows"] for p in parts):
         raise VideoError(folder, "no decodable video to cache")
     index = {**meta, "format": FORMAT, "videos": videos, "frames": sum(p["rows"] for p in parts),
              "skipped": sum(p["skipped"] for p in parts), "parts": parts}
-    tmp = folder / f"{INDEX}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, folder / INDEX)
+    write_json(folder / INDEX, index, indent=1)
     return index
 
 
 # ---- reading ----------------------------------------------------------------
-
-
-def gather_parts(arrays: Sequence[np.ndarray], starts: Sequence[int], at: np.ndarray) -> np.ndarray:
-    """Rows ``at`` int[R] of the concatenation of ``arrays`` (array p's first row being row ``starts[p]``)
-    -> [R, ...], copying only those rows out of each (memory-mapped) array; no concatenation is made."""
-    part = np.searchsorted(starts, at, side="right") - 1  # (R,) an empty array is never chosen
-    out = np.empty((at.size, *arrays[0].shape[1:]), arrays[0].dtype)  # (R, ...)
-    for p in np.unique(part):
-        sel = np.nonzero(part == p)[0]  # (R_p,)
-        out[sel] = arrays[p][at[sel] - starts[p]]  # (R_p, ...)
-    return out
 
 
 class TeacherCache:
@@ -382,17 +350,8 @@ class TeacherCache:
                                             shape=(p["videos"], self.grid_frames)))  # (V_p, G)
                 self.part_videos.append(p["first"])
             self.shapes = part["fields"]
-            fields = {}
-            for k, shape in part["fields"].items():
-                path = folder / f"{p['name']}.{k}.f16"
-                expected = part["rows"] * math.prod(shape) * np.dtype(STORE_DTYPE).itemsize
-                if path.stat().st_size != expected:
-                    raise ValueError(f"teacher cache file {path} has {path.stat().st_size} bytes, expected "
-                                     f"{expected}: delete {folder} and it is built again")
-                # mode "c": copy-on-write pages, never written, so all readers share the page cache
-                fields[k] = np.memmap(path, dtype="<f2", mode="c", shape=(part["rows"], *shape)) \
-                    if part["rows"] else np.zeros((0, *shape), STORE_DTYPE)
-            self.parts.append(fields)
+            self.parts.append({k: mapped_rows(folder / f"{p['name']}.{k}.f16", "<f2", part["rows"], shape, folder)
+                               for k, shape in part["fields"].items()})
             self.part_rows.append(row)
             row += part["rows"]
         if "tokens" not in self.shapes:
@@ -477,7 +436,6 @@ def cached_or_built(folder: str | Path, teacher: Teacher, teacher_path: str | Pa
     teacher.cache_max_gb; then each rank encodes its share, rank 0 writes the
     index, and every rank opens the cache.
     """
-    wait = barrier or (lambda: None)
     key = cache_key(teacher.name, teacher_path, items, size, mean, std, grid_frames, teacher.cache_options())
     path = cache_folder(folder, teacher.name, size, grid_frames, key)
     if not (path / INDEX).is_file():
@@ -491,16 +449,16 @@ def cached_or_built(folder: str | Path, teacher: Teacher, teacher_path: str | Pa
             raise ConfigError(f"teacher.cache: the teacher cache would take {total / 1e9:.1f} GB ({how}), above "
                               f"teacher.cache_max_gb={max_gb:g}: {hint}raise teacher.cache_max_gb (0 = no cap), "
                               "or set teacher.cache= (the teacher then runs every step)")
-        lo, hi = share(len(items), rank, world)
         if rank == 0:
             log.info("building the teacher cache %s: %.2f GB projected (%s), %d rank(s)", path, total / 1e9,
                      how, world)
-        build_part(teacher, items, lo, hi, path, size, grid_frames=grid_frames, mean=mean, std=std,
-                   device=device, progress=progress, desc=f"teacher cache, rank {rank}/{world}", position=rank, **kw)
-        wait()  # every part written
-        if rank == 0:
-            write_index(path, len(items), world, {"teacher": teacher.name, "size": size, "grid": grid_frames})
-        wait()  # the index written
+        build_in_parts(
+            len(items), rank, world, barrier,
+            lambda lo, hi: build_part(teacher, items, lo, hi, path, size, grid_frames=grid_frames, mean=mean,
+                                      std=std, device=device, progress=progress,
+                                      desc=f"teacher cache, rank {rank}/{world}", position=rank, **kw),
+            lambda: write_index(path, len(items), world, {"teacher": teacher.name, "size": size,
+                                                          "grid": grid_frames}))
     cache = TeacherCache.load(path)
     if rank == 0:
         log.info("teacher cache %s: %d frames, %.0f MB (float16, memory-mapped)", path, int(cache.counts.sum()),

@@ -33,7 +33,7 @@ from vidmask.train.hard_batches import run_neighbours
 from vidmask.train.optim import param_groups
 from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
 from vidmask.train.schedule import epoch_batches, shard_steps_per_epoch, steps_per_epoch
-from vidmask.train.wiring import init_model
+from vidmask.train.wiring import caption_store_for, init_model
 
 log = logging.getLogger("vidmask")
 
@@ -171,17 +171,22 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
     """The dataset the loop reads: loose files (`VideoTextDataset`) or tar shards (`ShardStream`,
     whose position goes into every checkpoint and is checked on resume)."""
     saved = trainer.saved_data or {}
+    # frozen text tower, model.text.feature_store: the training captions' features from a memory-mapped store
+    # (built on first use, each rank its share), for loose files and shards alike
+    store = caption_store_for(cfg, job.model.text)
+    job.model.text.use_store(store)
     if not cfg.data.shards:
         if resume and saved.get("source") == "shards":
             raise ConfigError("--resume: the run was trained from tar shards; keep its data.shards setting")
         dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
                                    hflip_p=cfg.data.hflip_p, cache_frames=cfg.data.cache_frames)
-        # frozen text tower: every caption's features once, before the clock starts (from shards: as they come),
-        # each rank encoding its share
-        from vidmask.train.distributed import all_gather_rows
+        if store is None:
+            # frozen text tower without a store: up to model.text.cache_captions captions' features once, before
+            # the clock starts (from shards: as they come), each rank encoding its share
+            from vidmask.train.distributed import all_gather_rows
 
-        job.model.text.warm_cache([c for it in job.items for c in it.captions], rank=info.rank, world=info.world,
-                                  gather=all_gather_rows)
+            job.model.text.warm_cache((c for it in job.items for c in it.captions), rank=info.rank,
+                                      world=info.world, gather=all_gather_rows)
         return dataset
     shards = job.items
     if shards.resize_short and shards.resize_short < cfg.data.size and info.main:

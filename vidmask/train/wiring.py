@@ -1,4 +1,4 @@
-"""Building a run's parts from its config: the model, the teacher and its cache, the masker.
+"""Building a run's parts from its config: the model, the teacher and its cache, the caption store, the masker.
 
 Shared by every task's build function (`vidmask.tasks`), the commands and the
 benchmarks; the config's mistakes become :class:`ConfigError`s naming the key.
@@ -66,6 +66,11 @@ def training_items(cfg: Config):
     length is the number of samples; the runner streams it)."""
     if cfg.data.shards:
         return training_shards(cfg)
+    return annotation_store(cfg)
+
+
+def annotation_store(cfg: Config):
+    """data.train_anno as a memory-mapped `AnnoStore`: rank 0 builds or refreshes it, the others wait."""
     from vidmask.data import load_store
 
     path, root = cfg.data.path(cfg.data.train_anno), cfg.data.root()
@@ -105,6 +110,33 @@ def teacher_cache_for(cfg: Config, teacher, items, device: torch.device):
                            grid_frames=cfg.teacher.cache_frames_per_video, max_gb=cfg.teacher.cache_max_gb,
                            rank=rank, world=world, device=device, progress=True,
                            barrier=lambda: wait_for_ranks("the teacher cache", cfg.train.dist_timeout_min))
+
+
+def caption_store_for(cfg: Config, text):
+    """The frozen caption features of data.train_anno's captions through ``text`` (a TextEncoder) from
+    `model.text.feature_store`, or None when it is "".
+
+    Built on first use in a folder named by the tower's identity and the caption set (another tower or
+    annotation file gets another store): its projected size is logged, each rank encodes its share of
+    the distinct captions, the ranks wait for each other (up to `train.dist_timeout_min`), and every
+    rank memory-maps the parts. With data.shards the captions come from data.train_anno too (the
+    annotation file the shards were written from); the shards' captions it lacks are encoded on the fly.
+    """
+    if not cfg.model.text.feature_store:
+        return None
+    from vidmask.models.caption_store import cached_or_built
+
+    path = cfg.data.path(cfg.data.train_anno) if cfg.data.train_anno else None
+    if path is None or not path.is_file():
+        raise ConfigError(f"model.text.feature_store is built from the captions of data.train_anno, and "
+                          f"{path or 'data.train_anno=' + repr(cfg.data.train_anno)} is not a file: name the "
+                          "annotation file of the training captions (with data.shards, the one the shards were "
+                          "written from), or set model.text.feature_store=''")
+    items = annotation_store(cfg)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return cached_or_built(cfg.model.text.feature_store, text.store_identity(), text.encode_frozen, text.width,
+                           items.texts, rank=rank, world=world, progress=True,
+                           barrier=lambda: wait_for_ranks("the caption store", cfg.train.dist_timeout_min))
 
 
 def masker_from(cfg: Config, teacher=None):
