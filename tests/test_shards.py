@@ -344,3 +344,40 @@ def runner_losses(run: Path) -> dict[int, float]:
     from test_train import losses
 
     return losses(run)
+
+
+def test_relative_shard_patterns_are_rebased_like_other_paths(shard_dir, tmp_path, monkeypatch):
+    """A run's config keeps data.shards as given; read from another folder (--resume), a relative pattern
+    that names no file there is found where the run was started (run.json `cwd`), as data.corpus is."""
+    from vidmask.config import rebase_paths
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(shard_dir, project / "sh")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(None, ["data.shards=sh/{000000..000005}.tar", "data.shards_index=sh/shards.json"])
+    assert sorted(rebase_paths(cfg, project)) == ["data.shards", "data.shards_index"]
+    assert cfg.data.shards == f"{project}/sh/{{000000..000005}}.tar"
+    assert cfg.data.shards_index == str(project / "sh" / "shards.json")
+    assert len(open_shards(cfg.data.shards, cfg.data.shards_index)) == 16
+    cfg = load_config(None, ["data.shards=[sh/*.tar, 'pipe:cat sh/000000.tar', /nowhere/x.tar, 'no/{0..1}.tar']"])
+    assert rebase_paths(cfg, project) == ["data.shards"]
+    # a glob is rebased; a pipe: command runs where it is; absolute and unknown paths stay as written
+    assert cfg.data.shards == [f"{project}/sh/*.tar", "pipe:cat sh/000000.tar", "/nowhere/x.tar", "no/{0..1}.tar"]
+    (elsewhere / "sh").mkdir()
+    shutil.copy(shard_dir / "000000.tar", elsewhere / "sh")
+    cfg = load_config(None, ["data.shards=sh/{000000..000005}.tar"])
+    assert rebase_paths(cfg, project) == [] and cfg.data.shards == "sh/{000000..000005}.tar"  # found here: kept
+
+
+def test_a_run_from_relative_shards_resumes_from_another_folder(shard_dir, tmp_path):
+    from test_train import losses, vidmask
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(shard_dir, project / "sh")
+    elsewhere.mkdir()
+    vidmask("pretrain", *TINY, "data.shards=sh/{000000..000005}.tar", "data.shards_index=sh/shards.json",
+            "data.test_anno=", "train.steps=2", "run_dir=runs/r", cwd=project)
+    run = project / "runs" / "r"
+    vidmask("pretrain", "--resume", str(run), "train.steps=3", cwd=elsewhere)
+    assert sorted(losses(run)) == [1, 2, 3]

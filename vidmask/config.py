@@ -683,9 +683,10 @@ PATH_FIELDS = ("data.corpus", "data.video_root", "data.shards_index", "teacher.p
 
 
 def rebase_paths(cfg: Config, base: str | Path) -> list[str]:
-    """Make relative paths of ``cfg`` (:data:`PATH_FIELDS`) that do not exist from the working
-    folder but do from ``base`` (the folder a run was started from) point there; returns the
-    keys changed. A run's config.yaml keeps paths as given, relative to where it was trained."""
+    """Make relative paths of ``cfg`` (:data:`PATH_FIELDS`, and the patterns of data.shards) that do
+    not exist from the working folder but do from ``base`` (the folder a run was started from) point
+    there; returns the keys changed. A run's config.yaml keeps paths as given, relative to where it
+    was trained."""
     changed = []
     for dotted in PATH_FIELDS:
         holder = cfg
@@ -699,7 +700,27 @@ def rebase_paths(cfg: Config, base: str | Path) -> list[str]:
         if candidate.exists():
             setattr(holder, leaf, str(candidate))
             changed.append(dotted)
+    shards = _rebase_shards(cfg.data.shards, base)
+    if shards != cfg.data.shards:
+        cfg.data.shards = shards
+        changed.append("data.shards")
     return changed
+
+
+def _rebase_shards(spec: str | list[str], base: str | Path) -> str | list[str]:
+    """data.shards with each relative local pattern that names no file from the working folder but does
+    from ``base`` made to point there (``pipe:`` commands run where they are; their paths stay as written)."""
+    from vidmask.data.shards import names_local_file  # the shard reader, only when there are shards
+
+    def rebased(pattern: str) -> str:
+        if pattern.startswith("pipe:") or Path(pattern.strip()).is_absolute() or names_local_file(pattern):
+            return pattern
+        candidate = str(Path(base) / pattern.strip())
+        return candidate if names_local_file(candidate) else pattern
+
+    if not spec:
+        return spec
+    return rebased(spec) if isinstance(spec, str) else [rebased(p) for p in spec]
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -136,6 +136,17 @@ def is_pipe(url: str) -> bool:
     return url.startswith("pipe:")
 
 
+def names_local_file(pattern: str) -> bool:
+    """Whether a local shard pattern (a brace range, a glob or a path) names at least one existing file
+    from the working folder; False for a ``pipe:`` URL or a malformed pattern."""
+    try:
+        urls = expand_braces(pattern.strip())
+    except ValueError:
+        return False
+    return not is_pipe(pattern) and any(
+        glob.glob(u) if any(c in u for c in "*?[") else os.path.isfile(u) for u in urls)
+
+
 def shard_name(url: str) -> str:
     """The name a shard has in the index: a local file's name, or the last ``*.tar`` word of a
     ``pipe:`` command (``pipe:aws s3 cp s3://b/x/000001.tar -`` -> ``000001.tar``)."""
