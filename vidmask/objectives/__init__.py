@@ -24,6 +24,7 @@ from vidmask.objectives import stm_guided as _stm_guided  # noqa: F401  (stm-gui
 from vidmask.objectives import recon as _recon  # noqa: F401  (recon)
 from vidmask.objectives import reverse as _reverse  # noqa: F401  (reverse)
 from vidmask.objectives import arrow as _arrow  # noqa: F401  (arrow)
+from vidmask.objectives import swap as _swap  # noqa: F401  (swap)
 
 __all__ = [
     "Objective",

@@ -1,0 +1,114 @@
+"""The swap objective: each caption with one motion word turned into its opposite, a negative of its clip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidmask.config import ConfigError, LossConfig, ModelConfig, TextConfig, load_config
+from vidmask.masking import build_masker
+from vidmask.models import VideoTextModel
+from vidmask.objectives.swap import DEFAULT_PAIRS, swap_candidates, swap_table, swap_word
+from vidmask.tasks import PretrainTask
+
+
+def test_table_both_ways_and_one_way():
+    table = swap_table(["left:right", "falls>rises"])
+    assert table == {"left": "right", "right": "left", "falls": "rises"}
+    full = swap_table(DEFAULT_PAIRS)
+    assert full["grows"] == "shrinks" and full["shrinks"] == "grows" and full["exits"] == "enters"
+
+
+@pytest.mark.parametrize("bad", ["left", "left:right:up", "left:", "le ft:right"])
+def test_malformed_pairs_refused_naming_the_key(bad):
+    with pytest.raises(ConfigError, match="loss.swap.pairs"):
+        load_config(None, [f"loss.swap.pairs=[{bad!r}]"])
+
+
+def test_a_word_with_two_counterparts_refused():
+    with pytest.raises(ValueError, match="two counterparts"):
+        swap_table(["left:right", "left:up"])
+
+
+def test_one_word_swapped_case_kept():
+    table = swap_table(DEFAULT_PAIRS)
+    caption = "Left of centre, a red circle moves left and a blue square grows"
+    assert [m.group() for m in swap_candidates(caption, table)] == ["Left", "left", "grows"]
+    assert swap_word(caption, table, 0.0) == "Right of centre, a red circle moves left and a blue square grows"
+    assert swap_word(caption, table, 0.5) == "Left of centre, a red circle moves right and a blue square grows"
+    assert swap_word(caption, table, 0.99) == "Left of centre, a red circle moves left and a blue square shrinks"
+    assert swap_word("a green star stays still", table, 0.3) is None
+    assert swap_word("the leftover uptake", table, 0.0) is None  # whole words only
+
+
+def _task(**loss):
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    model = VideoTextModel(cfg, num_frames=2, img_size=32)
+    return PretrainTask(model, build_masker("random", ratio=0.5), LossConfig(**loss), frames=2, grid=2), model
+
+
+def test_pretraining_step_with_swap_reaches_the_text_head():
+    task, model = _task(vtc=1.0, swap=1.0)
+    captions = ["a red circle moves left", "a blue square stays still", "a cyan star grows"]
+    losses, report = task({"video": torch.randn(3, 2, 3, 32, 32), "caption": captions},
+                          torch.Generator().manual_seed(1))
+    assert set(losses) == {"vtc_loss", "swap_loss"}
+    assert report["swap_share"].item() == pytest.approx(200.0 / 3)  # two captions hold a swappable word
+    assert math.isfinite(losses["swap_loss"].item()) and 0.0 <= report["swap_acc"].item() <= 100.0
+    losses["swap_loss"].backward()
+    assert model.text_proj[0].weight.grad.abs().sum() > 0 and model.visual.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_swapped_caption_is_one_extra_candidate_of_its_own_clip():
+    from vidmask.objectives.base import ObjectiveEnv
+    from vidmask.objectives.swap import Swap, SwapConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    model = VideoTextModel(cfg, num_frames=2, img_size=32)
+    objective = Swap(SwapConfig(weight=1.0), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
+    captions = ["a red circle moves left", "a blue square stays still"]
+    video_feat = F.normalize(torch.randn(2, 16), dim=-1)
+    text_feat = model.encode_text(captions)
+
+    class Ctx:  # only what the objective reads
+        pass
+
+    ctx = Ctx()
+    ctx.video_feat, ctx.text_feat, ctx.model, ctx.captions = video_feat, text_feat, model, captions
+    ctx.generator, ctx.pair_ids = torch.Generator().manual_seed(0), None
+    out = objective(ctx)
+    s = model.temperature_scale()
+    neg = s * video_feat[0] @ model.encode_text(["a red circle moves right"])[0]
+    logits = s * video_feat @ text_feat.T  # (2, 2)
+    expected = (torch.logsumexp(torch.cat([logits[0], neg.view(1)]), 0) - logits[0, 0]
+                + torch.logsumexp(logits[1], 0) - logits[1, 1]) / 2
+    torch.testing.assert_close(out["swap_loss"], expected)
+    assert out["swap_share"].item() == 50.0
+    assert out["swap_acc"].item() == (100.0 if logits[0, 0] > neg else 0.0)
+
+
+def test_same_video_captions_are_not_negatives():
+    from vidmask.objectives.base import ObjectiveEnv
+    from vidmask.objectives.swap import Swap, SwapConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    model = VideoTextModel(cfg, num_frames=2, img_size=32)
+    objective = Swap(SwapConfig(weight=1.0), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.captions = ["a dot stays still", "a dot does not move"]
+    ctx.video_feat = F.normalize(torch.randn(2, 16), dim=-1)
+    ctx.text_feat = model.encode_text(ctx.captions)
+    ctx.model, ctx.generator, ctx.pair_ids = model, torch.Generator().manual_seed(0), torch.tensor([7, 7])
+    out = objective(ctx)
+    assert out["swap_loss"].item() == pytest.approx(0.0, abs=1e-6)  # each row's only candidate is its own
+    assert out["swap_share"].item() == 0.0

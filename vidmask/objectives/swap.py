@@ -1,0 +1,140 @@
+"""Counterfactual captions: each caption with one motion word turned into its opposite, as a negative of its clip.
+
+A contrastive batch rarely holds two captions that differ only in how
+something moves, so the video feature is never asked for the direction: the
+colour and shape words already pick the clip. Verb-focused contrastive
+learning (VFC, Momeni et al., ICCV 2023) and NegCLIP (Yuksekgonul et al., ICLR
+2023) add such captions themselves: each caption is rewritten with one word
+swapped for its counterpart ("moves left" -> "moves right", "grows" ->
+"shrinks", "enters from the top" -> "enters from the bottom") and joins its own
+clip's candidates in the video-to-text softmax. The caption and its swap share
+every appearance word, so only a feature that holds the motion can tell them
+apart. The swap is a word from a fixed English lexicon of opposites
+(:data:`DEFAULT_PAIRS`, ``loss.swap.pairs``), never the corpus's twin list or
+ground truth; a caption with none of its words has no extra candidate.
+
+Which word: one occurrence, drawn from the step's generator, so that a caption
+of several moving objects yields a negative that differs in a single word.
+
+Cost: the text side only (B more captions through the text tower, cached for a
+frozen one); the video encoder does no more work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vidmask.config import ConfigError
+from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+
+# "a:b" swaps both ways, "a>b" only a into b (b has another counterpart). English opposites of
+# direction, size and motion verbs, as a caption of any video-text set would use them.
+DEFAULT_PAIRS = (
+    "left:right", "leftward:rightward", "leftwards:rightwards", "up:down", "upward:downward",
+    "upwards:downwards", "top:bottom", "above:below", "rises:sinks", "rise:sink", "rising:sinking",
+    "falls>rises", "fall>rise", "falling>rising", "grows:shrinks", "grow:shrink", "growing:shrinking",
+    "bigger:smaller", "larger>smaller", "expands:contracts", "expand:contract", "enters:leaves",
+    "enter:leave", "entering:leaving", "exits>enters", "forward:backward", "forwards:backwards",
+    "opens:closes", "open:close", "opening:closing", "clockwise:counterclockwise", "before:after",
+    "pushes:pulls", "push:pull", "appears:disappears", "starts:stops", "start:stop",
+)
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def swap_table(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["a:b", "c>d"]`` -> ``{"a": "b", "b": "a", "c": "d"}`` (lower case). Raises ValueError on a
+    malformed entry or a word given two counterparts."""
+    table: dict[str, str] = {}
+
+    def add(a: str, b: str, entry: str) -> None:
+        if table.get(a, b) != b:
+            raise ValueError(f"loss.swap.pairs: {a!r} has two counterparts ({table[a]!r} and {b!r}, at {entry!r})")
+        table[a] = b
+
+    for entry in pairs:
+        sep = ":" if ":" in entry else ">" if ">" in entry else None
+        parts = entry.split(sep) if sep else []
+        if len(parts) != 2 or not all(_WORD.fullmatch(p.strip() or "-") for p in parts):
+            raise ValueError(f"loss.swap.pairs: {entry!r} is not 'word:word' (both ways) or 'word>word' (one way)")
+        a, b = (p.strip().lower() for p in parts)
+        add(a, b, entry)
+        if sep == ":":
+            add(b, a, entry)
+    return table
+
+
+def swap_candidates(caption: str, table: dict[str, str]) -> list[re.Match]:
+    """The words of ``caption`` that ``table`` can swap, in order."""
+    return [m for m in _WORD.finditer(caption) if m.group().lower() in table]
+
+
+def swap_word(caption: str, table: dict[str, str], choice: float) -> str | None:
+    """``caption`` with one swappable word (the one at ``choice`` in [0, 1) of its candidates) turned into
+    its counterpart, capitalised as the original; None when it has none."""
+    found = swap_candidates(caption, table)
+    if not found:
+        return None
+    m = found[min(int(choice * len(found)), len(found) - 1)]
+    word = table[m.group().lower()]
+    if m.group()[0].isupper():
+        word = word[0].upper() + word[1:]
+    return caption[: m.start()] + word + caption[m.end():]
+
+
+@dataclass
+class SwapConfig(ObjectiveConfig):
+    pairs: list[str] = field(default_factory=lambda: list(DEFAULT_PAIRS))  # "a:b" both ways, "a>b" one way
+    negative_weight: float = 1.0  # the swapped caption's logit is shifted by log(negative_weight)
+
+    def __post_init__(self):
+        try:
+            swap_table(self.pairs)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not (math.isfinite(self.negative_weight) and self.negative_weight > 0):
+            raise ConfigError(f"loss.swap.negative_weight must be a finite number > 0, got {self.negative_weight}")
+
+
+@register_objective("swap", SwapConfig)
+class Swap(Objective):
+    """Video-to-text contrast with each clip's caption, one motion word swapped, as an extra negative."""
+
+    def __init__(self, cfg: SwapConfig, env: ObjectiveEnv):
+        super().__init__()
+        self.table, self.log_weight = swap_table(cfg.pairs), math.log(cfg.negative_weight)
+
+    def forward(self, ctx: StepContext) -> dict[str, Tensor]:
+        video_feat, text_feat, model = ctx.video_feat, ctx.text_feat, ctx.model  # (B, E), (B, E)
+        B, device = video_feat.shape[0], video_feat.device
+        # one draw per caption from the step's generator (on the step's device): the step's one host sync
+        # here, beside the text tower's own tokenising of the rewritten captions
+        choice = torch.rand(B, generator=ctx.generator, device=device).tolist()
+        swapped = [swap_word(c, self.table, u) for c, u in zip(ctx.captions, choice)]
+        rows = [i for i, s in enumerate(swapped) if s is not None]
+        scale = model.temperature_scale()
+        with torch.autocast(device.type, enabled=False):
+            logits = scale.float() * video_feat.float() @ text_feat.float().T  # (B, B): clip i, caption j
+            if ctx.pair_ids is not None:  # another caption of the same video is no negative
+                same = ctx.pair_ids[:, None] == ctx.pair_ids[None, :]  # (B, B)
+                logits = logits.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=device), float("-inf"))
+            negative = torch.full((B,), float("-inf"), device=device)  # (B,): no extra candidate
+            if rows:
+                at = torch.tensor(rows, device=device)  # (b,)
+                feats = model.encode_text([swapped[i] for i in rows]).float()  # (b, E)
+                own = scale.float() * (video_feat.float()[at] * feats).sum(-1) + self.log_weight  # (b,)
+                negative = negative.index_put((at,), own)  # (B,)
+            logits = torch.cat([logits, negative.unsqueeze(1)], 1)  # (B, B+1)
+            loss = F.cross_entropy(logits, torch.arange(B, device=device))
+            # share of clips (of those with a swapped caption) scoring their caption above the swap; 0 when
+            # none has one (swap_share says how many had)
+            acc = torch.zeros((), device=device)
+            if rows:
+                acc = 100.0 * (logits.diagonal()[at] > logits[at, -1]).float().mean().detach()
+        return {"swap_loss": loss, "swap_acc": acc, "swap_share": torch.tensor(100.0 * len(rows) / B)}
