@@ -112,3 +112,27 @@ def test_same_video_captions_are_not_negatives():
     out = objective(ctx)
     assert out["swap_loss"].item() == pytest.approx(0.0, abs=1e-6)  # each row's only candidate is its own
     assert out["swap_share"].item() == 0.0
+
+
+def test_swap_accuracy_ignores_the_negative_weight():
+    from vidmask.objectives.base import ObjectiveEnv
+    from vidmask.objectives.swap import Swap, SwapConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    model = VideoTextModel(cfg, num_frames=2, img_size=32)
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.captions = ["a red circle moves left", "a blue square moves up"]
+    ctx.video_feat = F.normalize(torch.randn(2, 16), dim=-1)
+    ctx.text_feat = model.encode_text(ctx.captions)
+    ctx.model, ctx.pair_ids = model, None
+    accs = []
+    for w in (1.0, 1e6):
+        objective = Swap(SwapConfig(weight=1.0, negative_weight=w), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
+        ctx.generator = torch.Generator().manual_seed(0)
+        accs.append(objective(ctx)["swap_acc"].item())
+    assert accs[0] == accs[1]

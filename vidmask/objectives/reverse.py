@@ -109,5 +109,6 @@ class Reverse(Objective):
             target = torch.arange(B, device=video.device)  # (B,)
             loss = F.cross_entropy(logits, target)
             # how often the caption prefers its clip to the clip's time-reordered self
-            order_acc = (logits.diagonal() > logits[:, -1]).float().mean().detach()
+            # (the similarities themselves, before the negative's log-weight shift)
+            order_acc = (logits.diagonal() > logits[:, -1] - self.log_weight).float().mean().detach()
         return {"reverse_loss": loss, "time_order_acc": 100.0 * order_acc}

@@ -136,5 +136,6 @@ class Swap(Objective):
             # none has one (swap_share says how many had)
             acc = torch.zeros((), device=device)
             if rows:
-                acc = 100.0 * (logits.diagonal()[at] > logits[at, -1]).float().mean().detach()
+                # the similarities themselves, before the negative's log-weight shift
+                acc = 100.0 * (logits.diagonal()[at] > logits[at, -1] - self.log_weight).float().mean().detach()
         return {"swap_loss": loss, "swap_acc": acc, "swap_share": torch.tensor(100.0 * len(rows) / B)}
