@@ -44,6 +44,30 @@ def test_one_word_swapped_case_kept():
     assert swap_word("the leftover uptake", table, 0.0) is None  # whole words only
 
 
+class _Ctx:
+    """Only what the swap objective reads of a StepContext."""
+
+    def __init__(self, model, captions, pair_ids=None, seed=0):
+        torch.manual_seed(seed)
+        self.model, self.captions, self.pair_ids = model, captions, pair_ids
+        self.video_feat = F.normalize(torch.randn(len(captions), 16), dim=-1)  # (B, E)
+        self.text_feat = model.encode_text(captions)  # (B, E)
+        self.generator = torch.Generator().manual_seed(0)
+
+
+def _swap(model, **cfg):
+    from vidmask.objectives.base import ObjectiveEnv
+    from vidmask.objectives.swap import Swap, SwapConfig
+
+    return Swap(SwapConfig(weight=1.0, **cfg), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
+    return VideoTextModel(cfg, num_frames=2, img_size=32)
+
+
 def _task(**loss):
     torch.manual_seed(0)
     cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
@@ -64,24 +88,10 @@ def test_pretraining_step_with_swap_reaches_the_text_head():
 
 
 def test_swapped_caption_is_one_extra_candidate_of_its_own_clip():
-    from vidmask.objectives.base import ObjectiveEnv
-    from vidmask.objectives.swap import Swap, SwapConfig
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
-    model = VideoTextModel(cfg, num_frames=2, img_size=32)
-    objective = Swap(SwapConfig(weight=1.0), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
-    captions = ["a red circle moves left", "a blue square stays still"]
-    video_feat = F.normalize(torch.randn(2, 16), dim=-1)
-    text_feat = model.encode_text(captions)
-
-    class Ctx:  # only what the objective reads
-        pass
-
-    ctx = Ctx()
-    ctx.video_feat, ctx.text_feat, ctx.model, ctx.captions = video_feat, text_feat, model, captions
-    ctx.generator, ctx.pair_ids = torch.Generator().manual_seed(0), None
-    out = objective(ctx)
+    model = _model()
+    ctx = _Ctx(model, ["a red circle moves left", "a blue square stays still"])
+    video_feat, text_feat = ctx.video_feat, ctx.text_feat
+    out = _swap(model)(ctx)
     s = model.temperature_scale()
     neg = s * video_feat[0] @ model.encode_text(["a red circle moves right"])[0]
     logits = s * video_feat @ text_feat.T  # (2, 2)
@@ -93,46 +103,15 @@ def test_swapped_caption_is_one_extra_candidate_of_its_own_clip():
 
 
 def test_same_video_captions_are_not_negatives():
-    from vidmask.objectives.base import ObjectiveEnv
-    from vidmask.objectives.swap import Swap, SwapConfig
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
-    model = VideoTextModel(cfg, num_frames=2, img_size=32)
-    objective = Swap(SwapConfig(weight=1.0), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
-
-    class Ctx:
-        pass
-
-    ctx = Ctx()
-    ctx.captions = ["a dot stays still", "a dot does not move"]
-    ctx.video_feat = F.normalize(torch.randn(2, 16), dim=-1)
-    ctx.text_feat = model.encode_text(ctx.captions)
-    ctx.model, ctx.generator, ctx.pair_ids = model, torch.Generator().manual_seed(0), torch.tensor([7, 7])
-    out = objective(ctx)
+    model = _model()
+    ctx = _Ctx(model, ["a dot stays still", "a dot does not move"], pair_ids=torch.tensor([7, 7]))
+    out = _swap(model)(ctx)
     assert out["swap_loss"].item() == pytest.approx(0.0, abs=1e-6)  # each row's only candidate is its own
     assert out["swap_share"].item() == 0.0
 
 
 def test_swap_accuracy_ignores_the_negative_weight():
-    from vidmask.objectives.base import ObjectiveEnv
-    from vidmask.objectives.swap import Swap, SwapConfig
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=32, depth=1, heads=2, embed_dim=16, text=TextConfig(init="random"))
-    model = VideoTextModel(cfg, num_frames=2, img_size=32)
-
-    class Ctx:
-        pass
-
-    ctx = Ctx()
-    ctx.captions = ["a red circle moves left", "a blue square moves up"]
-    ctx.video_feat = F.normalize(torch.randn(2, 16), dim=-1)
-    ctx.text_feat = model.encode_text(ctx.captions)
-    ctx.model, ctx.pair_ids = model, None
-    accs = []
-    for w in (1.0, 1e6):
-        objective = Swap(SwapConfig(weight=1.0, negative_weight=w), ObjectiveEnv(model=model, teacher=None, frames=2, grid=2))
-        ctx.generator = torch.Generator().manual_seed(0)
-        accs.append(objective(ctx)["swap_acc"].item())
+    model = _model()
+    accs = [_swap(model, negative_weight=w)(_Ctx(model, ["a red circle moves left", "a blue square moves up"]))
+            ["swap_acc"].item() for w in (1.0, 1e6)]
     assert accs[0] == accs[1]

@@ -3,10 +3,12 @@
 A contrastive batch rarely holds two captions that differ only in how
 something moves, so the video feature is never asked for the direction: the
 colour and shape words already pick the clip. Verb-focused contrastive
-learning (VFC, Momeni et al., ICCV 2023) and NegCLIP (Yuksekgonul et al., ICLR
-2023) add such captions themselves: each caption is rewritten with one word
-swapped for its counterpart ("moves left" -> "moves right", "grows" ->
-"shrinks", "enters from the top" -> "enters from the bottom") and joins its own
+learning (VFC, Momeni et al., ICCV 2023, which has a language model write
+captions with the verb changed) and NegCLIP (Yuksekgonul et al., ICLR 2023,
+which reorders a caption's words) add such hard-negative captions; here,
+without a language model, each caption is rewritten with one word swapped
+for its counterpart ("moves left" -> "moves right", "grows" -> "shrinks",
+"enters from the top" -> "enters from the bottom") and joins its own
 clip's candidates in the video-to-text softmax. The caption and its swap share
 every appearance word, so only a feature that holds the motion can tell them
 apart. The swap is a word from a fixed English lexicon of opposites
