@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied."""
 
 
+# finetune.init's prefix for a local Hugging Face CLIP folder: finetune.init=hf-clip:/path/to/clip-vit-base-patch32
+HF_CLIP = "hf-clip:"
+# model.act's names (vidmask.models.blocks.ACTIVATIONS holds their functions; named here so that validating a
+# config imports no torch)
+MLP_ACTIVATIONS = ("gelu", "quick_gelu")
+
+
 def _require(key: str, value: float, low: float, strict: bool = False, note: str = "") -> None:
     """Raise unless ``value`` is a finite number >= ``low`` (> ``low`` when ``strict``)."""
     if not (math.isfinite(value) and (value > low if strict else value >= low)):
@@ -86,9 +93,11 @@ class DataConfig:
 
 @dataclass
 class TextConfig:
-    init: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "random" (tests), or a local HF BERT folder
-    trainable_layers: int = 0  # last BERT layers trained; 0 = frozen tower with cached caption features
-    max_len: int = 32  # tokens per caption
+    # "minilm" (packaged all-MiniLM-L6-v2), "random" (tests), a local HF BERT folder, or a local HF CLIP folder
+    # (a CLIPModel's or CLIPTextModel's: its text tower, pooled at the end-of-text token)
+    init: str = "minilm"
+    trainable_layers: int = 0  # last text layers trained (CLIP: and its final norm); 0 = frozen tower, cached features
+    max_len: int = 32  # tokens per caption (at most the tower's position table: CLIP's 77)
     random_layers: int = 2  # depth of the randomly initialised tower (init="random" only)
     # frozen tower: caption features kept, least recently used dropped past this many (384 floats each for
     # MiniLM: 200k = 0.3 GB per rank); 0 = encode every batch's captions again
@@ -127,6 +136,15 @@ class ModelConfig:
     # a second patch embedding of the frame differences added to every token (TSN / TDN's RGB-difference
     # stream): a token sees how its patch changes, what the motion-shapes corpus's motion words need
     frame_diff: bool = False
+    # The switches that let the model hold a CLIP exactly (finetune.init=hf-clip:FOLDER sets them from the CLIP):
+    act: str = "gelu"  # the video encoder's MLP activation: gelu (exact) | quick_gelu (x*sigmoid(1.702x), OpenAI CLIP)
+    ln_pre: bool = False  # a LayerNorm on the embedded tokens before the first block (CLIP's pre_layrnorm)
+    # a learned class token as each frame's CLS input in the frame-level path (MASCOT; CLIP's class embedding
+    # plus its position); false: the mean of the frame's visible patch embeddings
+    cls_token: bool = False
+    # the joint-space heads: vidmask = a Linear on the mean video token, Linear-GELU-Linear on the pooled text;
+    # clip = a bias-free Linear on each side (CLIP's visual_projection and text_projection)
+    proj_head: str = "vidmask"
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -137,6 +155,10 @@ class ModelConfig:
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
         if self.pos_embed not in ("learned", "sincos"):
             raise ConfigError(f"model.pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.act not in MLP_ACTIVATIONS:
+            raise ConfigError(f"model.act must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.act!r}")
+        if self.proj_head not in ("vidmask", "clip"):
+            raise ConfigError(f"model.proj_head must be 'vidmask' or 'clip', got {self.proj_head!r}")
         if self.patch < 1 or self.depth < 1 or self.tubelet < 1:
             raise ConfigError("model.patch, model.depth and model.tubelet must be >= 1")
         _require("model.mlp_ratio", self.mlp_ratio, 0, strict=True)
@@ -335,7 +357,9 @@ class MascotConfig:
 @dataclass
 class FinetuneConfig:
     task: str = ""  # "" = pretraining; a task from vidmask.tasks.list_tasks() (set by `vidmask finetune TASK`)
-    init: str = ""  # pretrained run folder, checkpoint folder or .safetensors; "" = train from scratch
+    # pretrained run folder, checkpoint folder or .safetensors; "hf-clip:FOLDER" = a local Hugging Face CLIPModel
+    # folder (config.json, weights, tokenizer files), which also sets the model.* keys it fixes; "" = from scratch
+    init: str = ""
     answer_list: str = "answer_list.json"  # QA answer vocabulary, relative to data.corpus unless absolute
     rerank_k: int = 128  # retrieval: re-rank each query's top-k with the matching head (UMT uses 128)
     beam: int = 3  # captioning: beam size (1 = greedy)
@@ -347,6 +371,9 @@ class FinetuneConfig:
     mascot: MascotConfig = field(default_factory=MascotConfig)
 
     def __post_init__(self):
+        if self.init.startswith(HF_CLIP) and not self.init[len(HF_CLIP):].strip():
+            raise ConfigError(f"finetune.init={self.init!r} names no folder: write "
+                              f"{HF_CLIP}/path/to/clip-vit-base-patch32")
         if self.method not in ("", "mascot"):
             raise ConfigError(f"finetune.method must be '' or 'mascot', got {self.method!r}")
         if self.similarity not in ("mean", "wti"):
@@ -677,7 +704,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return data
 
 
-# Config fields that hold file or folder paths (or a keyword: model.text.init "minilm" / "random")
+# Config fields that hold file or folder paths (or a keyword: model.text.init "minilm" / "random"; finetune.init
+# may hold a folder after the HF_CLIP prefix)
 PATH_FIELDS = ("data.corpus", "data.video_root", "data.shards_index", "teacher.path", "teacher.cache",
                "model.text.init", "model.text.feature_store", "finetune.init")
 
@@ -694,11 +722,13 @@ def rebase_paths(cfg: Config, base: str | Path) -> list[str]:
             holder = getattr(holder, part)
         leaf = dotted.rsplit(".", 1)[1]
         value = getattr(holder, leaf)
+        scheme = HF_CLIP if dotted == "finetune.init" and value.startswith(HF_CLIP) else ""
+        value = value[len(scheme):]
         if not value or Path(value).is_absolute() or Path(value).exists():
             continue
         candidate = Path(base) / value
         if candidate.exists():
-            setattr(holder, leaf, str(candidate))
+            setattr(holder, leaf, scheme + str(candidate))
             changed.append(dotted)
     shards = _rebase_shards(cfg.data.shards, base)
     if shards != cfg.data.shards:

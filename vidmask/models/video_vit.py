@@ -7,6 +7,13 @@ stream), separable space and time position embeddings
 (resampled when the clip has other frames or resolution than the weights were
 made for), and MAE-style token dropping: ``forward_features`` gathers the kept
 tokens first, so a 75 % mask really cuts the encoder's work by about 4x.
+
+Three switches, all off by default, let it hold a CLIP vision tower exactly
+(:mod:`vidmask.models.hf_clip`): the MLP activation (``act="quick_gelu"``),
+a LayerNorm on the embedded tokens before the first block (``ln_pre``,
+CLIP's ``pre_layrnorm``) and a class token (``cls_token``: CLIP's class
+embedding plus its position) as the summary token of the frame-level path
+(:meth:`VideoViT.frame_token`, MASCOT's spatial encoder).
 """
 
 from __future__ import annotations
@@ -75,6 +82,9 @@ class VideoViT(nn.Module):
         tubelet: int = 1,
         pos_embed: str = "learned",
         frame_diff: bool = False,
+        act: str = "gelu",
+        ln_pre: bool = False,
+        cls_token: bool = False,
     ):
         super().__init__()
         if img_size % patch:
@@ -101,8 +111,13 @@ class VideoViT(nn.Module):
                                          bias=False))
         self.pos_space = nn.Parameter(torch.zeros(self.grid * self.grid, dim))  # (N, C)
         self.pos_time = nn.Parameter(torch.zeros(self.frames, dim))  # (T/k, C)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, act) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        # CLIP's pre_layrnorm: every token the blocks see (a frame's class token included) is normalised first
+        self.ln_pre = nn.LayerNorm(dim) if ln_pre else None
+        # the summary token's input in the frame-level path (CLIP: class_embedding + position_embedding[0]; it
+        # keeps its position when the patch positions are resampled, as Hugging Face's interpolate_pos_encoding)
+        self.cls_token = nn.Parameter(torch.zeros(dim)) if cls_token else None  # (C,)
         if pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_space, std=0.02)
             nn.init.trunc_normal_(self.pos_time, std=0.02)
@@ -122,6 +137,8 @@ class VideoViT(nn.Module):
             if conv is not None:
                 w = conv.weight.data
                 nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as MAE: the conv is a linear map
+        if self.cls_token is not None:  # drawn last: the default model's initialisation is unchanged
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def patchify(self, video: Tensor) -> Tensor:
         """Pixel patches (tubelets): video [B,T,3,H,W] -> [B,T/k,N,k*p*p*3], the token layout."""
@@ -136,6 +153,26 @@ class VideoViT(nn.Module):
     def pos_embed(self, frames: int, grid: int) -> Tensor:
         """Space + time position embeddings: [T, N, C]."""
         return space_time_pos(self.pos_space, self.pos_time, frames, grid * grid)  # (T, N, C)
+
+    def pre_norm(self, x: Tensor) -> Tensor:
+        """What the first block reads: x [..., C] through ``ln_pre`` (CLIP's pre_layrnorm) when the encoder
+        has one, else unchanged."""
+        return x if self.ln_pre is None else self.ln_pre(x)  # (..., C)
+
+    def frame_token(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """The input of each token set's summary token (MASCOT's per-frame CLS), to prepend before
+        :meth:`forward_sets`: x [B',N,C] embedded tokens (:meth:`embed`), keep bool[B',N] (True = visible
+        patch) or None (all) -> [B',1,C].
+
+        The class token when the encoder has one (``cls_token``; from CLIP: its class embedding plus
+        its position, so the output is CLIP's CLS); else the mean of the set's visible tokens.
+        """
+        if self.cls_token is not None:
+            return self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)  # (B', 1, C)
+        if keep is None:
+            return x.mean(1, keepdim=True)  # (B', 1, C)
+        w = keep.unsqueeze(-1).to(x.dtype)  # (B', N, 1)
+        return (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)  # (B', 1, C)
 
     def final_norm(self, x: Tensor) -> Tensor:
         """The encoder's final LayerNorm on block outputs [..., C] (what UMT's alignment heads start from)."""
@@ -198,6 +235,7 @@ class VideoViT(nn.Module):
         x = tokens.flatten(1, 2) if tokens.dim() == 4 else tokens  # (B, L, C)
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)  # (B, K, C)
+        x = self.pre_norm(x)  # (B, K, C): before the weights, which a LayerNorm would cancel
         if token_weight is not None:
             x = x * token_weight.unsqueeze(-1).to(x.dtype)  # (B, K, C)
         layers = []
@@ -223,6 +261,7 @@ class VideoViT(nn.Module):
         probabilities [B',M,M] (MASCOT eq. 1), else None.
         """
         attn = None
+        x = self.pre_norm(x)  # (B', M, C)
         for i, blk in enumerate(self.blocks):
             if return_attn and i == len(self.blocks) - 1:
                 attn = blk.attention_map(x, attn_mask)  # (B', M, M)

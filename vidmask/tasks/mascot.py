@@ -73,7 +73,9 @@ class MascotTask(nn.Module):
         self.model = model  # the dual encoder: its ViT is the spatial encoder and the co-encoder
         self.cfg = cfg
         self.text_len = text_len
-        self.heads = MascotHeads(cfg, model.cfg.dim, model.cfg.embed_dim, frames)
+        # a model with a class token (started from CLIP) needs no learned CLS vector of MASCOT's own
+        self.heads = MascotHeads(cfg, model.cfg.dim, model.cfg.embed_dim, frames,
+                                 learned_cls=not model.cfg.cls_token)
         self.branches: list[tuple[str, object]] = [(n, b) for n, b in (("h", cfg.high), ("l", cfg.low))
                                                    if b.weight > 0]
         self.maskers = {}
@@ -211,7 +213,7 @@ def build_mascot(cfg: Config, model: VideoTextModel, device, evaluating: bool = 
                           f"model.dim ({cfg.model.dim})")
     items = [] if evaluating else training_items(cfg)
     task = MascotTask(model, cfg.finetune.mascot, cfg.data.num_frames // cfg.model.tubelet,
-                      cfg.model.text.max_len).to(device)
+                      model.text.max_len).to(device)  # model.text.max_len within the tower's position table
     test_path = cfg.data.path(cfg.data.test_anno)
     test = load_annotations(test_path, root=cfg.data.root(), unique=True, nonempty=True) if cfg.data.test_anno else None
     return Job(

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vidmask.config import Config, ConfigError
+from vidmask.config import HF_CLIP, Config, ConfigError
 from vidmask.masking import build_masker, masker_token_dim
 from vidmask.models.video_text import VideoTextModel
 from vidmask.train import checkpoint as ckpt
@@ -25,10 +25,51 @@ def build_model(cfg: Config) -> VideoTextModel:
     return VideoTextModel(cfg.model, num_frames=cfg.data.num_frames, img_size=cfg.data.size)
 
 
+def clip_init_folder(cfg: Config) -> Path | None:
+    """The CLIP folder of ``finetune.init=hf-clip:FOLDER``, or None when finetune.init is something else."""
+    init = cfg.finetune.init
+    return Path(init[len(HF_CLIP):].strip()) if init.startswith(HF_CLIP) else None
+
+
+def resolve_init(cfg: Config) -> list[str]:
+    """Set the model keys that ``finetune.init=hf-clip:FOLDER`` fixes from that CLIP (in place); returns
+    each key it changed, as ``model.KEY: OLD -> NEW``. What the training commands do with a
+    fresh config (a resumed run's config.yaml holds the values already); a ConfigError naming the folder
+    when it is no CLIPModel, or naming a key set to something CLIP cannot hold."""
+    folder = clip_init_folder(cfg)
+    if folder is None:
+        return []
+    from vidmask.models.hf_clip import clip_mismatches, clip_model_config, read_clip_config
+
+    clip = read_clip_config(folder)
+    changes = [f"{key}: {have} -> {want}" for key, have, want in clip_mismatches(cfg.model, clip, folder)]
+    cfg.model = clip_model_config(clip, cfg.model, folder)
+    if cfg.data.size % cfg.model.patch:
+        raise ConfigError(f"data.size={cfg.data.size} is no multiple of the patch size {cfg.model.patch} of the CLIP "
+                          f"at {folder}: set data.size to one (CLIP's own: {clip.vision_config.image_size})")
+    return changes
+
+
 def init_model(cfg: Config, device, evaluating: bool = False) -> VideoTextModel:
-    """The dual encoder, started from ``finetune.init`` when it is set (a run, checkpoint or .safetensors)."""
+    """The dual encoder, started from ``finetune.init`` when it is set (a run, checkpoint or .safetensors, or
+    ``hf-clip:FOLDER``: a local CLIPModel, whose architecture cfg.model must hold: :func:`resolve_init`)."""
+    folder = clip_init_folder(cfg)
+    if folder is not None:
+        from vidmask.models.hf_clip import clip_mismatches, load_clip, read_clip_config
+
+        wrong = clip_mismatches(cfg.model, read_clip_config(folder), folder)
+        if wrong:
+            what = "; ".join(f"{key}={have} (set {key}={want})" for key, have, want in wrong)
+            raise ConfigError(f"finetune.init={cfg.finetune.init}: the model config does not hold that CLIP: {what}. "
+                              "`vidmask finetune` and `vidmask pretrain` set these keys from the CLIP; in Python "
+                              "call vidmask.train.wiring.resolve_init(cfg) after load_config")
     model = build_model(cfg)
-    if cfg.finetune.init:
+    if folder is not None:
+        load_clip(model, folder)
+        log.info("initialised from the CLIP at %s (ViT patch %d, width %d, %d layers; text width %d; "
+                 "joint space %d)", folder, cfg.model.patch, cfg.model.dim, cfg.model.depth, model.text.width,
+                 cfg.model.embed_dim)
+    elif cfg.finetune.init:
         ckpt.load_model_weights(model, cfg.finetune.init)
         log.info("initialised from %s", cfg.finetune.init)
     elif cfg.finetune.task and not evaluating:
