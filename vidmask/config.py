@@ -144,7 +144,12 @@ class ModelConfig:
     cls_token: bool = False
     # the joint-space heads: vidmask = a Linear on the mean video token, Linear-GELU-Linear on the pooled text;
     # clip = a bias-free Linear on each side (CLIP's visual_projection and text_projection)
+    # whitened = vidmask's video head, and on the text side the frozen tower's features PCA-whitened on the
+    # training captions, no trained parameter (vidmask.models.whiten: a locked text side that cannot shrink
+    # the words the video does not yet tell apart, e.g. motion words); needs a frozen tower
     proj_head: str = "vidmask"
+    whiten_captions: int = 100_000  # proj_head=whitened: training captions its statistics are fitted on
+    whiten_eps: float = 1e-3  # proj_head=whitened: added to every eigenvalue, relative to the largest
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -157,8 +162,15 @@ class ModelConfig:
             raise ConfigError(f"model.pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
         if self.act not in MLP_ACTIVATIONS:
             raise ConfigError(f"model.act must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.act!r}")
-        if self.proj_head not in ("vidmask", "clip"):
-            raise ConfigError(f"model.proj_head must be 'vidmask' or 'clip', got {self.proj_head!r}")
+        if self.proj_head not in ("vidmask", "clip", "whitened"):
+            raise ConfigError(f"model.proj_head must be 'vidmask', 'clip' or 'whitened', got {self.proj_head!r}")
+        if self.proj_head == "whitened" and self.text.trainable_layers:
+            raise ConfigError(f"model.proj_head=whitened whitens a frozen text tower's features, but "
+                              f"model.text.trainable_layers={self.text.trainable_layers} trains it: set "
+                              "model.text.trainable_layers=0 or another model.proj_head")
+        if self.whiten_captions < 2:
+            raise ConfigError(f"model.whiten_captions must be >= 2, got {self.whiten_captions}")
+        _require("model.whiten_eps", self.whiten_eps, 0, strict=True)
         if self.patch < 1 or self.depth < 1 or self.tubelet < 1:
             raise ConfigError("model.patch, model.depth and model.tubelet must be >= 1")
         _require("model.mlp_ratio", self.mlp_ratio, 0, strict=True)

@@ -1,9 +1,11 @@
 """The dual-encoder video-language model: video ViT + a text tower (BERT or CLIP's), a joint space.
 
 ``model.proj_head`` picks the joint-space heads: vidmask's (a Linear on the
-mean video token, a two-layer MLP on the pooled text) or CLIP's (a bias-free
+mean video token, a two-layer MLP on the pooled text), CLIP's (a bias-free
 Linear each side, ``visual_projection`` and ``text_projection``), what a model
-started from a CLIP (``finetune.init=hf-clip:FOLDER``) holds.
+started from a CLIP (``finetune.init=hf-clip:FOLDER``) holds, or ``whitened``
+(vidmask's video head; the frozen text features PCA-whitened on the training
+captions, nothing trained on the text side: :mod:`vidmask.models.whiten`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from vidmask.config import ModelConfig
 from vidmask.models.blocks import init_weights
 from vidmask.models.text import TextEncoder
 from vidmask.models.video_vit import VideoViT
+from vidmask.models.whiten import WhitenedHead
 
 
 class VideoTextModel(nn.Module):
@@ -35,6 +38,9 @@ class VideoTextModel(nn.Module):
         if cfg.proj_head == "clip":  # CLIP's heads: linear maps of the encoders' outputs into the joint space
             self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim, bias=False)
             self.text_proj = nn.Linear(w, cfg.embed_dim, bias=False)
+        elif cfg.proj_head == "whitened":  # a locked text side: the frozen features, whitened (fitted before training)
+            self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)
+            self.text_proj = WhitenedHead(w, cfg.embed_dim)
         else:
             self.vision_proj = nn.Linear(cfg.dim, cfg.embed_dim)
             # a two-layer head: with a frozen tower it is all the text side can learn

@@ -25,6 +25,7 @@ from vidmask.config import Config, ConfigError, save_config, to_dict
 from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, collate_video_text
 from vidmask.data.shards import ShardError, ShardStream
 from vidmask.data.transfer import loader_options
+from vidmask.models.whiten import WhitenedHead, fit_whitening
 from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
@@ -33,7 +34,7 @@ from vidmask.train.hard_batches import run_neighbours
 from vidmask.train.optim import param_groups
 from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
 from vidmask.train.schedule import epoch_batches, shard_steps_per_epoch, steps_per_epoch
-from vidmask.train.wiring import caption_store_for, init_model
+from vidmask.train.wiring import annotation_store, caption_store_for, init_model
 
 log = logging.getLogger("vidmask")
 
@@ -187,7 +188,9 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
 
             job.model.text.warm_cache((c for it in job.items for c in it.captions), rank=info.rank,
                                       world=info.world, gather=all_gather_rows)
+        fit_text_head(job, cfg, info)
         return dataset
+    fit_text_head(job, cfg, info)
     shards = job.items
     if shards.resize_short and shards.resize_short < cfg.data.size and info.main:
         log.warning("data.shards were re-encoded to a short side of %d px, below data.size=%d: frames are "
@@ -199,6 +202,26 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
         check_stream_position(stream.position(trainer.start_step), saved)
     trainer.position = stream.position
     return stream
+
+
+def fit_text_head(job: Job, cfg: Config, info: DistInfo) -> None:
+    """model.proj_head=whitened: fit the locked text head on the training captions (data.train_anno's,
+    with shards too) unless its statistics came with the weights (a resumed run, finetune.init)."""
+    head = job.model.text_proj
+    if not isinstance(head, WhitenedHead) or head.fitted:
+        return
+    items = job.items if not cfg.data.shards else annotation_store(cfg)
+    texts = items.texts if hasattr(items, "texts") else [c for it in items for c in it.captions]
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        on = t.to(info.device) if dist.get_backend() == "nccl" else t
+        dist.all_reduce(on)
+        return on.cpu()
+
+    used = fit_whitening(head, lambda caps: job.model.text(caps).float().cpu(), texts, cfg.model.whiten_captions,
+                         cfg.model.whiten_eps, rank=info.rank, world=info.world,
+                         all_reduce=all_reduce if info.world > 1 else None)
+    log.info("whitened text head fitted on %d training captions (top %d directions)", used, cfg.model.embed_dim)
 
 
 # what each recorded part of a shard stream's position is set by, for the resume check's message
