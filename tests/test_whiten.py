@@ -102,3 +102,18 @@ def test_pretraining_fits_the_head_and_the_checkpoint_carries_it(tiny_set, tmp_p
     assert int(weights["model.text_proj.captions"]) >= 2 and weights["model.text_proj.projection"].abs().sum() > 0
     # an evaluation from the checkpoint uses the fitted head (an unfitted one would refuse)
     vidmask("eval", "retrieval", "--run", str(run))
+
+
+@pytest.mark.slow
+def test_two_ranks_fit_the_head_one_rank_fits(tiny_set, tmp_path):
+    from test_ddp import torchrun
+
+    common = [f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.batch_size=2", "train.steps=1",
+              "train.device=cpu", "model.proj_head=whitened"]
+    p = torchrun("none", 0, "pretrain", *common, f"run_dir={tmp_path / 'two'}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    vidmask("pretrain", *common, f"run_dir={tmp_path / 'one'}")
+    fits = [load_file(str(next((tmp_path / run / "checkpoints").glob("step_*/model.safetensors"))))
+            for run in ("one", "two")]
+    for key in ("model.text_proj.mean", "model.text_proj.projection", "model.text_proj.captions"):
+        assert torch.allclose(fits[0][key].double(), fits[1][key].double(), atol=1e-5), key
