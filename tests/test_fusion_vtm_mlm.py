@@ -315,3 +315,16 @@ def test_vtc_logits_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = vtc_loss(v, t, scale)["vtc_loss"]
     assert got.dtype == torch.float32 and torch.equal(got, ref)
+
+
+def test_mlm_on_a_tower_without_a_mask_token_is_a_config_error():
+    from types import SimpleNamespace
+
+    from vidmask.config import ConfigError
+    from vidmask.objectives.base import ObjectiveEnv
+    from vidmask.objectives.mlm import Mlm, MlmConfig
+
+    # a CLIP text tower: its BPE tokenizer has no mask token
+    text = SimpleNamespace(tokenizer=SimpleNamespace(mask_token_id=None), cfg=SimpleNamespace(init="/clips/vit-b-32"))
+    with pytest.raises(ConfigError, match="loss.mlm=0"):
+        Mlm(MlmConfig(weight=1.0), ObjectiveEnv(model=SimpleNamespace(text=text), teacher=None, frames=2, grid=2))

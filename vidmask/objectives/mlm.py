@@ -123,6 +123,10 @@ class Mlm(Objective):
     def __init__(self, cfg: MlmConfig, env: ObjectiveEnv):
         super().__init__()
         self.prob = cfg.prob
+        if env.model.text.tokenizer.mask_token_id is None:  # CLIP's BPE tokenizer has none
+            raise ConfigError(f"loss.mlm masks caption tokens with the tokenizer's mask token, and the text tower "
+                              f"of model.text.init={env.model.text.cfg.init!r} has none (a CLIP text tower): set "
+                              "loss.mlm=0 or use a BERT tower")
         words = env.model.text.word_embeddings()
         self.head = MlmHead(env.model.text.width, words.num_embeddings, tie_to=words)
 
