@@ -61,8 +61,8 @@ def test_ranks_shares_add_up_to_one_ranks_fit():
     encode = lambda caps: table[[int(c.split()[1]) for c in caps]]  # noqa: E731
     picks = spread(len(captions), 30)
     assert len(picks) == 30 and picks == sorted(set(picks))
-    whole = share_moments(encode, captions, picks, batch_size=7)
-    parts = [share_moments(encode, captions, picks, rank=r, world=3, batch_size=4) for r in range(3)]
+    whole = share_moments(encode, captions, picks, 8, batch_size=7)
+    parts = [share_moments(encode, captions, picks, 8, rank=r, world=3, batch_size=4) for r in range(3)]
     assert torch.allclose(sum(p[0] for p in parts), whole[0]) and torch.allclose(sum(p[1] for p in parts), whole[1])
     one, three = WhitenedHead(8, 4), WhitenedHead(8, 4)
     fit_whitening(one, encode, captions, 30, 1e-3)

@@ -107,18 +107,17 @@ def spread(n: int, limit: int) -> list[int]:
 
 
 @torch.no_grad()
-def share_moments(encode, captions, picks: list[int], rank: int = 0, world: int = 1,
+def share_moments(encode, captions, picks: list[int], width: int, rank: int = 0, world: int = 1,
                   batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """This rank's contiguous share of ``picks`` encoded (``encode(list[str]) -> float[b,W]``): its float64
-    moments (sum [W], sum of outer products [W,W]); the ranks' moments add up to all of picks'."""
+    """This rank's contiguous share of ``picks`` encoded (``encode(list[str]) -> float[b,width]``): its float64
+    moments (sum [W], sum of outer products [W,W]); the ranks' moments add up to all of picks'. A rank with
+    no share returns zeros, so it still takes part in the sums."""
     lo, hi = rank * len(picks) // world, (rank + 1) * len(picks) // world
-    total = outer = None
+    total, outer = torch.zeros(width, dtype=torch.float64), torch.zeros(width, width, dtype=torch.float64)
     for s in range(lo, hi, batch_size):
         t, o = caption_moments(encode([captions[i] for i in picks[s:min(s + batch_size, hi)]]))  # (W,), (W, W)
-        total, outer = (t, o) if total is None else (total + t, outer + o)
-    if total is None:  # a rank with no share still takes part in the sums
-        W = encode([captions[picks[0]]]).shape[1]
-        total, outer = torch.zeros(W, dtype=torch.float64), torch.zeros(W, W, dtype=torch.float64)
+        total += t
+        outer += o
     return total, outer
 
 
@@ -132,7 +131,7 @@ def fit_whitening(head: WhitenedHead, encode, captions, limit: int, eps: float, 
         raise ValueError(f"model.proj_head=whitened is fitted on the training captions, and there are "
                          f"{len(captions)}")
     picks = spread(len(captions), limit)
-    total, outer = share_moments(encode, captions, picks, rank, world)  # (W,), (W, W)
+    total, outer = share_moments(encode, captions, picks, head.mean.shape[0], rank, world)  # (W,), (W, W)
     if world > 1:
         total, outer = all_reduce(total), all_reduce(outer)
     mean, projection = pca_whitening(total, outer, len(picks), head.projection.shape[1], eps)

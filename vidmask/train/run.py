@@ -219,8 +219,7 @@ def fit_text_head(job: Job, cfg: Config, info: DistInfo) -> None:
         return on.cpu()
 
     used = fit_whitening(head, lambda caps: job.model.text(caps).float().cpu(), texts, cfg.model.whiten_captions,
-                         cfg.model.whiten_eps, rank=info.rank, world=info.world,
-                         all_reduce=all_reduce if info.world > 1 else None)
+                         cfg.model.whiten_eps, rank=info.rank, world=info.world, all_reduce=all_reduce)
     log.info("whitened text head fitted on %d training captions (top %d directions)", used, cfg.model.embed_dim)
 
 
