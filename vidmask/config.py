@@ -150,6 +150,11 @@ class ModelConfig:
     proj_head: str = "vidmask"
     whiten_captions: int = 100_000  # proj_head=whitened: training captions its statistics are fitted on
     whiten_eps: float = 1e-3  # proj_head=whitened: added to every eigenvalue, relative to the largest
+    # the tokens the video encoder sees outside training (retrieval, probes, QA, captions): all = every token;
+    # motion = each frame's most-changing tokens (vidmask.masking.motion, what mask.strategy=motion-topk keeps
+    # in training; EVEREST selects tokens this way at inference too), hiding the share eval_ratio
+    eval_tokens: str = "all"
+    eval_ratio: float = 0.75  # eval_tokens=motion: share of each frame's tokens hidden
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -168,6 +173,10 @@ class ModelConfig:
             raise ConfigError(f"model.proj_head=whitened whitens a frozen text tower's features, but "
                               f"model.text.trainable_layers={self.text.trainable_layers} trains it: set "
                               "model.text.trainable_layers=0 or another model.proj_head")
+        if self.eval_tokens not in ("all", "motion"):
+            raise ConfigError(f"model.eval_tokens must be 'all' or 'motion', got {self.eval_tokens!r}")
+        if not 0.0 <= self.eval_ratio < 1.0:
+            raise ConfigError(f"model.eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.whiten_captions < 2:
             raise ConfigError(f"model.whiten_captions must be >= 2, got {self.whiten_captions}")
         _require("model.whiten_eps", self.whiten_eps, 0, strict=True)

@@ -18,6 +18,7 @@ from vidmask.masking import mascot as _mascot  # noqa: F401  (registers mascot-h
 from vidmask.masking import stm as _stm  # noqa: F401  (registers stm: STM's official mask module)
 from vidmask.masking import stm_guided as _stm_guided  # noqa: F401  (registers stm-guided: vidmask's variant)
 from vidmask.masking import clusterstm as _clusterstm  # noqa: F401  (clusterstm, cluster-random, density-topk)
+from vidmask.masking import motion as _motion  # noqa: F401  (registers motion-topk)
 from vidmask.masking.inputs import masker_inputs, masker_token_dim
 from vidmask.masking.mascot import replace_patches
 

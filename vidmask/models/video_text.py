@@ -52,7 +52,12 @@ class VideoTextModel(nn.Module):
     def video_tokens(self, video: Tensor, ids_keep: Tensor | None = None,
                      token_weight: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> encoder output [B,K,C]: the kept tokens only (K = T*N when
-        ids_keep is None). What the fusion layers, QA and captioning heads read."""
+        ids_keep is None, or the eval selection's K outside training with ``model.eval_tokens=motion``).
+        What the fusion layers, QA and captioning heads read."""
+        if ids_keep is None and not self.training and self.cfg.eval_tokens == "motion":
+            from vidmask.masking.motion import motion_ids
+
+            ids_keep = motion_ids(self.visual.patchify(video), self.cfg.eval_ratio)  # (B, K)
         if ids_keep is None:
             tokens = self.visual.embed(video)  # (B, T, N, C)
         else:
