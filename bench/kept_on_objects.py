@@ -80,11 +80,12 @@ def measure(corpus: Path, videos: list[dict], teacher_path: str, batch: int, siz
         with torch.no_grad():
             t_out = teacher(video, grid=grid)
         patches = patchify(video, patch)  # (B, T, N, P)
-        attn = masker_inputs(patches, t_out)[1]  # (B, T, N): sums to 1 per frame
+        # what each kind of strategy sees, as in pretraining: (tokens [B,T,N,D], attention [B,T,N])
+        seen = {kind: masker_inputs(patches, t_out, kind) for kind in ("features", "patch_embeds")}
+        attn = seen["features"][1]  # (B, T, N): sums to 1 per frame
         mass_on, mass = mass_on + float((attn * on).sum()), mass + float(attn.sum())
         for name, params in STRATEGIES:
-            inputs = masker_class(name).inputs
-            tokens, attn = masker_inputs(patches, t_out, inputs)  # (B, T, N, D), (B, T, N): as in pretraining
+            tokens, attn = seen[masker_class(name).inputs]  # (B, T, N, D), (B, T, N)
             label = name + "".join(f" {k}={v}" for k, v in params.items())
             masker = build_masker(name, ratio=RATIOS.get(name, 0.85), token_dim=tokens.shape[-1], **params)
             keep = masker(tokens, attn=attn, generator=torch.Generator().manual_seed(s)).keep  # (B, T, N)

@@ -158,7 +158,8 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_set):
     from vidmask.train.run import make_job
 
     from vidmask.masking import masker_class
-    from vidmask.models.whiten import WhitenedHead, fit_whitening
+    from vidmask.train.distributed import DistInfo
+    from vidmask.train.run import fit_text_head
 
     def recipe(path):
         over = [f"data.corpus={tiny_set}", *TASK_TINY, "data.test_anno=", "teacher.path=", "teacher.cache="]
@@ -176,9 +177,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_set):
     for name, cfg in configs:
         torch.manual_seed(0)
         job = make_job(cfg, torch.device("cpu"))
-        if isinstance(job.model.text_proj, WhitenedHead):  # fitted before training starts, as train/run.py does
-            fit_whitening(job.model.text_proj, lambda caps: job.model.text(caps).float(),
-                          [c for it in job.items for c in it.captions], cfg.model.whiten_captions, cfg.model.whiten_eps)
+        fit_text_head(job, cfg, DistInfo())  # model.proj_head=whitened: fitted before training starts
         ds = VideoTextDataset(job.items[:4], cfg.data.num_frames, cfg.data.size, train=True)
         batch = job.prepare(to_device(collate_video_text([ds[i] for i in range(4)]), "cpu"))  # uint8 -> float
         losses, _ = job.task(batch, torch.Generator().manual_seed(0))

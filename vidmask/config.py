@@ -151,8 +151,9 @@ class ModelConfig:
     whiten_captions: int = 100_000  # proj_head=whitened: training captions its statistics are fitted on
     whiten_eps: float = 1e-3  # proj_head=whitened: added to every eigenvalue, relative to the largest
     # the tokens the video encoder sees outside training (retrieval, probes, QA, captions): all = every token;
-    # motion = each frame's most-changing tokens (vidmask.masking.motion, what mask.strategy=motion-topk keeps
-    # in training; EVEREST selects tokens this way at inference too), hiding the share eval_ratio
+    # motion = each frame's tokens whose pixels change most (vidmask.masking.motion: what mask.strategy=motion-topk
+    # keeps in training without a teacher or with lit-effnet; hf-clip's patch embeddings can rank a little
+    # differently), hiding the share eval_ratio
     eval_tokens: str = "all"
     eval_ratio: float = 0.75  # eval_tokens=motion: share of each frame's tokens hidden
     text: TextConfig = field(default_factory=TextConfig)

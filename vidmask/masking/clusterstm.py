@@ -116,6 +116,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from vidmask.masking.base import Masker, MaskOut, keep_to_ids, register, topk_keep
 from vidmask.masking.dpc import dpc_knn, dpc_knn_from_gram, kmeans_from_gram
+from vidmask.masking.motion import adjacent_mean
 
 __all__ = [
     "DEFAULT_DC_RATIO",
@@ -499,16 +500,8 @@ def adjacent_dissimilarity(tokens: Tensor) -> Tensor:
     """The ClusterSTM summary's temporal density: each token's dissimilarity ``1 - cos`` to the token at the
     same spatial position in the adjacent frames (t-1 and t+1, their mean; one neighbour at the ends):
     tokens float[B,T,N,C] -> float[B,T,N]. More motion at a position, higher value."""
-    B, T, N, _ = tokens.shape
     x = F.normalize(tokens.float(), dim=-1)  # (B, T, N, C)
-    d = 1.0 - (x[:, 1:] * x[:, :-1]).sum(-1)  # (B, T-1, N): frame t+1 against frame t
-    total = x.new_zeros(B, T, N)  # (B, T, N)
-    total[:, 1:] += d  # against the previous frame
-    total[:, :-1] += d  # against the next frame
-    count = x.new_full((T,), 2.0)  # (T,): neighbours of each frame
-    count[0].fill_(1.0)  # (fill_ on a view: no scalar copied from the host)
-    count[-1].fill_(1.0)
-    return total / count.view(1, T, 1)  # (B, T, N)
+    return adjacent_mean(1.0 - (x[:, 1:] * x[:, :-1]).sum(-1))  # (B, T, N)
 
 
 def _frame_clusters(grams: Tensor, K: int, knn: int, cluster: str, kmeans_iters: int,

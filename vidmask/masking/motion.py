@@ -6,9 +6,8 @@ teacher's patch embedding where it has one, else the raw pixels) to the patch
 at the same position in the previous and the next frame, averaged over the
 neighbours it has. Each frame keeps its ``round(N * (1 - ratio))`` highest.
 
-Precedents: EVEREST (Hwang et al., ICML 2024) keeps the tokens whose
-patch embeddings change most between adjacent frames, in pretraining and at
-inference; MGM / MGMAE (Fan et al.; Huang et al., ICCV 2023) guide masks by
+Precedents: EVEREST (Hwang et al., ICML 2024) selects the tokens whose
+embeddings change most between adjacent frames; MGM / MGMAE (Fan et al.; Huang et al., ICCV 2023) guide masks by
 motion vectors or flow; the ClusterSTM summary's temporal density is the
 same-position adjacent-frame dissimilarity (``clusterstm select=adjacent``
 clusters first and uses a cosine). Here the distance is not normalised, so a
@@ -28,19 +27,25 @@ from torch import Tensor
 from vidmask.masking.base import Masker, MaskOut, keep_to_ids, kept_per_frame, register, topk_keep
 
 
+def adjacent_mean(pairs: Tensor) -> Tensor:
+    """A score per pair of adjacent frames float[B,T-1,N] (frame t+1 against frame t) -> float[B,T,N]: each
+    frame's mean over the pairs it is in, t-1 and t+1 (one at the ends; T = 1 from an empty [B,0,N]: zeros)."""
+    B, P, N = pairs.shape
+    T = P + 1
+    total = pairs.new_zeros(B, T, N)  # (B, T, N)
+    total[:, 1:] += pairs  # against the previous frame
+    total[:, :-1] += pairs  # against the next frame
+    count = pairs.new_full((T,), 2.0)  # (T,): neighbours of each frame
+    count[0].fill_(1.0)  # (fill_ on a view: no scalar copied from the host)
+    count[-1].fill_(1.0)
+    return total / count.view(1, T, 1)  # (B, T, N)
+
+
 def motion_energy(patches: Tensor) -> Tensor:
     """patches float[B,T,N,P] -> float[B,T,N]: mean squared change to the same position in frames t-1 and t+1
     (one neighbour at the ends; zeros when T = 1)."""
-    B, T, N, _ = patches.shape
     x = patches.float()  # (B, T, N, P)
-    d = (x[:, 1:] - x[:, :-1]).pow(2).mean(-1)  # (B, T-1, N): frame t+1 against frame t
-    total = x.new_zeros(B, T, N)  # (B, T, N)
-    total[:, 1:] += d  # against the previous frame
-    total[:, :-1] += d  # against the next frame
-    count = x.new_full((T,), 2.0)  # (T,): neighbours of each frame
-    count[0].fill_(1.0)
-    count[-1].fill_(1.0)
-    return total / count.view(1, T, 1)  # (B, T, N)
+    return adjacent_mean((x[:, 1:] - x[:, :-1]).pow(2).mean(-1))  # (B, T, N)
 
 
 def motion_keep(patches: Tensor, k: int) -> Tensor:
