@@ -49,6 +49,9 @@ class DataConfig:
     prefetch_factor: int = 2  # batches each worker loads ahead (used only with num_workers > 0)
     cache_frames: bool = False  # decode every video once and sample frames from memory
     hflip_p: float = 0.0  # horizontal flip probability; captions get left/right swapped when > 0
+    # time-reversal probability: the clip played backwards, its caption's directions, size changes and
+    # entering/leaving turned round (vidmask.data.reversal); for captions whose motions have English reverses
+    reverse_p: float = 0.0
     max_bad_share: float = 0.05  # stop training when more than this share of samples is unreadable
     # WebDataset tar shards to train from instead of train_anno (`vidmask shards make`): a brace
     # range `DIR/{000000..000123}.tar`, a glob, `pipe:COMMAND` URLs, or a list of these; "" = loose files
@@ -63,6 +66,8 @@ class DataConfig:
             raise ConfigError(f"data.size must be a positive multiple of 16, got {self.size}")
         if not 0.0 <= self.hflip_p <= 1.0:
             raise ConfigError(f"data.hflip_p must be in [0, 1], got {self.hflip_p}")
+        if not 0.0 <= self.reverse_p <= 1.0:
+            raise ConfigError(f"data.reverse_p must be in [0, 1], got {self.reverse_p}")
         if not 0.0 <= self.max_bad_share < 1.0:
             raise ConfigError(f"data.max_bad_share must be in [0, 1), got {self.max_bad_share}")
         if self.num_workers < 0:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidmask.data.anno_store import AnnoStore
 from vidmask.data.annotations import AnnotationError, VideoText, flatten_captions, video_id
+from vidmask.data.reversal import reverse_caption
 from vidmask.data.transfer import loader_options, to_device
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD, VideoTransform
 from vidmask.data.video import (
@@ -71,7 +72,11 @@ def draw_sample(
         caption = captions[0]
     frames, frame_ids = read_frames(generator)  # (T, H, W, 3), T indices
     video, caption = transform.pixels(frames, caption, generator)  # (T, 3, S, S) uint8
-    return video, caption, torch.tensor(frame_ids, dtype=torch.long)  # (T,)
+    frame_ids = torch.tensor(frame_ids, dtype=torch.long)  # (T,)
+    if transform.draw_reverse(caption, generator):
+        # played backwards; the frame ids go with their frames (a teacher cache looks them up)
+        video, caption, frame_ids = video.flip(0), reverse_caption(caption), frame_ids.flip(0)  # (T, 3, S, S), (T,)
+    return video, caption, frame_ids
 
 
 class FrameCache:
@@ -147,6 +152,7 @@ class VideoTextDataset(Dataset):
         sample_mode: SampleMode | None = None,
         random_crop_scale: tuple[float, float] | None = None,
         hflip_p: float = 0.0,
+        reverse_p: float = 0.0,
         mean: tuple[float, float, float] = CLIP_MEAN,
         std: tuple[float, float, float] = CLIP_STD,
         cache_frames: bool = False,
@@ -159,7 +165,7 @@ class VideoTextDataset(Dataset):
         train: training (random, lenient) or evaluation (deterministic, strict).
         seed: base seed; with the epoch and the index it fixes every sample.
         sample_mode: frame choice; default ``rand`` in training, ``middle`` in evaluation.
-        random_crop_scale, hflip_p: see :class:`VideoTransform`.
+        random_crop_scale, hflip_p, reverse_p: see :class:`VideoTransform`.
         mean, std: what the clips are to be normalised with where they are used (``transform.mean``).
         cache_frames: decode every video once, here, and sample from memory
             afterwards; for small corpora of short clips (memory grows with
@@ -178,7 +184,8 @@ class VideoTextDataset(Dataset):
         self.epoch = 0
         self.sample_mode: SampleMode = sample_mode or ("rand" if train else "middle")
         self.transform = VideoTransform(
-            size=size, train=train, random_crop_scale=random_crop_scale, hflip_p=hflip_p, mean=mean, std=std
+            size=size, train=train, random_crop_scale=random_crop_scale, hflip_p=hflip_p, reverse_p=reverse_p,
+            mean=mean, std=std,
         )
         if not train:
             # fail before any decoding: an evaluation set with a broken caption is wrong

@@ -514,6 +514,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: ShardSet, num_frames: int, size: int, *, batch_size: int, seed: int = 0,
                  rank: int = 0, world: int = 1, num_workers: int = 0, buffer: int = 256, hflip_p: float = 0.0,
+                 reverse_p: float = 0.0,
                  random_crop_scale: tuple[float, float] | None = None, mean: tuple[float, float, float] = CLIP_MEAN,
                  std: tuple[float, float, float] = CLIP_STD):
         """shards: from :func:`open_shards`. num_workers: the DataLoader's (0 = the main process, one unit).
@@ -528,7 +529,7 @@ class ShardStream(IterableDataset):
         self.workers = max(1, num_workers)
         self.buffer = buffer
         self.transform = VideoTransform(size=size, train=True, random_crop_scale=random_crop_scale, hflip_p=hflip_p,
-                                        mean=mean, std=std)
+                                        reverse_p=reverse_p, mean=mean, std=std)
         self.per_unit = batches_per_unit(len(shards), world * self.workers, batch_size)
         if self.per_unit < 1:
             raise ValueError(f"{len(shards)} samples cannot give each of {world} processes x {self.workers} workers "

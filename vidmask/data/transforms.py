@@ -163,7 +163,9 @@ _ADVERB_RIGHT_AFTER = frozenset(
 )
 
 
-def _is_direction(word: str, prev: str | None, nxt: str | None) -> bool:
+def side_is_direction(word: str, prev: str | None, nxt: str | None) -> bool:
+    """Whether ``word`` (lower case) between the words ``prev`` and ``nxt`` is a direction or a
+    side; only "left" and "right" can be something else ("he left the room", "right now")."""
     if word not in ("left", "right"):
         return True
     if prev in _DIRECTION_BEFORE:
@@ -173,7 +175,7 @@ def _is_direction(word: str, prev: str | None, nxt: str | None) -> bool:
     return prev not in _ADVERB_RIGHT_BEFORE and nxt not in _ADVERB_RIGHT_AFTER
 
 
-def _match_case(src: str, dst: str) -> str:
+def match_case(src: str, dst: str) -> str:
     if src.isupper() and len(src) > 1:
         return dst.upper()
     if src[0].isupper():
@@ -196,9 +198,9 @@ def swap_left_right(caption: str) -> str:
         after = _NEXT_WORD.search(caption[m.end() :])
         prev = before.group(1).lower() if before else None
         nxt = after.group(1).lower() if after else None
-        if not _is_direction(word, prev, nxt):
+        if not side_is_direction(word, prev, nxt):
             return m.group(0)
-        return _match_case(m.group(0), _MIRROR[word])
+        return match_case(m.group(0), _MIRROR[word])
 
     return _WORD.sub(repl, caption)
 
@@ -221,6 +223,9 @@ class VideoTransform:
     random_crop_scale: tuple[float, float] | None = None
     random_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect range of that crop
     hflip_p: float = 0.0  # training flip probability; the caption is mirrored with the clip
+    # training time-reversal probability: the clip played backwards, its caption reversed with it
+    # (vidmask.data.reversal; a caption naming an action with no reverse keeps its clip forward)
+    reverse_p: float = 0.0
     mean: tuple[float, float, float] = CLIP_MEAN  # per-channel mean of [0,1] pixels (what normalises the clips)
     std: tuple[float, float, float] = CLIP_STD  # per-channel std of [0,1] pixels
 
@@ -235,12 +240,14 @@ class VideoTransform:
             raise ValueError(f"random_crop_ratio must be 0 < lo <= hi, got {self.random_crop_ratio}")
         if not 0.0 <= self.hflip_p <= 1.0:
             raise ValueError(f"hflip_p must be in [0, 1], got {self.hflip_p}")
+        if not 0.0 <= self.reverse_p <= 1.0:
+            raise ValueError(f"reverse_p must be in [0, 1], got {self.reverse_p}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values each, std > 0")
 
     @property
     def is_random(self) -> bool:
-        return self.train and (self.random_crop_scale is not None or self.hflip_p > 0)
+        return self.train and (self.random_crop_scale is not None or self.hflip_p > 0 or self.reverse_p > 0)
 
     def pixels(
         self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
@@ -261,6 +268,19 @@ class VideoTransform:
                 video = hflip(video)  # (T, 3, S, S)
                 caption = None if caption is None else swap_left_right(caption)
         return video, caption  # (T, 3, S, S) uint8
+
+    def draw_reverse(self, caption: str | None, generator: torch.Generator | None) -> bool:
+        """Whether this training clip is to be played backwards: one draw when ``reverse_p`` > 0 (after
+        the crop and the flip, so turning it on leaves their draws alone), False for a caption that
+        names an action with no reverse (:func:`vidmask.data.reversal.reversible`)."""
+        if not (self.train and self.reverse_p > 0):
+            return False
+        if generator is None:
+            raise ValueError("a random training transform needs an explicit generator")
+        from vidmask.data.reversal import reversible
+
+        hit = float(torch.rand((), generator=generator)) < self.reverse_p
+        return hit and (caption is None or reversible(caption))
 
     def __call__(
         self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
