@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--losses", choices=["core", "paper"], default="core",
                     help="core: vtm and mlm off in every recipe; paper: the recipe files as they are")
     ap.add_argument("--corpus", default="corpus")
-    ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained if missing)")
+    ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained at --trunk-scale 2 if missing, as the recipes use)")
     ap.add_argument("--out", default="runs/leaderboard")
     ap.add_argument("--name", default="leaderboard", help="results file stem under bench/results/")
     ap.add_argument("--paired-with", default=None,
@@ -204,10 +204,10 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     extra = (CORE if args.losses == "core" else []) + list(args.set)
-    teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet.safetensors"
+    teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet-s2.safetensors"
     if not Path(teacher).is_file() and not args.report_only:
         Path(teacher).parent.mkdir(parents=True, exist_ok=True)
-        vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher)
+        vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher, "--trunk-scale", "2")
     base = args.paired_with or args.recipes[0]
     if base not in args.recipes:
         ap.error(f"--paired-with {base}: not one of --recipes")

@@ -1,7 +1,7 @@
 """Each paper recipe trained briefly on the motion-shapes corpus: is every loss term finite, and falling?
 
     python bench/recipe_smoke.py [--recipes stm stm-guided umt clusterstm ...] [--steps 60] [--batch 16]
-                                 [--corpus corpus] [--teacher corpus/teacher/lit-effnet.safetensors]
+                                 [--corpus corpus] [--teacher corpus/teacher/lit-effnet-s2.safetensors]
 
 A short run of each recipe file as it is (every loss term it names, its
 masking, its teacher: the lit-effnet heads, trained once with
@@ -57,13 +57,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--corpus", default="corpus")
-    ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained if missing)")
+    ap.add_argument("--teacher", default=None, help="lit-effnet heads (trained at --trunk-scale 2 if missing, as the recipes use)")
     ap.add_argument("--out", default="runs/recipe-smoke")
     args = ap.parse_args()
-    teacher = Path(args.teacher or f"{args.corpus}/teacher/lit-effnet.safetensors")
+    teacher = Path(args.teacher or f"{args.corpus}/teacher/lit-effnet-s2.safetensors")
     if not teacher.is_file():
         teacher.parent.mkdir(parents=True, exist_ok=True)
-        vidmask("teacher", "train", "--corpus", args.corpus, "--out", str(teacher))
+        vidmask("teacher", "train", "--corpus", args.corpus, "--out", str(teacher), "--trunk-scale", "2")
     rows = []
     for recipe in args.recipes:
         run = Path(args.out) / recipe

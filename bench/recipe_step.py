@@ -1,0 +1,90 @@
+"""Pretraining step time of the demo and of the motion recipe, part by part (issue 15: the positive
+control at no more than the demo's step cost).
+
+    python bench/recipe_step.py [--steps 8] [--corpus corpus]
+
+Each row is the motion recipe (configs/recipes/motion.yaml) with one part turned back to the demo's
+setting, plus the demo itself. Synthetic clips, the corpus's real training captions (a new draw of 32
+each step, so the caption caches and loss.swap's swapped captions miss as they do in training), the
+whitened head fitted first on 2,000 captions; forward + backward + AdamW, median of --steps after two
+warm-up steps. The loader is not timed (bench/loader.py). Writes bench/results/recipe_step.md; compare
+rows within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from _common import table, write
+from vidmask.config import load_config
+
+ROWS = [
+    ("demo (configs/tiny.yaml)", None, []),
+    ("motion recipe", "configs/recipes/motion.yaml", []),
+    ("- frame_diff", "configs/recipes/motion.yaml", ["model.frame_diff=false"]),
+    ("- swap", "configs/recipes/motion.yaml", ["loss.swap=0"]),
+    ("- whitened head", "configs/recipes/motion.yaml", ["model.proj_head=vidmask"]),
+    ("motion-topk -> random", "configs/recipes/motion.yaml", ["mask.strategy=random"]),
+]
+
+
+def step_times(cfg, captions: list[str], steps: int, batch: int) -> list[float]:
+    from vidmask.models.whiten import WhitenedHead, fit_whitening
+    from vidmask.train.optim import param_groups
+    from vidmask.train.wiring import build_model, build_task
+
+    torch.manual_seed(0)
+    task = build_task(cfg, build_model(cfg))
+    model = task.model
+    if isinstance(model.text_proj, WhitenedHead):
+        fit_whitening(model.text_proj, lambda caps: model.text(caps).float().cpu(), captions[:2000], 2000,
+                      cfg.model.whiten_eps)
+    opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
+    T, S = cfg.data.num_frames, cfg.data.size
+    rng = random.Random(0)
+    times = []
+    for i in range(steps + 2):  # two warm-up steps
+        video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
+        caps = rng.sample(captions, batch)
+        t0 = time.perf_counter()
+        losses, _ = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--corpus", default="corpus")
+    args = ap.parse_args()
+    anno = Path(args.corpus) / "train.json"
+    if not anno.is_file():
+        raise SystemExit(f"{anno} not found: make the corpus first (vidmask corpus make --out {args.corpus})")
+    captions = [c for item in json.loads(anno.read_text()) for c in item["caption"]]
+    rows, base = [], None
+    for name, config, overrides in ROWS:
+        cfg = load_config(config, overrides)
+        med = statistics.median(step_times(cfg, captions, args.steps, args.batch))
+        base = base or med
+        rows.append([name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / base:.2f}x"])
+        print(rows[-1], flush=True)
+    body = (f"Batch {args.batch} of synthetic clips with the captions of {anno}; median of {args.steps} steps "
+            "(forward, backward, AdamW) after two warm-up steps; no loader.\n\n"
+            + table(["recipe", "ms / step", "clips / s", "vs demo"], rows))
+    write("recipe_step.md", "Step time: the demo and the motion recipe, part by part", body)
+
+
+if __name__ == "__main__":
+    main()
