@@ -34,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"making the motion-shapes corpus in {corpus} ({args.videos} videos) ...", flush=True)
         make_corpus(corpus, videos=args.videos, workers=args.workers, overwrite=True)
     try:
-        # a safety net for slow machines: stop (checkpointed, resumable) and evaluate after 11 minutes
+        # a safety net for slow machines: stop (checkpointed, resumable) and evaluate after 11 minutes; the
+        # corpus's frames decoded once into memory (about 1.1 GB), so the loader workers do not decode video on
+        # the cores that train (issue 15: the demo's step cost)
         cfg = load_config(args.config, [f"data.corpus={corpus}", "name=demo", "train.time_limit_min=11",
-                                        *args.overrides])
+                                        "data.cache_frames=true", *args.overrides])
     except ConfigError as e:
         print(f"vidmask demo: {e}", file=sys.stderr)
         return 2
