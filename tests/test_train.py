@@ -227,3 +227,39 @@ def test_media_check_samples_large_sets(tmp_path, monkeypatch):
     for i in (3, 6, 9):
         (tmp_path / f"v{i}.mp4").write_bytes(b"x")
     pretrain.check_media_exist(items, Config())  # the 6 others are missing but never looked up
+
+
+def test_metrics_keep_evaluation_columns_and_the_plot_skips_their_blanks(tmp_path):
+    """train.eval_every: evaluation rows bring columns the training rows lack; metrics.csv widens its
+    header instead of dropping them, and loss.png draws around the blanks (it used to raise at the first
+    checkpoint after an evaluation and stop the run)."""
+    from vidmask.train.runlog import MetricsWriter
+
+    m = MetricsWriter(tmp_path)
+    m.write(10, {"loss": 2.0, "vtc_loss": 2.0})
+    m.write(20, {"eval_t2v_R@1": 6.5, "eval_rsum": 130.75})
+    m.write(20, {"loss": 1.5, "vtc_loss": 1.5})
+    assert m.plot() == tmp_path / "loss.png" and (tmp_path / "loss.png").stat().st_size > 0
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["10", "20", "20"]
+    assert rows[1]["eval_t2v_R@1"] == "6.5" and rows[1]["loss"] == "" and rows[0]["eval_rsum"] == ""
+    assert rows[2]["loss"] == "1.5"
+    m.close()
+    # a resumed run keeps the widened header and drops the rows past its step
+    m = MetricsWriter(tmp_path, resume_step=10)
+    m.write(20, {"eval_t2v_R@1": 7.0, "eval_rsum": 131.0})
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["eval_t2v_R@1"]) for r in rows] == [("10", ""), ("20", "7.0")]
+    m.close()
+
+
+def test_a_plot_that_fails_is_logged_not_raised(tmp_path, caplog):
+    from vidmask.train.runlog import MetricsWriter
+
+    (tmp_path / "metrics.csv").write_text("step,loss\n10,not-a-number\n")
+    m = MetricsWriter(tmp_path, resume_step=10)
+    assert m.plot() is None
+    assert "loss.png not drawn" in caplog.text
+    m.close()

@@ -68,18 +68,39 @@ class MetricsWriter:
             log.warning("TensorBoard disabled: %s", e)
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        """One row; a row with columns the file does not have yet (the first evaluation's metrics after
+        the training rows) widens the file's header, the earlier rows blank in them."""
         row = {"step": step, **{k: round(float(v), 6) for k, v in values.items()}}
         if self.fields is None:
             self.fields = list(row.keys())
             with self.csv_path.open("w", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.fields).writeheader()
+        elif any(k not in self.fields for k in row):
+            with self.csv_path.open() as f:
+                rows = list(csv.DictReader(f))
+            self.fields += [k for k in row if k not in self.fields]
+            tmp = self.csv_path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
+            tmp.replace(self.csv_path)  # never a half-written metrics.csv
         with self.csv_path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, float(v), step)
 
     def plot(self) -> Path | None:
+        """RUN/loss.png from metrics.csv; None when there is nothing to draw. A drawing never stops a run
+        (and rank 0 alone draws, so an error here would leave the others waiting): failures are logged."""
+        try:
+            return self._plot()
+        except Exception as e:  # noqa: BLE001 - a figure is not worth a run
+            log.warning("loss.png not drawn: %s: %s", type(e).__name__, e)
+            return None
+
+    def _plot(self) -> Path | None:
         if not self.csv_path.is_file():
             return None
         import matplotlib
@@ -93,9 +114,9 @@ class MetricsWriter:
             return None
         keys = [k for k in rows[0] if k.endswith("_loss") or k == "loss"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        steps = [int(float(r["step"])) for r in rows]
         for k in keys:
-            ax.plot(steps, [float(r[k]) for r in rows], label=k)
+            have = [r for r in rows if r.get(k)]  # evaluation rows have no loss
+            ax.plot([int(float(r["step"])) for r in have], [float(r[k]) for r in have], label=k)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
