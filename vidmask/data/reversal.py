@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 from vidmask.data.transforms import match_case, side_is_direction
+from vidmask.lexicon import pair_table
 
 # "a:b" both ways, "a>b" one way (b already has a counterpart). Longer phrases win over their words.
 REVERSE_PHRASES = (
@@ -62,19 +63,8 @@ _SYMMETRIC = re.compile(r"\b(up and down|down and up|left and right|right and le
                         re.IGNORECASE)
 
 
-def _table(entries: tuple[str, ...]) -> dict[str, str]:
-    table: dict[str, str] = {}
-    for entry in entries:
-        both = ":" in entry
-        a, b = entry.split(":" if both else ">")
-        table.setdefault(a, b)
-        if both:
-            table.setdefault(b, a)
-    return table
-
-
-_PHRASE = _table(REVERSE_PHRASES)
-_ENTER = _table(ENTER_LEAVE)
+_PHRASE = pair_table(REVERSE_PHRASES, source="vidmask.data.reversal.REVERSE_PHRASES", phrases=True)
+_ENTER = pair_table(ENTER_LEAVE, source="vidmask.data.reversal.ENTER_LEAVE", phrases=True)
 _PREPOSITION = {"from": "toward", "toward": "from", "towards": "from", "into": "out of"}
 
 

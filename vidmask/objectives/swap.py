@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidmask.config import ConfigError
+from vidmask.lexicon import WORD, pair_table
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 
 # "a:b" swaps both ways, "a>b" only a into b (b has another counterpart). English opposites of
@@ -47,34 +48,15 @@ DEFAULT_PAIRS = (
     "pushes:pulls", "push:pull", "appears:disappears", "starts:stops", "start:stop",
 )
 
-_WORD = re.compile(r"[A-Za-z]+")
-
-
 def swap_table(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``["a:b", "c>d"]`` -> ``{"a": "b", "b": "a", "c": "d"}`` (lower case). Raises ValueError on a
-    malformed entry or a word given two counterparts."""
-    table: dict[str, str] = {}
-
-    def add(a: str, b: str, entry: str) -> None:
-        if table.get(a, b) != b:
-            raise ValueError(f"loss.swap.pairs: {a!r} has two counterparts ({table[a]!r} and {b!r}, at {entry!r})")
-        table[a] = b
-
-    for entry in pairs:
-        sep = ":" if ":" in entry else ">" if ">" in entry else None
-        parts = entry.split(sep) if sep else []
-        if len(parts) != 2 or not all(_WORD.fullmatch(p.strip() or "-") for p in parts):
-            raise ValueError(f"loss.swap.pairs: {entry!r} is not 'word:word' (both ways) or 'word>word' (one way)")
-        a, b = (p.strip().lower() for p in parts)
-        add(a, b, entry)
-        if sep == ":":
-            add(b, a, entry)
-    return table
+    malformed entry or a word given two counterparts (:func:`vidmask.lexicon.pair_table`)."""
+    return pair_table(pairs, source="loss.swap.pairs")
 
 
 def swap_candidates(caption: str, table: dict[str, str]) -> list[re.Match]:
     """The words of ``caption`` that ``table`` can swap, in order."""
-    return [m for m in _WORD.finditer(caption) if m.group().lower() in table]
+    return [m for m in WORD.finditer(caption) if m.group().lower() in table]
 
 
 def swap_word(caption: str, table: dict[str, str], choice: float) -> str | None:
