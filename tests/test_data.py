@@ -818,7 +818,7 @@ GOOD = ["clip", "short", "gray", "odd_mpeg4", "png", "long"]
 def test_dataset_train_sample(media):
     ds = VideoTextDataset(items_for(media, GOOD), num_frames=4, size=32, train=True, seed=1)
     s = ds[0]
-    assert set(s) == {"video", "caption", "index", "path", "frame_ids"}
+    assert set(s) == {"video", "caption", "index", "path", "frame_ids", "mirrored"}
     assert s["video"].shape == (4, 3, 32, 32) and s["video"].dtype == torch.uint8  # normalised on the device
     assert s["caption"] in ds.items[0].captions and s["index"] == 0 and s["path"] == str(media["clip"])
     # frame_ids name the frames of the whole video that were sampled

@@ -76,7 +76,7 @@ def clip(T=6, S=8):
 def draw(transform, caption, seed):
     frames = clip()
     return draw_sample([caption], lambda g: (frames, list(range(frames.shape[0]))), transform,
-                       torch.Generator().manual_seed(seed), train=True)
+                       torch.Generator().manual_seed(seed), train=True)[:3]
 
 
 def test_a_reversed_sample_plays_backwards_with_its_frame_ids_and_caption():
@@ -106,7 +106,8 @@ def test_reversal_draws_after_crop_and_flip_so_they_are_unchanged():
 
 def test_evaluation_never_reverses():
     t = VideoTransform(size=8, train=False, reverse_p=1.0)
-    video, caption, ids = draw_sample(["a ball moves left"], lambda g: (clip(), list(range(6))), t, None, train=False)
+    video, caption, ids, _ = draw_sample(["a ball moves left"], lambda g: (clip(), list(range(6))), t, None,
+                                         train=False)
     assert caption == "a ball moves left" and ids.tolist() == list(range(6))
 
 

@@ -5,6 +5,7 @@ Stored in float16, so cached outputs match the live teacher to float16 rounding 
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from vidmask.data import VideoTextDataset, collate_video_text, load_annotations
 from vidmask.data.transfer import to_device
 from vidmask.teachers import build_teacher
+from vidmask.teachers.base import FrameFeatures, mirror_frames, mirror_grid
 from vidmask.teachers.cache import TeacherCache, cache_key, cached_or_built
 
 from test_train import TINY, vidmask
@@ -235,6 +237,51 @@ def test_pretraining_with_the_cache_matches_the_live_teacher(tiny_set, tiny_clip
         assert cached[k] == pytest.approx(live[k], rel=RTOL, abs=ATOL), k  # float16 features
     p = vidmask("pretrain", *common, f"teacher.cache={tmp_path / 'cache'}", "data.hflip_p=0.5", check=False)
     assert p.returncode != 0 and "teacher.cache" in p.stderr and "data.hflip_p" in p.stderr
+    assert "teacher.cache_mirror" in p.stderr  # and it names the way to have both
+    vidmask("pretrain", *common, f"teacher.cache={tmp_path / 'cache'}", "data.hflip_p=0.5", "teacher.cache_mirror=true",
+            f"run_dir={tmp_path / 'mirrored'}")
+    assert all(math.isfinite(v) for v in first_losses(tmp_path / "mirrored").values())
+
+
+def test_mirror_grid_matches_a_loop():
+    B, T, g, D = 2, 3, 4, 5
+    x = torch.randn(B, T, g * g, D)  # row-major grid, column fastest
+    want = torch.empty_like(x)
+    for r in range(g):
+        for c in range(g):
+            want[:, :, r * g + c] = x[:, :, r * g + (g - 1 - c)]
+    assert torch.equal(mirror_grid(x, 2), want)
+    assert torch.equal(mirror_grid(mirror_grid(x, 2), 2), x)
+    with pytest.raises(ValueError, match="not a square grid"):
+        mirror_grid(torch.randn(1, 1, 12, 2), 2)
+
+
+def test_mirror_frames_flips_the_chosen_clips_only():
+    B, T, n = 3, 2, 9
+    feats = FrameFeatures(tokens=torch.randn(B, T, n, 4), attn=torch.rand(B, T, n), cls=torch.randn(B, T, 6),
+                          earlier=torch.randn(B, T, 2, n, 4), patch_embeds=torch.randn(B, T, n, 7))
+    which = torch.tensor([True, False, True])
+    out = mirror_frames(feats, which)
+    for name, dim in (("tokens", 2), ("attn", 2), ("earlier", 3), ("patch_embeds", 2)):
+        x, y = getattr(feats, name), getattr(out, name)
+        assert torch.equal(y[1], x[1]), name  # not flipped
+        assert torch.equal(y[which], mirror_grid(x, dim)[which]), name
+    assert torch.equal(out.cls, feats.cls)  # a frame's global feature is kept
+
+
+def test_the_dataset_says_which_clips_it_flipped(tiny_set):
+    items = load_annotations(tiny_set / "train.json")
+    plain = VideoTextDataset(items, num_frames=4, size=32, train=True, seed=5)
+    flips = VideoTextDataset(items, num_frames=4, size=32, train=True, seed=5, hflip_p=0.5)
+    seen = []
+    for i in range(len(items)):
+        a, b = plain[i], flips[i]  # the flip is drawn last: the same frames, flipped or not
+        seen.append(b["mirrored"])
+        assert torch.equal(b["video"], a["video"].flip(-1) if b["mirrored"] else a["video"])
+        assert not a["mirrored"]
+    assert 0 < sum(seen) < len(seen)
+    batch = collate_video_text([flips[i] for i in range(len(items))])
+    assert batch["mirrored"].dtype == torch.bool and batch["mirrored"].tolist() == seen
 
 
 def test_teacher_cache_command_prebuilds_what_pretraining_reads(tiny_set, tiny_clip_dir, tmp_path):

@@ -34,7 +34,7 @@ def fp32_pixels(t: VideoTransform):
     """The transform as it was before the uint8 pipeline (float all the way, normalised in the
     worker), with the same draws from the generator, in the same order."""
 
-    def pixels(frames, caption=None, generator=None):
+    def pixels(frames, caption=None, generator=None):  # VideoTransform.pixels_mirrored's contract
         _, H, W, _ = frames.shape
         if t.train and t.random_crop_scale is not None:
             box = random_resized_crop_box(H, W, t.random_crop_scale, t.random_crop_ratio, generator)
@@ -44,12 +44,13 @@ def fp32_pixels(t: VideoTransform):
         x = frames[:, top : top + h, left : left + w].permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, h, w)
         if (h, w) != (t.size, t.size):
             x = F.interpolate(x, size=(t.size, t.size), mode="bilinear", antialias=True, align_corners=False)
-        if t.train and t.hflip_p > 0 and float(torch.rand((), generator=generator)) < t.hflip_p:
+        mirrored = t.train and t.hflip_p > 0 and float(torch.rand((), generator=generator)) < t.hflip_p
+        if mirrored:
             x = x.flip(-1)
             caption = None if caption is None else swap_left_right(caption)
         m = torch.tensor(t.mean).view(1, 3, 1, 1)
         s = torch.tensor(t.std).view(1, 3, 1, 1)
-        return (x - m) / s, caption  # (T, 3, S, S)
+        return (x - m) / s, caption, mirrored  # (T, 3, S, S)
 
     return pixels
 
@@ -57,11 +58,11 @@ def fp32_pixels(t: VideoTransform):
 def both_ways(ds, samples):
     """(batch normalised on the 'device' from uint8, the same samples through the fp32 transform)."""
     new = to_device(collate_video_text(samples()), "cpu", ds.transform.mean, ds.transform.std)
-    ds.transform.pixels = fp32_pixels(ds.transform)  # the instance's transform goes back to the old one
+    ds.transform.pixels_mirrored = fp32_pixels(ds.transform)  # the instance's transform goes back to the old one
     try:
         old = collate_video_text(samples())
     finally:
-        del ds.transform.pixels
+        del ds.transform.pixels_mirrored
     return new, old
 
 
@@ -102,7 +103,7 @@ def test_shards_uint8_normalised_on_device_equal_fp32(shard_dir, size):  # noqa:
 def test_eval_loader_gives_normalised_float_on_the_device(tiny_set):
     items = load_annotations(tiny_set / "test.json")
     ds = VideoTextDataset(items, num_frames=4, size=48, train=False)
-    ds.transform.pixels = fp32_pixels(ds.transform)
+    ds.transform.pixels_mirrored = fp32_pixels(ds.transform)
     old = collate_video_text([ds[i] for i in range(5)])
     batch = next(eval_loader(items[:5], 4, 48, batch_size=5, device="cpu"))
     assert batch["video"].dtype == torch.float32 and batch["caption"] == old["caption"]

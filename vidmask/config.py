@@ -210,8 +210,12 @@ class TeacherConfig:
     path: str = ""  # lit-effnet: heads .safetensors from `vidmask teacher train`; hf-clip: a local CLIPModel folder
     # folder of per-frame teacher features (float16, memory-mapped) of the training frames, built on first
     # use (each rank its share of the videos) and reused (vidmask.teachers.cache); "" = run the teacher's
-    # trunk every step. Needs data.hflip_p=0.
+    # trunk every step. With data.hflip_p > 0 it needs cache_mirror.
     cache: str = ""
+    # a flipped training clip gets its cached features mirrored left-right (vidmask.teachers.base.mirror_frames:
+    # an approximation, the teacher's features of a mirrored frame are near its mirrored features, not equal;
+    # bench/teacher_mirror.py); false: a cache refuses data.hflip_p > 0
+    cache_mirror: bool = False
     # frames cached per video: 0 = every frame (the teacher sees the student's exact frames); G >= data.num_frames
     # = a fixed grid of G frames (segment middles), each lookup served by the nearest one (<= ceil(n/G)/2 frames off)
     cache_frames_per_video: int = 0
@@ -495,9 +499,10 @@ class Config:
         if self.data.shards and self.finetune.task not in ("", "retrieval"):
             raise ConfigError(f"data.shards feeds pretraining and retrieval fine-tuning; finetune.task="
                               f"{self.finetune.task} reads data.train_anno: set data.shards=''")
-        if self.teacher.cache and self.data.hflip_p > 0:
-            raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0 "
-                              "or teacher.cache='' (run the teacher every step)")
+        if self.teacher.cache and self.data.hflip_p > 0 and not self.teacher.cache_mirror:
+            raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0, "
+                              "teacher.cache='' (run the teacher every step), or teacher.cache_mirror=true "
+                              "(flipped clips get their cached features mirrored: an approximation)")
         if 0 < self.teacher.cache_frames_per_video < self.data.num_frames:
             raise ConfigError(f"teacher.cache_frames_per_video={self.teacher.cache_frames_per_video} is below "
                               f"data.num_frames={self.data.num_frames}: cache at least as many frames per video "

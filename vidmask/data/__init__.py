@@ -15,7 +15,7 @@ Public API::
     normalize_video(uint8[...,3,H,W], mean=CLIP_MEAN, std=CLIP_STD) -> float32[...,3,H,W]
     swap_left_right(caption) -> str
     VideoTextDataset(items, num_frames, size, train, seed=0, ...)
-    collate_video_text(batch) -> {"video" uint8[B,T,3,S,S], "caption", "index", "frame_ids", "path", "bad"}
+    collate_video_text(batch) -> {"video" uint8[B,T,3,S,S], "caption", "index", "frame_ids", "mirrored", "path", "bad"}
     to_device(batch, device, mean, std) -> the batch on the device, its video normalised there (float32)
     loader_options(device, num_workers, prefetch_factor) -> DataLoader keywords (pin_memory on CUDA)
     eval_loader(items, T, S, num_workers, device=) -> evaluation batches on the device, normalised

@@ -57,8 +57,8 @@ def draw_sample(
     transform: VideoTransform,
     generator: torch.Generator,
     train: bool,
-) -> tuple[Tensor, str, Tensor]:
-    """One sample's (video uint8[T,3,S,S], caption, frame_ids long[T]) from its own generator.
+) -> tuple[Tensor, str, Tensor, bool]:
+    """One sample's (video uint8[T,3,S,S], caption, frame_ids long[T], mirrored) from its own generator.
 
     The draws come in a fixed order, caption, then frames (``read_frames(generator)`` ->
     uint8[T,H,W,3] and their indices), then crop and flip (:meth:`VideoTransform.pixels`: the clip
@@ -71,12 +71,12 @@ def draw_sample(
     else:
         caption = captions[0]
     frames, frame_ids = read_frames(generator)  # (T, H, W, 3), T indices
-    video, caption = transform.pixels(frames, caption, generator)  # (T, 3, S, S) uint8
+    video, caption, mirrored = transform.pixels_mirrored(frames, caption, generator)  # (T, 3, S, S) uint8
     frame_ids = torch.tensor(frame_ids, dtype=torch.long)  # (T,)
     if transform.draw_reverse(caption, generator):
         # played backwards; the frame ids go with their frames (a teacher cache looks them up)
         video, caption, frame_ids = video.flip(0), reverse_caption(caption), frame_ids.flip(0)  # (T, 3, S, S), (T,)
-    return video, caption, frame_ids
+    return video, caption, frame_ids, mirrored
 
 
 class FrameCache:
@@ -227,9 +227,10 @@ class VideoTextDataset(Dataset):
         if item.problem:
             raise AnnotationError(f"{item.path}: item {i}: {item.problem}")
         g = sample_generator(self.seed, self.epoch, i)
-        video, caption, frame_ids = draw_sample(item.captions, lambda gen: self._frames(i, item, gen),
-                                                self.transform, g, self.train)  # (T, 3, S, S), (T,)
-        return {"video": video, "caption": caption, "index": i, "path": str(item.path), "frame_ids": frame_ids}
+        video, caption, frame_ids, mirrored = draw_sample(item.captions, lambda gen: self._frames(i, item, gen),
+                                                          self.transform, g, self.train)  # (T, 3, S, S), (T,)
+        return {"video": video, "caption": caption, "index": i, "path": str(item.path), "frame_ids": frame_ids,
+                "mirrored": mirrored}
 
     def __getitem__(self, i: int) -> dict:
         try:
@@ -252,7 +253,8 @@ def collate_video_text(batch: list[dict]) -> dict:
 
     Returns ``video`` uint8[B,T,3,S,S] (normalised on the device:
     :func:`vidmask.data.transfer.to_device`), ``caption`` list[str], ``index``
-    long[B], ``frame_ids`` long[B,T] (which frames of each video),
+    long[B], ``frame_ids`` long[B,T] (which frames of each video), ``mirrored``
+    bool[B] (which clips were flipped left-right),
     ``video_id`` long[B] (:func:`~vidmask.data.annotations.video_id` of each
     path: two entries of one video share it, the contrastive and matching
     losses' same-video positives), ``path`` list[str] and ``bad``
@@ -272,6 +274,8 @@ def collate_video_text(batch: list[dict]) -> dict:
         "caption": [s["caption"] for s in good],
         "index": torch.tensor([s["index"] for s in good], dtype=torch.long),  # (B,)
         "frame_ids": torch.stack([s["frame_ids"] for s in good]) if good else torch.empty(0, dtype=torch.long),  # (B, T)
+        # which clips were flipped left-right (a teacher cache mirrors their features: teacher.cache_mirror)
+        "mirrored": torch.tensor([bool(s.get("mirrored", False)) for s in good], dtype=torch.bool),  # (B,)
         # shard samples name their source video (video_key); loose files are their path
         "video_id": torch.tensor([video_id(s.get("video_key", s["path"])) for s in good], dtype=torch.long),  # (B,)
         "path": [s["path"] for s in good],

@@ -494,13 +494,14 @@ def decode_sample(sample_id: int, name: str, members: dict | str, *, epoch: int,
     source = MemoryMedia(f"{name}.{media[0]}", members[media[0]])
     g = sample_generator(seed, epoch, sample_id)
     try:
-        video, caption, frame_ids = draw_sample(captions, lambda gen: decode_sampled(source, num_frames, "rand", gen),
-                                                transform, g, train=True)  # (T, 3, S, S), (T,)
+        video, caption, frame_ids, mirrored = draw_sample(
+            captions, lambda gen: decode_sampled(source, num_frames, "rand", gen), transform, g,
+            train=True)  # (T, 3, S, S), (T,)
     except VideoError as e:
         return bad(e.reason)
     # video_key: which video, so that two samples of one source are one video to vtc / vtm (collate's video_id)
     return {"video": video, "caption": caption, "index": sample_id, "path": source.name, "frame_ids": frame_ids,
-            "video_key": source_of(members) or source.name}
+            "mirrored": mirrored, "video_key": source_of(members) or source.name}
 
 
 class ShardStream(IterableDataset):

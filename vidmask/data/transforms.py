@@ -253,6 +253,13 @@ class VideoTransform:
         self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, str | None]:
         """frames: uint8[T,H,W,3] -> (uint8[T,3,S,S], caption, mirrored when the clip was)."""
+        video, caption, _ = self.pixels_mirrored(frames, caption, generator)
+        return video, caption  # (T, 3, S, S) uint8
+
+    def pixels_mirrored(
+        self, frames: Tensor, caption: str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, str | None, bool]:
+        """:meth:`pixels`, and whether the clip was flipped (a teacher cache mirrors its features with it)."""
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8[T,H,W,3], got {frames.dtype}{list(frames.shape)}")
         if self.is_random and generator is None:
@@ -263,11 +270,12 @@ class VideoTransform:
         else:
             box = center_square_box(H, W)
         video = crop_resize(frames, box, self.size)  # (T, 3, S, S) uint8
+        mirrored = False
         if self.train and self.hflip_p > 0:
             if float(torch.rand((), generator=generator)) < self.hflip_p:
-                video = hflip(video)  # (T, 3, S, S)
+                video, mirrored = hflip(video), True  # (T, 3, S, S)
                 caption = None if caption is None else swap_left_right(caption)
-        return video, caption  # (T, 3, S, S) uint8
+        return video, caption, mirrored  # (T, 3, S, S) uint8
 
     def draw_reverse(self, caption: str | None, generator: torch.Generator | None) -> bool:
         """Whether this training clip is to be played backwards: one draw when ``reverse_p`` > 0 (after

@@ -32,7 +32,7 @@ from vidmask.models.video_text import VideoTextModel
 from vidmask.objectives import ObjectiveEnv, StepContext, build_objective, objective_class
 from vidmask.tasks.base import EvalOption, Job, register_task
 from vidmask.tasks.retrieval import evaluate_retrieval, format_table
-from vidmask.teachers.base import TeacherOut, tubelet_mean
+from vidmask.teachers.base import TeacherOut, mirror_frames, tubelet_mean
 
 
 class PretrainTask(nn.Module):
@@ -101,6 +101,8 @@ class PretrainTask(nn.Module):
         with torch.no_grad():
             if self.teacher_cache is not None and "frame_ids" in batch:
                 feats = self.teacher_cache.lookup(batch["index"], batch["frame_ids"]).to(video.device)
+                if "mirrored" in batch:  # flipped clips: their cached features mirrored (teacher.cache_mirror)
+                    feats = mirror_frames(feats, batch["mirrored"])
                 out = self.teacher.from_frames(feats, grid)  # tokens (B, T, N, D), attn (B, T, N)
             else:
                 # tokens (B, T, N, D), attn (B, T, N), layers teacher_layers x (B, T, N, D); patch_embeds

@@ -45,6 +45,7 @@ Teachers are looked up by exact name: ``build_teacher("lit-effnet")``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,6 +94,38 @@ class FrameFeatures:
 
     def to(self, device: torch.device | str) -> "FrameFeatures":
         return FrameFeatures(**{k: v.to(device, non_blocking=True) for k, v in self.fields().items()})
+
+
+def mirror_grid(x: Tensor, dim: int) -> Tensor:
+    """Tokens of a square row-major grid (``dim`` holds n = g*g, x fastest) flipped left-right."""
+    n = x.shape[dim]
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"mirror_grid: {n} tokens are not a square grid")
+    grid = x.reshape(*x.shape[:dim], g, g, *x.shape[dim + 1:])  # (..., g rows, g columns, ...)
+    return grid.flip(dim + 1).reshape(x.shape)  # (..., n, ...)
+
+
+def mirror_frames(feats: FrameFeatures, which: Tensor) -> FrameFeatures:
+    """Cached per-frame features of the clips ``which`` (bool[B]) flipped left-right, the others as they are.
+
+    What a teacher cache serves a flipped training clip (``teacher.cache_mirror``): the cache holds
+    the features of the unflipped frames, and the features of a mirrored frame are taken to be the
+    mirrored features, as Re-labeling ImageNet (Yun et al., CVPR 2021) and Token Labeling (Jiang
+    et al., NeurIPS 2021) do with their stored dense teacher maps under a random flip. This is an
+    approximation: a convolution or a patch embedding is not mirror-symmetric, so the teacher's
+    features of a flipped frame are near, not equal to, the flipped features
+    (``bench/teacher_mirror.py`` measures how near). Per-frame global features (``cls``) are kept.
+    No host read: a ``torch.where`` per field.
+    """
+    grid_dim = {"tokens": 2, "attn": 2, "earlier": 3, "patch_embeds": 2}  # where each field holds its n tokens
+    out = {}
+    for name, x in feats.fields().items():
+        if name in grid_dim:
+            sel = which.to(x.device).view(-1, *[1] * (x.dim() - 1))  # (B, 1, ...)
+            x = torch.where(sel, mirror_grid(x, grid_dim[name]), x)  # same shape
+        out[name] = x
+    return FrameFeatures(**out)
 
 
 # The teachers' grids are resampled onto the student's by the one grid resampler
