@@ -98,6 +98,11 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
                 "--rerank-k", "0", "--json", str(out / "eval_all.json"))
     if not (out / "probe.json").is_file():  # linear probes of the frozen video features (vidmask probe)
         vidmask("probe", "--run", str(out), "--corpus", corpus, "--max-train", "600")
+    return read_run(out, seed)
+
+
+def read_run(out: Path, seed: int) -> dict:
+    """A finished leaderboard run's figures (its eval_all.json, probe.json and metrics.csv)."""
     res = json.loads((out / "eval_all.json").read_text())
     probe = json.loads((out / "probe.json").read_text())["joint"]
     sec, tokens = step_stats(out)

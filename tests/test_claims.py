@@ -1,0 +1,58 @@
+"""bench/claims.py: the verdict rules, and a table from finished runs laid out as the leaderboard leaves them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_claims():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "bench" / "claims.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_verdicts():
+    c = load_claims()
+    assert c.verdict([]) == c.NOT_RUN and c.verdict([1.0]) == c.ONE_SEED
+    assert c.verdict([2.0, 2.5, 3.0]) == c.HOLDS
+    assert c.verdict([-2.0, -2.5, -3.0]) == c.CONTRADICTED
+    assert c.verdict([2.0, -1.0, 0.5]) == c.UNRESOLVED
+    assert c.verdict([2.0, -1.0, 0.5], tie_ok=True) == c.HOLDS  # "matches": only a clear loss contradicts
+    assert c.verdict([-2.0, -2.5, -3.0], tie_ok=True) == c.CONTRADICTED
+    assert c.combine([c.HOLDS, c.HOLDS]) == c.HOLDS
+    assert c.combine([c.HOLDS, c.UNRESOLVED]) == c.UNRESOLVED
+    assert c.combine([c.UNRESOLVED, c.CONTRADICTED]) == c.CONTRADICTED
+    assert c.combine([c.CONTRADICTED, c.NOT_RUN]) == c.NOT_RUN
+
+
+def fake_run(folder: Path, r1: float, motion: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "eval_all.json").write_text(json.dumps(
+        {"t2v": {"R@1": r1, "R@5": 50.0}, "rsum": 300.0, "num_texts": 100, "twins": {"motion": motion, "colour": 99.0}}))
+    (folder / "probe.json").write_text(json.dumps({"joint": {"motion": motion / 2, "shape": 20.0, "colour": 99.0}}))
+    (folder / "run.json").write_text(json.dumps({"config": {"train": {"batch_size": 32}}}))
+    (folder / "metrics.csv").write_text("step,loss,clips_per_s,kept_tokens\n10,1.0,32.0,128\n20,0.9,32.0,128\n")
+
+
+def test_table_from_finished_runs(tmp_path, monkeypatch):
+    c = load_claims()
+    monkeypatch.setattr(c, "write", lambda name, title, body: body)
+    lb = tmp_path / "lb"
+    for seed, (r1, nd) in enumerate([(40.0, 37.0), (42.0, 40.5), (41.0, 39.0)]):
+        fake_run(lb / f"clusterstm-s{seed}", r1, 70.0)
+        fake_run(lb / f"clusterstm-no-density-s{seed}", nd, 70.0)
+    fake_run(lb / "clusterstm-no-relevance-s0", 39.0, 70.0)
+    body = c.main(["--lb", str(lb), "--mascot", str(tmp_path / "none")])
+    rows = {line.split(" | ")[1]: line for line in body.splitlines() if line.startswith("| ClusterSTM")}
+    density = rows["temporal-density selection beats random selection within clusters"]
+    assert "+2.17 ± " in density and "(3 seeds)" in density and density.rstrip(" |").endswith("holds")
+    assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("one seed")
+    assert rows["intra-frame clustering matters most"].rstrip(" |").endswith("not run")
+    assert "not run yet: clusterstm-no-cluster" in rows["intra-frame clustering matters most"]
