@@ -12,7 +12,9 @@
   rest of a masked step on 2 CPU cores (bench/loss_terms.py: 0.39 s for a
   ``vtc`` step, +0.56 s for both). ``--losses paper`` runs the recipe files as
   they are;
-* pretrains each recipe with each seed for the same number of steps (table 1),
+* pretrains each recipe with each seed for the same number of steps (table 1;
+  a run cut short, by a kill or the end of a session, continues from its last
+  checkpoint with `vidmask pretrain --resume`),
   and, with --minutes M, again with each recipe's step count set so that it
   trains for about M minutes at its own measured speed (table 2, same wall-clock);
 * evaluates every caption of every test video as a query (test_retrieval_all.json:
@@ -82,9 +84,19 @@ def step_stats(run: Path) -> tuple[float, float]:
 CORE = ["loss.vtm=0", "loss.mlm=0"]
 
 
+def last_checkpoint_step(out: Path) -> int:
+    """The step of a run folder's latest checkpoint (``checkpoints/step_NNNNNN``), 0 when it has none."""
+    steps = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if p.name.split("_")[1].isdigit()]
+    return max(steps, default=0)
+
+
 def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str],
                curve_every: int = 0) -> dict:
-    if not (out / "eval_all.json").is_file():
+    done = last_checkpoint_step(out) if (out / "config.yaml").is_file() else 0
+    if not (out / "eval_all.json").is_file() and 0 < done < steps:
+        # an interrupted run (a session's end, a kill): continue it exactly from its last checkpoint
+        vidmask("pretrain", "--resume", str(out))
+    elif not (out / "eval_all.json").is_file() and done == 0:
         uses_teacher = bool(load_config(ROOT / f"configs/recipes/{recipe}.yaml", extra).teacher.name)
         # curve_every: retrieval on the test split every so many steps, logged to metrics.csv (the R@1 curve)
         curve = ([f"train.eval_every={curve_every}", "data.test_anno=test_retrieval.json"] if curve_every
@@ -94,6 +106,7 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
                 f"run_dir={out}", *curve, *extra,
                 *([f"teacher.path={teacher}", f"teacher.cache={Path(teacher).parent / 'cache'}"] if uses_teacher
                   else []))
+    if not (out / "eval_all.json").is_file():
         vidmask("eval", "retrieval", "--run", str(out), "--anno", str(Path(corpus) / "test_retrieval_all.json"),
                 "--rerank-k", "0", "--json", str(out / "eval_all.json"))
     if not (out / "probe.json").is_file():  # linear probes of the frozen video features (vidmask probe)

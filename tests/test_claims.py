@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,3 +57,30 @@ def test_table_from_finished_runs(tmp_path, monkeypatch):
     assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("one seed")
     assert rows["intra-frame clustering matters most"].rstrip(" |").endswith("not run")
     assert "not run yet: clusterstm-no-cluster" in rows["intra-frame clustering matters most"]
+
+
+def test_leaderboard_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_path, monkeypatch):
+    load_claims()  # puts bench/ on the path
+    import leaderboard
+
+    calls = []
+
+    def fake_vidmask(*args):
+        calls.append(args[:2])
+        if args[0] == "eval":  # the finished run's files, as eval and probe leave them
+            fake_run(tmp_path / "scratch", 40.0, 70.0)
+            for name in ("eval_all.json", "probe.json", "run.json", "metrics.csv"):
+                (out / name).write_text((tmp_path / "scratch" / name).read_text())
+            shutil.rmtree(tmp_path / "scratch")
+
+    monkeypatch.setattr(leaderboard, "vidmask", fake_vidmask)
+    out = tmp_path / "random-s0"
+    (out / "checkpoints" / "step_000400").mkdir(parents=True)
+    (out / "config.yaml").write_text("name: random\n")
+    assert leaderboard.last_checkpoint_step(out) == 400
+    res = leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [])
+    assert calls == [("pretrain", "--resume"), ("eval", "retrieval")]  # resumed, not restarted; probe.json was there
+    assert res["R@1"] == 40.0
+    calls.clear()
+    leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [])
+    assert calls == []  # finished: read, not run
