@@ -25,6 +25,7 @@ from vidmask.objectives import recon as _recon  # noqa: F401  (recon)
 from vidmask.objectives import reverse as _reverse  # noqa: F401  (reverse)
 from vidmask.objectives import arrow as _arrow  # noqa: F401  (arrow)
 from vidmask.objectives import swap as _swap  # noqa: F401  (swap)
+from vidmask.objectives import clauses as _clauses  # noqa: F401  (clauses)
 
 __all__ = [
     "Objective",
