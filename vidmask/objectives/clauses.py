@@ -37,6 +37,7 @@ from torch import Tensor
 
 from vidmask.config import ConfigError
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.objectives.vtc import drop_same_video
 
 _JOIN = r"(?:and|while|then)"
 _CUT = re.compile(rf"\s*[,;:]\s*(?:{_JOIN}\s+)?|\s+{_JOIN}\s+", re.IGNORECASE)  # ", and" is one cut
@@ -89,9 +90,7 @@ class ClauseContrast(Objective):
         scale = model.temperature_scale()
         with torch.autocast(device.type, enabled=False):
             logits = scale.float() * clause_scores(clauses, owner, emb, B)  # (B, B): caption i, clip j
-            if ctx.pair_ids is not None:  # another caption of the same video is no negative
-                same = ctx.pair_ids[:, None] == ctx.pair_ids[None, :]  # (B, B)
-                logits = logits.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=device), float("-inf"))
+            logits = drop_same_video(logits, ctx.pair_ids)  # another caption of one video is no negative
             target = torch.arange(B, device=device)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         return {"clauses_loss": loss, "clauses_per_caption": torch.tensor(owner.numel() / B)}

@@ -35,6 +35,7 @@ from torch import Tensor
 from vidmask.config import ConfigError
 from vidmask.lexicon import WORD, pair_table
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.objectives.vtc import drop_same_video
 
 # "a:b" swaps both ways, "a>b" only a into b (b has another counterpart). English opposites of
 # direction, size and motion verbs, as a caption of any video-text set would use them.
@@ -105,9 +106,7 @@ class Swap(Objective):
         scale = model.temperature_scale()
         with torch.autocast(device.type, enabled=False):
             logits = scale.float() * video_feat.float() @ text_feat.float().T  # (B, B): clip i, caption j
-            if ctx.pair_ids is not None:  # another caption of the same video is no negative
-                same = ctx.pair_ids[:, None] == ctx.pair_ids[None, :]  # (B, B)
-                logits = logits.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=device), float("-inf"))
+            logits = drop_same_video(logits, ctx.pair_ids)  # another caption of one video is no negative
             negative = torch.full((B,), float("-inf"), device=device)  # (B,): no extra candidate
             if rows:
                 at = torch.tensor(rows, device=device)  # (b,)

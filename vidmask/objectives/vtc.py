@@ -83,6 +83,16 @@ def gather_ids(ids: Tensor, sizes: list[int] | None = None) -> Tensor:
     return _gather_rows(ids, sizes or rank_sizes(ids.shape[0], ids.device))  # (sum B,)
 
 
+def drop_same_video(logits: Tensor, pair_ids: Tensor | None) -> Tensor:
+    """Local logits [B,B] (row i's caption or clip against column j's) with the off-diagonal pairs of one
+    video set to -inf: another caption of the same video is no negative. ``pair_ids`` long[B] or None."""
+    if pair_ids is None:
+        return logits
+    B = logits.shape[0]
+    same = pair_ids[:, None] == pair_ids[None, :]  # (B, B)
+    return logits.masked_fill(same & ~torch.eye(B, dtype=torch.bool, device=logits.device), float("-inf"))
+
+
 def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
              pair_ids: Tensor | None = None) -> dict[str, Tensor]:
     """Symmetric InfoNCE between unit features video [B,E] and text [B,E].
