@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +33,33 @@ def write(name: str, title: str, body: str) -> Path:
     path.write_text(f"# {title}\n\n{machine()}\n\n{body}\n")
     print(path.read_text())
     return path
+
+
+def run_vidmask(*args: str, **popen) -> None:
+    """``python -m vidmask ARGS`` as a child; raises CalledProcessError on failure.
+
+    A SIGTERM or SIGINT to this script is passed on to the child, and the script waits for it: the trainer
+    saves a checkpoint at its next step and exits, so a long bench stopped from outside (``kill``, a
+    scheduler) loses no training and leaves no orphan behind; rerunning the bench resumes or skips the run.
+    """
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "vidmask", *args], start_new_session=True, **popen)
+    stopped: list[int] = []
+
+    def forward(signum, _frame):
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)  # the trainer's signal to checkpoint and stop
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopped:
+        raise SystemExit(f"stopped by signal {stopped[0]}; the child (vidmask {args[0]}) exited with {rc}")
+    if rc:
+        raise subprocess.CalledProcessError(rc, ["vidmask", *args])
 
 
 def median_pretrain_step(cfg, captions: list[str], steps: int) -> tuple[float, int]:

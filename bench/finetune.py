@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import table, write
+from _common import run_vidmask, table, write
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {
@@ -29,12 +28,12 @@ METRICS = {
 
 
 def run(task: str, init: str | None, corpus: str, out: Path) -> tuple[dict, float]:
-    cmd = [sys.executable, "-m", "vidmask", "finetune", task, "--config", str(ROOT / f"configs/finetune/{task}.yaml"),
+    cmd = ["finetune", task, "--config", str(ROOT / f"configs/finetune/{task}.yaml"),
            f"data.corpus={corpus}", f"run_dir={out}"]
     if init:
-        cmd[5:5] = ["--init", init]
+        cmd[2:2] = ["--init", init]
     t0 = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    run_vidmask(*cmd)
     return json.loads((out / METRICS[task][0]).read_text()), (time.time() - t0) / 60
 
 

@@ -41,11 +41,10 @@ import csv
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from _common import RESULTS, table, write
+from _common import RESULTS, run_vidmask, table, write
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,7 +53,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 
 def vidmask(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "vidmask", *args], check=True, stdout=subprocess.DEVNULL)
+    run_vidmask(*args)
 
 
 def ci_half(xs: list[float]) -> float:

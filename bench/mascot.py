@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import table, write
+from _common import run_vidmask, table, write
 from leaderboard import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +91,7 @@ def finetune(config: str | None, overrides: list[str], seed: int, args, out: Pat
         else:
             cmd = ["--config", config, *overrides]
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "vidmask", "finetune", "retrieval", "--init", args.init, *cmd, *common],
-                       check=True, stdout=subprocess.DEVNULL)
+        run_vidmask("finetune", "retrieval", "--init", args.init, *cmd, *common)
         (out / "bench_minutes.txt").write_text(f"{(time.time() - t0) / 60:.2f}\n")
     res = json.loads((out / "eval_retrieval.json").read_text())
     minutes = float((out / "bench_minutes.txt").read_text()) if (out / "bench_minutes.txt").is_file() else float("nan")

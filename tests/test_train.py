@@ -113,6 +113,32 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_set, tmp_path, uninte
         assert b[step] == pytest.approx(uninterrupted[step], rel=1e-5, abs=1e-6), step
 
 
+def test_a_bench_stopped_from_outside_stops_its_training_child_with_a_checkpoint(tiny_set, tmp_path):
+    """bench/_common.run_vidmask: a SIGTERM to the bench script (a `kill` of the leaderboard) reaches the
+    trainer it runs, which checkpoints and exits; the bench waits for it and leaves no orphan behind."""
+    run = tmp_path / "bench-child"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from _common import run_vidmask; "
+              "run_vidmask(*sys.argv[2:])")
+    bench = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).resolve().parents[1] / "bench"),
+                              "pretrain", f"data.corpus={tiny_set}", *KILL_COMMON, "train.ckpt_every=1000",
+                              f"run_dir={run}"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while bench.poll() is None and time.time() < deadline:
+        try:
+            if max(losses(run), default=0) >= 4:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    bench.send_signal(signal.SIGTERM)  # the bench script alone, not its child's process group
+    _, err = bench.communicate(timeout=120)
+    assert bench.returncode != 0 and "stopped by signal 15" in err and "exited with 0" in err, err
+    at = int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert 4 <= at < 24 and "by SIGTERM" in (run / "log.txt").read_text()
+    orphans = subprocess.run(["pgrep", "-f", f"run_dir={run}"], capture_output=True, text=True).stdout.split()
+    assert orphans == []
+
+
 def free_port() -> int:
     import socket
 
