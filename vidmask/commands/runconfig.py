@@ -15,8 +15,9 @@ def config_from_args(config: str | None, overrides: list[str], resume: str | Non
                      defaults: tuple[str, ...] = ()) -> Config:
     """`defaults` come before the user's overrides; a resumed run starts from its saved config.yaml.
 
-    ``finetune.init=hf-clip:FOLDER`` sets the model keys that CLIP fixes (:func:`resolve_init`; a
-    warning names each one it changes); a resumed run's config.yaml holds them already."""
+    ``finetune.init`` sets the model keys it fixes (:func:`resolve_init`: a CLIP's architecture, or the
+    model section of the vidmask run it points into; ``model.KEY=VALUE`` overrides on the command line win
+    over the latter; a warning names each key it changes); a resumed run's config.yaml holds them already."""
     if resume:
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
@@ -25,11 +26,13 @@ def config_from_args(config: str | None, overrides: list[str], resume: str | Non
         rebase_on_origin(cfg, resume)
         return cfg
     cfg = load_config(config, [*defaults, *overrides])
-    from vidmask.train.wiring import resolve_init
+    from vidmask.train.wiring import clip_init_folder, resolve_init
 
-    changes = resolve_init(cfg)
+    explicit = [item.split("=", 1)[0].strip() for item in overrides if item.strip().startswith("model.")]
+    changes = resolve_init(cfg, explicit)
     if changes:
-        log.warning("finetune.init=%s sets the model to that CLIP's: %s", cfg.finetune.init, "; ".join(changes))
+        whose = "that CLIP's" if clip_init_folder(cfg) is not None else "the one that run trained"
+        log.warning("finetune.init=%s sets the model to %s: %s", cfg.finetune.init, whose, "; ".join(changes))
     return cfg
 
 

@@ -229,7 +229,12 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "
     sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if not sub:
         raise ValueError(f"{path}: no weights under {prefix!r}; is it a vidmask checkpoint?")
-    model.load_state_dict(sub, strict=True)
+    result = model.load_state_dict(sub, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{resolve_weights(path)} does not fit this model: missing {_few(result.missing_keys)}; "
+                         f"unexpected {_few(result.unexpected_keys)}. It was trained with other model.* settings: "
+                         "pass its run folder (whose config.yaml the training commands read the model from) or "
+                         "set the model keys of the config.yaml it was trained with")
 
 
 def load_state(ckpt: Path) -> dict:

@@ -31,14 +31,72 @@ def clip_init_folder(cfg: Config) -> Path | None:
     return Path(init[len(HF_CLIP):].strip()) if init.startswith(HF_CLIP) else None
 
 
-def resolve_init(cfg: Config) -> list[str]:
-    """Set the model keys that ``finetune.init=hf-clip:FOLDER`` fixes from that CLIP (in place); returns
-    each key it changed, as ``model.KEY: OLD -> NEW``. What the training commands do with a
-    fresh config (a resumed run's config.yaml holds the values already); a ConfigError naming the folder
-    when it is no CLIPModel, or naming a key set to something CLIP cannot hold."""
+def init_run_config(init: str) -> Path | None:
+    """The config.yaml of the vidmask run that ``finetune.init`` points into (the run folder, one of its
+    checkpoint folders or a weights file in one), or None (a bare .safetensors, hf-clip:, nothing)."""
+    if not init or init.startswith(HF_CLIP):
+        return None
+    p = Path(init)
+    folder = p.parent if p.is_file() else p  # a weights file -> its checkpoint (or run) folder
+    for candidate in (folder, folder.parent.parent):  # RUN, or RUN/checkpoints/step_N
+        if (candidate / "config.yaml").is_file():
+            return candidate / "config.yaml"
+    return None
+
+
+def _model_keys(model, prefix: str = "model") -> dict[str, object]:
+    """{"model.KEY": value} of a model config, nested sections flattened ("model.text.init")."""
+    import dataclasses
+
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(model):
+        value = getattr(model, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_model_keys(value, f"{prefix}.{f.name}"))
+        else:
+            out[f"{prefix}.{f.name}"] = value
+    return out
+
+
+def _set_key(cfg: Config, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    obj = cfg
+    for part in path:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def resolve_init(cfg: Config, explicit: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Set the model keys that ``finetune.init`` fixes (in place); returns each key it changed, as
+    ``model.KEY: OLD -> NEW``. What the training commands do with a fresh config (a resumed run's
+    config.yaml holds the values already).
+
+    - ``hf-clip:FOLDER``: the keys that CLIP's architecture fixes; a ConfigError naming the folder when it is
+      no CLIPModel, or naming a key set to something CLIP cannot hold.
+    - a vidmask run (its folder, a checkpoint folder or a weights file in one): the run's whole ``model``
+      section (architecture, text head, evaluation tokens), so that ``vidmask finetune --init RUN`` builds
+      the model that RUN trained; a key named in ``explicit`` (the command line's ``model.KEY=VALUE``
+      overrides) keeps its value.
+    """
     folder = clip_init_folder(cfg)
     if folder is None:
-        return []
+        saved = init_run_config(cfg.finetune.init)
+        if saved is None:
+            return []
+        from vidmask.config import load_config
+
+        try:
+            theirs = _model_keys(load_config(saved).model)
+        except ConfigError as e:
+            raise ConfigError(f"finetune.init={cfg.finetune.init}: its run's {saved} does not load: {e}") from None
+        ours = _model_keys(cfg.model)
+        changes = []
+        for key, want in theirs.items():
+            if key in explicit or ours.get(key) == want:
+                continue
+            changes.append(f"{key}: {ours.get(key)} -> {want}")
+            _set_key(cfg, key, want)
+        return changes
     from vidmask.models.hf_clip import clip_mismatches, clip_model_config, read_clip_config
 
     clip = read_clip_config(folder)
