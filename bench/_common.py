@@ -62,6 +62,15 @@ def run_vidmask(*args: str, **popen) -> None:
         raise subprocess.CalledProcessError(rc, ["vidmask", *args])
 
 
+def train_or_resume(command: list[str], out: Path, *args: str) -> None:
+    """``vidmask COMMAND ARGS`` into the run folder ``out``, or ``vidmask COMMAND --resume out`` when an
+    interrupted earlier attempt left a checkpoint there (a fresh start over it is refused)."""
+    if (Path(out) / "checkpoints" / "latest").is_file():
+        run_vidmask(*command, "--resume", str(out))
+    else:
+        run_vidmask(*command, *args)
+
+
 def median_pretrain_step(cfg, captions: list[str], steps: int) -> tuple[float, int]:
     """(median seconds per step, kept tokens per clip): a pretraining task built from ``cfg`` on
     synthetic clips and the given captions (one per clip), forward + backward of the summed

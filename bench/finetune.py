@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import run_vidmask, table, write
+from _common import table, train_or_resume, write
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = {
@@ -28,12 +28,11 @@ METRICS = {
 
 
 def run(task: str, init: str | None, corpus: str, out: Path) -> tuple[dict, float]:
-    cmd = ["finetune", task, "--config", str(ROOT / f"configs/finetune/{task}.yaml"),
-           f"data.corpus={corpus}", f"run_dir={out}"]
+    args = ["--config", str(ROOT / f"configs/finetune/{task}.yaml"), f"data.corpus={corpus}", f"run_dir={out}"]
     if init:
-        cmd[2:2] = ["--init", init]
+        args[:0] = ["--init", init]
     t0 = time.time()
-    run_vidmask(*cmd)
+    train_or_resume(["finetune", task], out, *args)
     return json.loads((out / METRICS[task][0]).read_text()), (time.time() - t0) / 60
 
 

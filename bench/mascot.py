@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import run_vidmask, table, write
+from _common import table, train_or_resume, write
 from leaderboard import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def finetune(config: str | None, overrides: list[str], seed: int, args, out: Pat
         else:
             cmd = ["--config", config, *overrides]
         t0 = time.time()
-        run_vidmask("finetune", "retrieval", "--init", args.init, *cmd, *common)
+        train_or_resume(["finetune", "retrieval"], out, "--init", args.init, *cmd, *common)
         (out / "bench_minutes.txt").write_text(f"{(time.time() - t0) / 60:.2f}\n")
     res = json.loads((out / "eval_retrieval.json").read_text())
     minutes = float((out / "bench_minutes.txt").read_text()) if (out / "bench_minutes.txt").is_file() else float("nan")

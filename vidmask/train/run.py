@@ -28,6 +28,7 @@ from vidmask.data.transfer import loader_options
 from vidmask.models.whiten import WhitenedHead, fit_whitening
 from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
+from vidmask.train import runlock
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
 from vidmask.train.engine import LoopSpec, train
 from vidmask.train.hard_batches import run_neighbours
@@ -430,6 +431,37 @@ def _setup(cfg: Config, info: DistInfo, resume: bool, run_dir: Path) -> tuple[Jo
 def _run(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest) -> Path:
     run_dir = make_run_dir(cfg, info)
     fresh = info.main and not resume and not any(run_dir.iterdir())
+    lock = take_run_lock(run_dir, info, resume, cfg)
+    try:
+        return _run_locked(cfg, info, resume, stop, run_dir, fresh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def take_run_lock(run_dir: Path, info: DistInfo, resume: bool, cfg: Config) -> runlock.RunLock | None:
+    """Rank 0 locks the run folder (:mod:`vidmask.train.runlock`); every rank raises the same ConfigError
+    when another process holds it, or when a fresh start would train over a run's checkpoints."""
+    lock, why = None, ""
+    if info.main:
+        lock, why = runlock.acquire(run_dir)
+        done = ckpt.latest_checkpoint_name(run_dir / "checkpoints") if not why and not resume else ""
+        if done:
+            lock.release()
+            command = f"finetune {cfg.finetune.task}" if cfg.finetune.task else "pretrain"
+            lock, why = None, (f"run folder {run_dir} already holds a run (checkpoint {done}): `vidmask "
+                               f"{command} --resume {run_dir}` continues it; pick another run_dir (or remove "
+                               "that folder) to start afresh")
+    if info.enabled:
+        box = [why]
+        dist.broadcast_object_list(box, src=0)
+        why = box[0]
+    if why:
+        raise ConfigError(why)
+    return lock
+
+
+def _run_locked(cfg: Config, info: DistInfo, resume: bool, stop: StopRequest, run_dir: Path, fresh: bool) -> Path:
     try:
         job, trainer = _setup(cfg, info, resume, run_dir)
     except BaseException:
