@@ -211,9 +211,14 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     result = model.load_state_dict(weights, strict=False)
     bad = list(result.missing_keys) + list(result.unexpected_keys)
     if strict and bad:
-        raise ValueError(f"{resolve_weights(path)} does not fit this model: missing {_few(result.missing_keys)}; "
-                         f"unexpected {_few(result.unexpected_keys)} (was it trained with another config?)")
+        raise _does_not_fit(path, result, " (was it trained with another config?)")
     return bad
+
+
+def _does_not_fit(path: str | Path, result, why: str) -> ValueError:
+    """The error of weights that do not fit a model: their file, the missing and unexpected names, ``why``."""
+    return ValueError(f"{resolve_weights(path)} does not fit this model: missing {_few(result.missing_keys)}; "
+                      f"unexpected {_few(result.unexpected_keys)}{why}")
 
 
 def _few(keys: list[str], n: int = 4) -> str:
@@ -231,10 +236,9 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "
         raise ValueError(f"{path}: no weights under {prefix!r}; is it a vidmask checkpoint?")
     result = model.load_state_dict(sub, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{resolve_weights(path)} does not fit this model: missing {_few(result.missing_keys)}; "
-                         f"unexpected {_few(result.unexpected_keys)}. It was trained with other model.* settings: "
-                         "pass its run folder (whose config.yaml the training commands read the model from) or "
-                         "set the model keys of the config.yaml it was trained with")
+        raise _does_not_fit(path, result, ". It was trained with other model.* settings: pass its run folder "
+                            "(whose config.yaml the training commands read the model from) or set the model keys "
+                            "of the config.yaml it was trained with")
 
 
 def load_state(ckpt: Path) -> dict:

@@ -44,26 +44,15 @@ def init_run_config(init: str) -> Path | None:
     return None
 
 
-def _model_keys(model, prefix: str = "model") -> dict[str, object]:
-    """{"model.KEY": value} of a model config, nested sections flattened ("model.text.init")."""
-    import dataclasses
-
+def _flat(tree: dict, prefix: str) -> dict[str, object]:
+    """{"prefix.KEY": value} of a nested config dict, sections flattened ("model.text.init")."""
     out: dict[str, object] = {}
-    for f in dataclasses.fields(model):
-        value = getattr(model, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(_model_keys(value, f"{prefix}.{f.name}"))
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}.{key}"))
         else:
-            out[f"{prefix}.{f.name}"] = value
+            out[f"{prefix}.{key}"] = value
     return out
-
-
-def _set_key(cfg: Config, dotted: str, value) -> None:
-    *path, last = dotted.split(".")
-    obj = cfg
-    for part in path:
-        obj = getattr(obj, part)
-    setattr(obj, last, value)
 
 
 def resolve_init(cfg: Config, explicit: tuple[str, ...] | list[str] = ()) -> list[str]:
@@ -83,19 +72,22 @@ def resolve_init(cfg: Config, explicit: tuple[str, ...] | list[str] = ()) -> lis
         saved = init_run_config(cfg.finetune.init)
         if saved is None:
             return []
-        from vidmask.config import load_config
+        from vidmask.config import _set_dotted, from_dict, load_config, to_dict
 
         try:
-            theirs = _model_keys(load_config(saved).model)
+            theirs = _flat(to_dict(load_config(saved).model), "model")
         except ConfigError as e:
             raise ConfigError(f"finetune.init={cfg.finetune.init}: its run's {saved} does not load: {e}") from None
-        ours = _model_keys(cfg.model)
+        tree = to_dict(cfg)
+        ours = _flat(tree["model"], "model")
         changes = []
         for key, want in theirs.items():
             if key in explicit or ours.get(key) == want:
                 continue
             changes.append(f"{key}: {ours.get(key)} -> {want}")
-            _set_key(cfg, key, want)
+            _set_dotted(tree, key, want)
+        if changes:  # rebuilt, so every check of the config runs on the new model keys (model.tubelet ...)
+            cfg.model = from_dict(Config, tree).model
         return changes
     from vidmask.models.hf_clip import clip_mismatches, clip_model_config, read_clip_config
 
