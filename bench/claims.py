@@ -1,10 +1,11 @@
 """The papers' claims against what vidmask measures: one row per claim, a verdict from paired seeds.
 
-    python bench/claims.py [--lb runs/lb-motion] [--mascot runs/mascot-bench] [--name claims]
+    python bench/claims.py [--lb runs/lb-motion] [--ledger bench/results/leaderboard-motion-runs.json]
+                           [--mascot runs/mascot-bench] [--name claims]
 
 Reads finished runs only (it trains nothing), so the table fills as the runs of
 bench/leaderboard.py (``--lb``: recipes on top of the positive control, 1,000 steps,
-seeds 0-2) and bench/mascot.py (``--mascot``: MASCOT's Table 1 masks in its H-completer)
+seeds 0-2; ``--ledger``: the figures of those finished on other machines) and bench/mascot.py (``--mascot``: MASCOT's Table 1 masks in its H-completer)
 finish, over several sessions. Each claim is a paired comparison: the difference of a
 metric between two recipes seed by seed (runs with one seed see the same batches), its
 mean and 95 % interval over seeds (t distribution), and a verdict by :func:`verdict`:
@@ -25,11 +26,14 @@ Table 1 in numbers. Writes bench/results/claims.md.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
-from _common import table, write
+from _common import RESULTS, table, write
+from _ledger import Ledger
 from leaderboard import ci_half, read_run
 from mascot import MASCOT, masking, run_key
 
@@ -75,9 +79,14 @@ def fmt(deltas: list[float]) -> str:
     return f"{sign}{m:.2f}" + (f" ± {ci_half(deltas):.2f}" if len(deltas) > 1 else "") + f" ({len(deltas)} seeds)"
 
 
-def lb_runs(folder: Path, recipe: str) -> dict[int, dict]:
-    """{seed: figures} of a recipe's finished leaderboard runs ({recipe}-s{seed}/eval_all.json and probe.json)."""
+def lb_runs(folder: Path, recipe: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:
+    """{seed: figures} of a recipe's finished leaderboard runs: the run folders ({recipe}-s{seed}/eval_all.json
+    and probe.json) and, for seeds with no folder here, the ``recorded`` figures (:func:`ledger_figures`)."""
     out = {}
+    for name, figures in (recorded or {}).items():
+        seed = name[len(recipe) + 2:]
+        if name.startswith(f"{recipe}-s") and seed.isdigit():
+            out[int(seed)] = figures
     for run in sorted(folder.glob(f"{recipe}-s*")):
         seed = run.name[len(recipe) + 2:]
         if seed.isdigit() and (run / "eval_all.json").is_file() and (run / "probe.json").is_file():
@@ -85,10 +94,24 @@ def lb_runs(folder: Path, recipe: str) -> dict[int, dict]:
     return out
 
 
+def ledger_figures(path: Path) -> dict[str, dict]:
+    """{run name: figures} of a leaderboard's ledger (bench/_ledger.py), the records made under its most
+    common setup only (a claim compares runs of one setup); the others are named and left out."""
+    if not path.is_file():
+        return {}
+    records = Ledger(path).records
+    setups = Counter(json.dumps(r["setup"], sort_keys=True) for r in records.values())
+    if not setups:
+        return {}
+    main_setup = setups.most_common(1)[0][0]
+    left_out = sorted(n for n, r in records.items() if json.dumps(r["setup"], sort_keys=True) != main_setup)
+    if left_out:
+        print(f"{path.name}: left out, made under another setup: {', '.join(left_out)}", flush=True)
+    return {n: r["figures"] for n, r in records.items() if json.dumps(r["setup"], sort_keys=True) == main_setup}
+
+
 def mascot_runs(folder: Path, key: str) -> dict[int, dict]:
     """{seed: {"R@1": ...}} of bench/mascot.py's finished runs named ``key``-s{seed}."""
-    import json
-
     out = {}
     for run in sorted(folder.glob(f"{key}-s*")):
         seed = run.name[len(key) + 2:]
@@ -110,12 +133,13 @@ def comparison(runs, better: str, worse: str, key: str, tie_ok: bool = False,
     return f"{shown[0]} − {shown[1]}, {key}: {fmt(d)}", verdict(d, tie_ok)
 
 
-def claims(lb: Path, mascot: Path) -> list[list[str]]:
+def claims(lb: Path, mascot: Path, ledger: Path | None = None) -> list[list[str]]:
     cache: dict[str, dict] = {}
+    recorded = ledger_figures(ledger) if ledger else {}
 
     def runs(recipe: str) -> dict[int, dict]:
         if recipe not in cache:
-            cache[recipe] = lb_runs(lb, recipe)
+            cache[recipe] = lb_runs(lb, recipe, recorded)
         return cache[recipe]
 
     def mruns(key: str) -> dict[int, dict]:
@@ -163,11 +187,16 @@ def largest_drop(runs, name: str, others: list[str]) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lb", default="runs/lb-motion", help="bench/leaderboard.py's --out with the recipes' runs")
+    ap.add_argument("--ledger", default=str(RESULTS / "leaderboard-motion-runs.json"),
+                    help="the leaderboard's record of finished runs (bench/_ledger.py), for runs whose folder is "
+                         "not on this machine; '' for none")
     ap.add_argument("--mascot", default="runs/mascot-bench", help="bench/mascot.py's --out")
     ap.add_argument("--name", default="claims")
     args = ap.parse_args(argv)
-    rows = claims(Path(args.lb), Path(args.mascot))
-    body = (f"Leaderboard runs from `{args.lb}`, MASCOT fine-tuning runs from `{args.mascot}` (from whichever "
+    ledger = Path(args.ledger) if args.ledger else None
+    rows = claims(Path(args.lb), Path(args.mascot), ledger)
+    shown = f"`{ledger.relative_to(ROOT) if ledger.is_relative_to(ROOT) else ledger}`" if ledger else "none"
+    body = (f"Leaderboard runs from `{args.lb}` and, for runs made on another machine, from {shown}; MASCOT fine-tuning runs from `{args.mascot}` (from whichever "
             "pretrained run bench/mascot.py was given as --init). Each comparison is "
             "paired by seed (mean ± 95 % interval, t distribution); `R@1` is t2v R@1 on every caption of every "
             "test video, `motion` the motion-twin accuracy, `probe_motion` the linear motion probe of the frozen "

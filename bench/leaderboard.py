@@ -3,7 +3,7 @@
     python bench/leaderboard.py [--recipes full random tube umt stm clusterstm] [--seeds 0 1 2]
                                 [--steps 300] [--minutes 0] [--losses core|paper] [--corpus corpus]
 
-* trains the lit-effnet teacher once (`vidmask teacher train`) when a recipe needs it;
+* trains the lit-effnet teacher once (`vidmask teacher train`) when a run that needs it starts;
   teacher recipes read its per-frame features from the teacher cache (built once);
 * ``--losses core`` (default) trains each recipe's masking with ``vtc`` and the
   recipe's own teacher terms (``align``, ``relevance``, ``stm``) and switches
@@ -31,7 +31,12 @@
   bench/results/leaderboard.md and leaderboard.png;
 * ``--set KEY=VALUE ...`` applies overrides to every recipe (the strategies on
   top of a positive control), ``--curve-every N`` evaluates on the test split
-  every N steps and charts R@1 against the step (has it stopped rising?).
+  every N steps and charts R@1 against the step (has it stopped rising?);
+* keeps each finished run's figures in bench/results/NAME-runs.json (``bench/_ledger.py``)
+  with the setup they were run under: run folders stay on the machine that made them,
+  the figures travel with the repository, so a fresh clone (another session, another
+  machine) skips what is finished and trains only what is missing; a run recorded under
+  another setup (steps, --set, --losses, corpus) is trained again, never mixed in.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import sys
 from pathlib import Path
 
 from _common import RESULTS, run_vidmask, table, write
+from _ledger import Ledger, corpus_digest, file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,13 +96,25 @@ def last_checkpoint_step(out: Path) -> int:
 
 
 def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str],
-               curve_every: int = 0) -> dict:
+               curve_every: int = 0, ledger: Ledger | None = None, setup: dict | None = None) -> dict:
+    """Train (or resume), evaluate and probe one run; its figures (:func:`read_run`).
+
+    With a ``ledger``: a run it holds under ``setup`` is not trained again when its folder is absent (made
+    on another machine); a run finished here is recorded in it."""
+    if ledger is not None and not (out / "eval_all.json").is_file():
+        figures = ledger.get(out.name, setup)
+        if figures is not None:
+            print(f"{out.name}: finished earlier, figures from {ledger.path.name}", flush=True)
+            return figures
+    uses_teacher = bool(load_config(ROOT / f"configs/recipes/{recipe}.yaml", extra).teacher.name)
+    if uses_teacher and not Path(teacher).is_file():  # trained once, when the first run that needs it starts
+        Path(teacher).parent.mkdir(parents=True, exist_ok=True)
+        vidmask("teacher", "train", "--corpus", corpus, "--out", teacher, "--trunk-scale", "2")
     done = last_checkpoint_step(out) if (out / "config.yaml").is_file() else 0
     if not (out / "eval_all.json").is_file() and 0 < done < steps:
         # an interrupted run (a session's end, a kill): continue it exactly from its last checkpoint
         vidmask("pretrain", "--resume", str(out))
     elif not (out / "eval_all.json").is_file() and done == 0:
-        uses_teacher = bool(load_config(ROOT / f"configs/recipes/{recipe}.yaml", extra).teacher.name)
         # curve_every: retrieval on the test split every so many steps, logged to metrics.csv (the R@1 curve)
         curve = ([f"train.eval_every={curve_every}", "data.test_anno=test_retrieval.json"] if curve_every
                  else ["data.test_anno="])
@@ -110,7 +128,11 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
                 "--rerank-k", "0", "--json", str(out / "eval_all.json"))
     if not (out / "probe.json").is_file():  # linear probes of the frozen video features (vidmask probe)
         vidmask("probe", "--run", str(out), "--corpus", corpus, "--max-train", "600")
-    return read_run(out, seed)
+    figures = read_run(out, seed)
+    if ledger is not None:
+        ledger.put(out.name, setup, figures, recipe=recipe,
+                   teacher=file_digest(teacher) if uses_teacher and Path(teacher).is_file() else None)
+    return figures
 
 
 def read_run(out: Path, seed: int) -> dict:
@@ -222,9 +244,6 @@ def main() -> None:
     out = Path(args.out)
     extra = (CORE if args.losses == "core" else []) + list(args.set)
     teacher = args.teacher or f"{args.corpus}/teacher/lit-effnet-s2.safetensors"
-    if not Path(teacher).is_file() and not args.report_only:
-        Path(teacher).parent.mkdir(parents=True, exist_ok=True)
-        vidmask("teacher", "train", "--corpus", args.corpus, "--out", teacher, "--trunk-scale", "2")
     base = args.paired_with or args.recipes[0]
     if base not in args.recipes:
         ap.error(f"--paired-with {base}: not one of --recipes")
@@ -240,6 +259,9 @@ def main() -> None:
 
     def report(done_seeds: list[int], same_time: dict | None = None, same_time_base: str = "") -> None:
         done = {r: runs for r, runs in same_steps.items() if runs}  # --report-only may leave a recipe empty
+        if not done:
+            print(f"no finished run under {out} or in {ledger.path}: nothing to report", flush=True)
+            return
         queries = next(iter(done.values()))[0]["queries"]
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
@@ -261,15 +283,26 @@ def main() -> None:
             body += f"\n![t2v R@1 during training]({args.name}-curve.png)\n"
         write(f"{args.name}.md", "Recipe leaderboard", body)
 
-    def finished(run: Path) -> bool:
-        return not args.report_only or (run / "eval_all.json").is_file()
+    ledger = Ledger(RESULTS / f"{args.name}-runs.json")
+    # what a run's figures depend on besides its recipe and seed; a ledger record made otherwise is not used
+    setup = {"steps": args.steps, "losses": args.losses, "set": list(args.set), "curve_every": args.curve_every,
+             "corpus": corpus_digest(args.corpus)}
+
+    def setup_for(steps: int, curve_every: int = args.curve_every) -> dict:
+        return {**setup, "steps": steps, "curve_every": curve_every}
+
+    def finished(run: Path, run_setup: dict) -> bool:
+        if ledger.other_setup(run.name, run_setup):
+            print(f"{run.name}: {ledger.path.name} holds it under another setup; not used", flush=True)
+        return (not args.report_only or (run / "eval_all.json").is_file()
+                or ledger.get(run.name, run_setup) is not None)
 
     # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
     for i, seed in enumerate(args.seeds):
         for r in args.recipes:
-            if finished(out / f"{r}-s{seed}"):
+            if finished(out / f"{r}-s{seed}", setup_for(args.steps)):
                 same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher,
-                                                extra, args.curve_every))
+                                                extra, args.curve_every, ledger, setup_for(args.steps)))
         if not args.report_only or i == len(args.seeds) - 1:
             report(args.seeds[: i + 1])
     if args.minutes:
@@ -283,9 +316,10 @@ def main() -> None:
         same_time: dict[str, list[dict]] = {label: [] for label, _ in rows.values()}
         for seed in args.seeds:
             for r, (label, n) in rows.items():
-                if finished(out / f"{r}-t{args.minutes:g}-s{seed}"):
+                if finished(out / f"{r}-t{args.minutes:g}-s{seed}", setup_for(n, 0)):
                     same_time[label].append(
-                        run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra))
+                        run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra,
+                                   0, ledger, setup_for(n, 0)))
             report(args.seeds, same_time, rows[base][0])
 
 

@@ -84,3 +84,71 @@ def test_leaderboard_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_pa
     calls.clear()
     leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [])
     assert calls == []  # finished: read, not run
+
+
+def test_leaderboard_ledger_carries_finished_runs_to_a_fresh_clone(tmp_path, monkeypatch):
+    """A finished run's figures go into the ledger; with its folder gone (another machine) the same setup
+    reuses them without training, another setup trains again, and claims.py reads them."""
+    c = load_claims()
+    import leaderboard
+    from _ledger import Ledger
+
+    calls = []
+
+    def fake_vidmask(*args):
+        calls.append(args[:2])
+        if args[0] == "pretrain":
+            out = Path(next(a for a in args if a.startswith("run_dir=")).split("=", 1)[1])
+            fake_run(out, 40.0 + len(calls), 70.0)
+            (out / "eval_all.json").unlink()  # as pretrain leaves it: evaluated below
+            (out / "config.yaml").write_text("name: random\n")
+        elif args[0] == "eval":
+            run = Path(args[args.index("--run") + 1])
+            (run / "eval_all.json").write_text(json.dumps(
+                {"t2v": {"R@1": 41.0, "R@5": 50.0}, "rsum": 300.0, "num_texts": 100,
+                 "twins": {"motion": 70.0, "colour": 99.0}}))
+
+    monkeypatch.setattr(leaderboard, "vidmask", fake_vidmask)
+    ledger = Ledger(tmp_path / "lb-runs.json")
+    setup = {"steps": 1000, "losses": "core", "set": [], "curve_every": 0, "corpus": "abc"}
+    out = tmp_path / "runs" / "random-s0"
+    first = leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [],
+                                   ledger=ledger, setup=setup)
+    assert [c_[0] for c_ in calls] == ["pretrain", "eval"] and first["R@1"] == 41.0
+    assert json.loads(ledger.path.read_text())["random-s0"]["setup"] == setup
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: no run folder, the ledger committed
+    calls.clear()
+    again = leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [],
+                                   ledger=Ledger(ledger.path), setup=setup)
+    assert calls == [] and again == json.loads(json.dumps(first))
+    other = {**setup, "set": ["model.tubelet=2"]}
+    assert Ledger(ledger.path).other_setup("random-s0", other)
+    leaderboard.run_recipe("random", 0, 1000, "corpus", out, "teacher.safetensors", [],
+                           ledger=Ledger(ledger.path), setup=other)
+    assert [c_[0] for c_ in calls] == ["pretrain", "eval"]  # trained again under the other setup
+
+    # claims.py: the ledger's figures under its most common setup fill the seeds that have no folder
+    led = Ledger(tmp_path / "claims-runs.json")
+    for seed, (r1, nd) in enumerate([(40.0, 37.0), (42.0, 40.5), (41.0, 39.0)]):
+        led.put(f"clusterstm-s{seed}", setup, {"R@1": r1, "motion": 70.0})
+        led.put(f"clusterstm-no-density-s{seed}", setup, {"R@1": nd, "motion": 70.0})
+    led.put("clusterstm-no-relevance-s0", other, {"R@1": 10.0, "motion": 70.0})  # another setup: left out
+    monkeypatch.setattr(c, "write", lambda name, title, body: body)
+    body = c.main(["--lb", str(tmp_path / "none"), "--ledger", str(led.path), "--mascot", str(tmp_path / "none")])
+    rows = {line.split(" | ")[1]: line for line in body.splitlines() if line.startswith("| ClusterSTM")}
+    assert "+2.17 ± " in rows["temporal-density selection beats random selection within clusters"]
+    assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("not run")
+
+
+def test_ledger_names_a_corrupt_file(tmp_path):
+    load_claims()
+    from _ledger import Ledger, corpus_digest
+    import pytest
+
+    bad = tmp_path / "x-runs.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="x-runs.json: not valid JSON"):
+        Ledger(bad)
+    with pytest.raises(SystemExit, match="vidmask corpus make"):
+        corpus_digest(tmp_path / "nocorpus")

@@ -1,0 +1,69 @@
+"""Finished bench runs kept in the repository: a run folder lives on one machine, its figures travel with the code.
+
+A leaderboard is many hours of runs, spread over sessions and machines, and ``runs/`` is not committed: a fresh
+clone has none of the run folders an earlier session finished. So each finished run's figures go into
+``bench/results/NAME-runs.json``, keyed by run name and stored with the setup they were run under (steps,
+losses, overrides, a digest of the corpus's annotations). A later call with the same setup takes the figures
+from there instead of training again; a record made under another setup is never mixed in, and is named.
+The file is rewritten whole (write, then rename) after every run, so a kill never leaves it half written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+# the files that fix what a corpus is: its training captions and every test caption (the queries)
+CORPUS_FILES = ("train.json", "test_retrieval_all.json")
+
+
+def corpus_digest(corpus: str | Path) -> str:
+    """12 hex digits of sha256 over the corpus's training and test annotation files."""
+    h = hashlib.sha256()
+    for name in CORPUS_FILES:
+        path = Path(corpus) / name
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found; make the corpus first (vidmask corpus make --out {corpus})")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def file_digest(path: str | Path) -> str:
+    """12 hex digits of sha256 over a file (a teacher's weights: which teacher a run distilled)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+class Ledger:
+    """``{run name: {"setup": {...}, "figures": {...}, "finished": date, ...}}`` in one JSON file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.records: dict[str, dict] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{self.path}: not valid JSON ({e}); restore it from git (git checkout -- {self.path})")
+
+    def get(self, name: str, setup: dict) -> dict | None:
+        """The figures of run ``name`` when they were made under ``setup``; None otherwise."""
+        rec = self.records.get(name)
+        return rec["figures"] if rec and rec["setup"] == setup else None
+
+    def other_setup(self, name: str, setup: dict) -> bool:
+        """True when ``name`` is recorded, but under another setup (its figures are not used)."""
+        return name in self.records and self.records[name]["setup"] != setup
+
+    def put(self, name: str, setup: dict, figures: dict, **extra) -> None:
+        """Record run ``name`` (replacing an older record) and rewrite the file atomically."""
+        self.records[name] = {"setup": setup, "figures": figures,
+                              "finished": time.strftime("%Y-%m-%d"), **extra}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
