@@ -110,9 +110,14 @@ def ledger_figures(path: Path) -> dict[str, dict]:
     return {n: r["figures"] for n, r in records.items() if json.dumps(r["setup"], sort_keys=True) == main_setup}
 
 
-def mascot_runs(folder: Path, key: str) -> dict[int, dict]:
-    """{seed: {"R@1": ...}} of bench/mascot.py's finished runs named ``key``-s{seed}."""
+def mascot_runs(folder: Path, key: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:
+    """{seed: {"R@1": ...}} of bench/mascot.py's finished runs named ``key``-s{seed}: the run folders and,
+    for seeds with no folder here, the ``recorded`` figures (its ledger, :func:`ledger_figures`)."""
     out = {}
+    for name, figures in (recorded or {}).items():
+        seed = name[len(key) + 2:]
+        if name.startswith(f"{key}-s") and seed.isdigit():
+            out[int(seed)] = figures
     for run in sorted(folder.glob(f"{key}-s*")):
         seed = run.name[len(key) + 2:]
         if seed.isdigit() and (run / "eval_retrieval.json").is_file():
@@ -133,9 +138,11 @@ def comparison(runs, better: str, worse: str, key: str, tie_ok: bool = False,
     return f"{shown[0]} − {shown[1]}, {key}: {fmt(d)}", verdict(d, tie_ok)
 
 
-def claims(lb: Path, mascot: Path, ledger: Path | None = None) -> list[list[str]]:
+def claims(lb: Path, mascot: Path, ledger: Path | None = None, mascot_ledger: Path | None = None
+           ) -> list[list[str]]:
     cache: dict[str, dict] = {}
     recorded = ledger_figures(ledger) if ledger else {}
+    mrecorded = ledger_figures(mascot_ledger) if mascot_ledger else {}
 
     def runs(recipe: str) -> dict[int, dict]:
         if recipe not in cache:
@@ -144,7 +151,7 @@ def claims(lb: Path, mascot: Path, ledger: Path | None = None) -> list[list[str]
 
     def mruns(key: str) -> dict[int, dict]:
         if "m:" + key not in cache:
-            cache["m:" + key] = mascot_runs(mascot, key)
+            cache["m:" + key] = mascot_runs(mascot, key, mrecorded)
         return cache["m:" + key]
 
     rows = []
@@ -191,10 +198,12 @@ def main(argv: list[str] | None = None) -> Path:
                     help="the leaderboard's record of finished runs (bench/_ledger.py), for runs whose folder is "
                          "not on this machine; '' for none")
     ap.add_argument("--mascot", default="runs/mascot-bench", help="bench/mascot.py's --out")
+    ap.add_argument("--mascot-ledger", default=str(RESULTS / "mascot-runs.json"),
+                    help="bench/mascot.py's record of finished runs; '' for none")
     ap.add_argument("--name", default="claims")
     args = ap.parse_args(argv)
     ledger = Path(args.ledger) if args.ledger else None
-    rows = claims(Path(args.lb), Path(args.mascot), ledger)
+    rows = claims(Path(args.lb), Path(args.mascot), ledger, Path(args.mascot_ledger) if args.mascot_ledger else None)
     shown = f"`{ledger.relative_to(ROOT) if ledger.is_relative_to(ROOT) else ledger}`" if ledger else "none"
     body = (f"Leaderboard runs from `{args.lb}` and, for runs made on another machine, from {shown}; MASCOT fine-tuning runs from `{args.mascot}` (from whichever "
             "pretrained run bench/mascot.py was given as --init). Each comparison is "

@@ -9,7 +9,10 @@ component rows of its Table 2). ``vtc`` is the dual encoder fine-tuned with
 vtc alone on every token (no masking, mean pooling): the reference each row's
 Rsum and t2v R@1 differences are paired with, seed by seed (mean and 95 %
 interval over seeds, t distribution). A run whose evaluation exists is not
-run again, so the table fills over several sessions; writes
+run again, so the table fills over several sessions; each finished run's
+figures are also kept in bench/results/mascot-runs.json (bench/_ledger.py)
+with its setup (the init's weights by digest, corpus, steps, batch, lr), so a
+fresh clone with the same init trains only what is missing; writes
 bench/results/mascot.md.
 """
 
@@ -20,9 +23,11 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from _common import table, train_or_resume, write
+from _common import RESULTS, table, train_or_resume, write
+from _ledger import Ledger, corpus_digest, file_digest
 from leaderboard import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +85,14 @@ def run_key(config: str | None, overrides: list[str]) -> str:
     return "mascot" + "".join(f"_{k.split('.')[-2][0]}{k.split('.')[-1]}-{v}" for k, v in canon)
 
 
-def finetune(config: str | None, overrides: list[str], seed: int, args, out: Path) -> dict:
+def finetune(config: str | None, overrides: list[str], seed: int, args, out: Path,
+             ledger: Ledger | None = None, setup: dict | None = None) -> dict:
+    """One row's run with one seed: fine-tune (or resume), or its figures from ``ledger`` when it finished
+    under ``setup`` on another machine; a run finished here is recorded there."""
+    if ledger is not None and not (out / "eval_retrieval.json").is_file():
+        figures = ledger.get(out.name, setup)
+        if figures is not None:
+            return figures
     if not (out / "eval_retrieval.json").is_file():
         common = [f"data.corpus={args.corpus}", f"train.seed={seed}", f"train.steps={args.steps}",
                   f"train.batch_size={args.batch}", f"train.lr={args.lr}", f"train.warmup_steps={args.steps // 10}",
@@ -95,8 +107,32 @@ def finetune(config: str | None, overrides: list[str], seed: int, args, out: Pat
         (out / "bench_minutes.txt").write_text(f"{(time.time() - t0) / 60:.2f}\n")
     res = json.loads((out / "eval_retrieval.json").read_text())
     minutes = float((out / "bench_minutes.txt").read_text()) if (out / "bench_minutes.txt").is_file() else float("nan")
-    return {"seed": seed, "R@1": res["t2v"]["R@1"], "Rsum": res["rsum"], "minutes": minutes,
-            "motion": res.get("twins", {}).get("motion", float("nan"))}
+    figures = {"seed": seed, "R@1": res["t2v"]["R@1"], "Rsum": res["rsum"], "minutes": minutes,
+               "motion": res.get("twins", {}).get("motion", float("nan"))}
+    if ledger is not None:
+        ledger.put(out.name, setup, figures)
+    return figures
+
+
+def init_digest(init: str) -> str:
+    """Which pretrained weights ``--init`` names (its run folder is machine-local, its weights' digest is not)."""
+    from vidmask.train.checkpoint import resolve_weights
+
+    try:
+        return file_digest(resolve_weights(init))
+    except FileNotFoundError as e:
+        raise SystemExit(f"--init {init}: {e}") from None
+
+
+def recorded_init(ledger: Ledger, init: str) -> str:
+    """The digest of ``init``'s weights: from the file when it is here, else the one the ledger's runs from
+    that init were made with (a table of another machine's runs, --only-existing)."""
+    if Path(init).exists():
+        return init_digest(init)
+    seen = Counter(r["setup"]["init_weights"] for r in ledger.records.values() if r["setup"]["init"] == init)
+    if not seen:
+        raise SystemExit(f"--init {init}: not on this machine and no run from it in {ledger.path}")
+    return seen.most_common(1)[0][0]
 
 
 def paired(runs: list[dict], ref: list[dict], key: str) -> str:
@@ -115,16 +151,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--out", default="runs/mascot-bench")
-    ap.add_argument("--only-existing", action="store_true", help="write the table from the runs already there")
+    ap.add_argument("--only-existing", action="store_true",
+                    help="write the table from the runs already there (or in the ledger); train nothing")
     args = ap.parse_args()
+    ledger = Ledger(RESULTS / "mascot-runs.json")
+    setup = {"init": args.init, "init_weights": recorded_init(ledger, args.init) if args.only_existing
+             else init_digest(args.init), "corpus": corpus_digest(args.corpus),
+             "steps": args.steps, "batch": args.batch, "lr": args.lr}
     chosen = [r for r in ROWS if r[0] == "reference" or "all" in args.rows or r[0] in args.rows or r[1] in args.rows]
     results: dict[str, list[dict]] = {}
     for _, label, config, over in chosen:
         for seed in args.seeds:
             out = Path(args.out) / f"{run_key(config, over)}-s{seed}"
-            if args.only_existing and not (out / "eval_retrieval.json").is_file():
+            if args.only_existing and not ((out / "eval_retrieval.json").is_file() or ledger.get(out.name, setup)):
                 continue
-            results.setdefault(label, []).append(finetune(config, over, seed, args, out))
+            results.setdefault(label, []).append(finetune(config, over, seed, args, out, ledger, setup))
             print(label, results[label][-1], flush=True)
     ref = results.get(ROWS[0][1], [])
     rows = []

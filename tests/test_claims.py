@@ -50,7 +50,7 @@ def test_table_from_finished_runs(tmp_path, monkeypatch):
         fake_run(lb / f"clusterstm-s{seed}", r1, 70.0)
         fake_run(lb / f"clusterstm-no-density-s{seed}", nd, 70.0)
     fake_run(lb / "clusterstm-no-relevance-s0", 39.0, 70.0)
-    body = c.main(["--lb", str(lb), "--mascot", str(tmp_path / "none")])
+    body = c.main(["--lb", str(lb), "--ledger", "", "--mascot", str(tmp_path / "none"), "--mascot-ledger", ""])
     rows = {line.split(" | ")[1]: line for line in body.splitlines() if line.startswith("| ClusterSTM")}
     density = rows["temporal-density selection beats random selection within clusters"]
     assert "+2.17 ± " in density and "(3 seeds)" in density and density.rstrip(" |").endswith("holds")
@@ -135,7 +135,8 @@ def test_leaderboard_ledger_carries_finished_runs_to_a_fresh_clone(tmp_path, mon
         led.put(f"clusterstm-no-density-s{seed}", setup, {"R@1": nd, "motion": 70.0})
     led.put("clusterstm-no-relevance-s0", other, {"R@1": 10.0, "motion": 70.0})  # another setup: left out
     monkeypatch.setattr(c, "write", lambda name, title, body: body)
-    body = c.main(["--lb", str(tmp_path / "none"), "--ledger", str(led.path), "--mascot", str(tmp_path / "none")])
+    body = c.main(["--lb", str(tmp_path / "none"), "--ledger", str(led.path), "--mascot", str(tmp_path / "none"),
+                   "--mascot-ledger", ""])
     rows = {line.split(" | ")[1]: line for line in body.splitlines() if line.startswith("| ClusterSTM")}
     assert "+2.17 ± " in rows["temporal-density selection beats random selection within clusters"]
     assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("not run")
@@ -152,3 +153,45 @@ def test_ledger_names_a_corrupt_file(tmp_path):
         Ledger(bad)
     with pytest.raises(SystemExit, match="vidmask corpus make"):
         corpus_digest(tmp_path / "nocorpus")
+
+
+def test_mascot_ledger_reuses_a_finished_run_and_feeds_claims(tmp_path, monkeypatch):
+    """bench/mascot.py: a finished fine-tuning run is recorded with its init's weights digest; with its folder
+    gone it is not run again; claims.py's MASCOT row reads the records."""
+    c = load_claims()
+    import mascot
+    from _ledger import Ledger
+
+    calls = []
+
+    def fake_train(command, out, *args):
+        calls.append(out.name)
+        out.mkdir(parents=True)
+        r1 = {"mascot_hmask-mascot-low_lweight-0": 30.0, "mascot_hmask-tube_lweight-0": 28.0,
+              "mascot_hmask-random_lweight-0": 26.0}.get(out.name.rsplit("-s", 1)[0], 26.0)
+        r1 += int(out.name.rsplit("-s", 1)[1])  # seed-dependent, so pairing matters
+        (out / "eval_retrieval.json").write_text(json.dumps({"t2v": {"R@1": r1}, "rsum": 300.0}))
+
+    monkeypatch.setattr(mascot, "train_or_resume", fake_train)
+    ledger = Ledger(tmp_path / "mascot-runs.json")
+    setup = {"init": "runs/x", "init_weights": "w1", "corpus": "abc", "steps": 150, "batch": 8, "lr": 1e-4}
+    args = type("A", (), {"corpus": "corpus", "steps": 150, "batch": 8, "lr": 1e-4, "init": "runs/x"})()
+    for _, label, config, over in mascot.ROWS:
+        if label in ("low-informed 70%", "tube 70%", "random 70%", "high-informed 70%"):
+            for seed in (0, 1, 2):
+                out = tmp_path / "m" / f"{mascot.run_key(config, over)}-s{seed}"
+                mascot.finetune(config, over, seed, args, out, ledger, setup)
+    n = len(calls)
+    shutil.rmtree(tmp_path / "m")
+    key = mascot.run_key(mascot.MASCOT, mascot.masking("mascot-low", 0.7))
+    again = mascot.finetune(mascot.MASCOT, mascot.masking("mascot-low", 0.7), 1, args, tmp_path / "m" / f"{key}-s1",
+                            Ledger(ledger.path), setup)
+    assert len(calls) == n == 12 and again["R@1"] == 31.0
+    assert mascot.recorded_init(Ledger(ledger.path), "runs/x") == "w1"  # --only-existing on another machine
+
+    monkeypatch.setattr(c, "write", lambda name, title, body: body)
+    body = c.main(["--lb", str(tmp_path / "none"), "--ledger", "", "--mascot", str(tmp_path / "none"),
+                   "--mascot-ledger", str(ledger.path)])
+    row = next(line for line in body.splitlines() if line.startswith("| MASCOT"))
+    assert "low − tube, R@1: +2.00 ± 0.00 (3 seeds)" in row and "tube − random, R@1: +2.00" in row
+    assert "high − low, R@1: -4.00" in row and row.rstrip(" |").endswith("contradicted")
