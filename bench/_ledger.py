@@ -5,6 +5,8 @@ clone has none of the run folders an earlier session finished. So each finished 
 ``bench/results/NAME-runs.json``, keyed by run name and stored with the setup they were run under (steps,
 losses, overrides, a digest of the corpus's annotations). A later call with the same setup takes the figures
 from there instead of training again; a record made under another setup is never mixed in, and is named.
+A recipe or config file is part of the setup by the digest of its parsed content (comments may change); a
+change of code is not caught: name the leaderboard anew (``--name``) when one changes what a recipe does.
 The file is rewritten whole (write, then rename) after every run, so a kill never leaves it half written.
 """
 
@@ -37,6 +39,16 @@ def file_digest(path: str | Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()[:12]
+
+
+def config_digest(*paths: str | Path) -> str:
+    """12 hex digits of sha256 over config files' parsed YAML (their settings, not their comments)."""
+    import yaml
+
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(json.dumps(yaml.safe_load(Path(path).read_text()), sort_keys=True).encode())
     return h.hexdigest()[:12]
 
 

@@ -36,7 +36,8 @@
   with the setup they were run under: run folders stay on the machine that made them,
   the figures travel with the repository, so a fresh clone (another session, another
   machine) skips what is finished and trains only what is missing; a run recorded under
-  another setup (steps, --set, --losses, corpus) is trained again, never mixed in.
+  another setup (steps, --set, --losses, corpus, the recipe file's settings) is trained
+  again, never mixed in.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import sys
 from pathlib import Path
 
 from _common import RESULTS, run_vidmask, table, write
-from _ledger import Ledger, corpus_digest, file_digest
+from _ledger import Ledger, config_digest, corpus_digest, file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -288,8 +289,9 @@ def main() -> None:
     setup = {"steps": args.steps, "losses": args.losses, "set": list(args.set), "curve_every": args.curve_every,
              "corpus": corpus_digest(args.corpus)}
 
-    def setup_for(steps: int, curve_every: int = args.curve_every) -> dict:
-        return {**setup, "steps": steps, "curve_every": curve_every}
+    def setup_for(recipe: str, steps: int, curve_every: int = args.curve_every) -> dict:
+        return {**setup, "steps": steps, "curve_every": curve_every,
+                "recipe": config_digest(ROOT / f"configs/recipes/{recipe}.yaml")}
 
     def finished(run: Path, run_setup: dict) -> bool:
         if ledger.other_setup(run.name, run_setup):
@@ -300,9 +302,9 @@ def main() -> None:
     # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
     for i, seed in enumerate(args.seeds):
         for r in args.recipes:
-            if finished(out / f"{r}-s{seed}", setup_for(args.steps)):
+            if finished(out / f"{r}-s{seed}", setup_for(r, args.steps)):
                 same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher,
-                                                extra, args.curve_every, ledger, setup_for(args.steps)))
+                                                extra, args.curve_every, ledger, setup_for(r, args.steps)))
         if not args.report_only or i == len(args.seeds) - 1:
             report(args.seeds[: i + 1])
     if args.minutes:
@@ -316,10 +318,10 @@ def main() -> None:
         same_time: dict[str, list[dict]] = {label: [] for label, _ in rows.values()}
         for seed in args.seeds:
             for r, (label, n) in rows.items():
-                if finished(out / f"{r}-t{args.minutes:g}-s{seed}", setup_for(n, 0)):
+                if finished(out / f"{r}-t{args.minutes:g}-s{seed}", setup_for(r, n, 0)):
                     same_time[label].append(
                         run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra,
-                                   0, ledger, setup_for(n, 0)))
+                                   0, ledger, setup_for(r, n, 0)))
             report(args.seeds, same_time, rows[base][0])
 
 

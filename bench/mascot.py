@@ -11,7 +11,7 @@ Rsum and t2v R@1 differences are paired with, seed by seed (mean and 95 %
 interval over seeds, t distribution). A run whose evaluation exists is not
 run again, so the table fills over several sessions; each finished run's
 figures are also kept in bench/results/mascot-runs.json (bench/_ledger.py)
-with its setup (the init's weights by digest, corpus, steps, batch, lr), so a
+with its setup (the init's weights by digest, corpus, steps, batch, lr, configs), so a
 fresh clone with the same init trains only what is missing; writes
 bench/results/mascot.md.
 """
@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import RESULTS, table, train_or_resume, write
-from _ledger import Ledger, corpus_digest, file_digest
+from _ledger import Ledger, config_digest, corpus_digest, file_digest
 from leaderboard import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,8 @@ def main() -> None:
     ledger = Ledger(RESULTS / "mascot-runs.json")
     setup = {"init": args.init, "init_weights": recorded_init(ledger, args.init) if args.only_existing
              else init_digest(args.init), "corpus": corpus_digest(args.corpus),
-             "steps": args.steps, "batch": args.batch, "lr": args.lr}
+             "steps": args.steps, "batch": args.batch, "lr": args.lr,
+             "configs": config_digest(MASCOT, ROOT / "configs/finetune/retrieval.yaml")}
     chosen = [r for r in ROWS if r[0] == "reference" or "all" in args.rows or r[0] in args.rows or r[1] in args.rows]
     results: dict[str, list[dict]] = {}
     for _, label, config, over in chosen:

@@ -144,8 +144,14 @@ def test_leaderboard_ledger_carries_finished_runs_to_a_fresh_clone(tmp_path, mon
 
 def test_ledger_names_a_corrupt_file(tmp_path):
     load_claims()
-    from _ledger import Ledger, corpus_digest
+    from _ledger import Ledger, config_digest, corpus_digest
     import pytest
+
+    a, b, c_ = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    a.write_text("# one comment\nmask: {strategy: random, ratio: 0.75}\n")
+    b.write_text("mask:\n  ratio: 0.75  # another\n  strategy: random\n")
+    c_.write_text("mask: {strategy: random, ratio: 0.9}\n")
+    assert config_digest(a) == config_digest(b) != config_digest(c_)  # settings, not comments or layout
 
     bad = tmp_path / "x-runs.json"
     bad.write_text("{not json")
