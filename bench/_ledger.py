@@ -43,12 +43,13 @@ def file_digest(path: str | Path) -> str:
 
 
 def config_digest(*paths: str | Path) -> str:
-    """12 hex digits of sha256 over config files' parsed YAML (their settings, not their comments)."""
-    import yaml
+    """12 hex digits of sha256 over config files' settings (their parsed YAML with the ``base:`` files they
+    extend merged in; not their comments or layout)."""
+    from vidmask.config import config_tree
 
     h = hashlib.sha256()
     for path in paths:
-        h.update(json.dumps(yaml.safe_load(Path(path).read_text()), sort_keys=True).encode())
+        h.update(json.dumps(config_tree(path), sort_keys=True).encode())
     return h.hexdigest()[:12]
 
 

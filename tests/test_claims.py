@@ -152,6 +152,11 @@ def test_ledger_names_a_corrupt_file(tmp_path):
     b.write_text("mask:\n  ratio: 0.75  # another\n  strategy: random\n")
     c_.write_text("mask: {strategy: random, ratio: 0.9}\n")
     assert config_digest(a) == config_digest(b) != config_digest(c_)  # settings, not comments or layout
+    child = tmp_path / "child.yaml"
+    child.write_text("base: a.yaml\nname: child\n")
+    before = config_digest(child)
+    a.write_text("mask: {strategy: random, ratio: 0.5}\n")
+    assert config_digest(child) != before  # a recipe that extends another changes with it
 
     bad = tmp_path / "x-runs.json"
     bad.write_text("{not json")

@@ -703,6 +703,12 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
+def config_tree(path: str | Path) -> dict:
+    """A config file's settings with its ``base:`` files merged in, before defaults and overrides
+    (what identifies a recipe: a file that extends another changes when that one does)."""
+    return _read_yaml(Path(path))
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A config file's tree with its ``base:`` files merged in; ``chain``: the files that extend it."""
     if not path.is_file():
