@@ -32,7 +32,9 @@ def config_of(name: str, corpus: Path):
                            [f"data.corpus={corpus}", *TINY, f"finetune.task={task}", f"data.test_anno={test}"])
     # the clusterstm recipes trained these losses when the names were recorded (clusterstm-umt-losses
     # today); an old run folder's config.yaml holds them, the recipe files have moved on
-    before = ["loss.recon=0", "loss.align=1", "loss.vtm=1", "loss.mlm=1"] if name.startswith("clusterstm") else []
+    # (and relevance with a decoder of its own: an old config.yaml has no loss.relevance.decoder, whose default is own)
+    before = (["loss.recon=0", "loss.align=1", "loss.vtm=1", "loss.mlm=1", "loss.relevance.decoder=own"]
+              if name.startswith("clusterstm") else [])
     if name.startswith(("clusterstm", "umt", "stm")):
         before.append("loss.align.head=ln-linear")  # umt.yaml has UMT's heads since; the old runs had these
     # the recipe called stm then is stm-guided now (stm is STM's official algorithm): an old stm run's

@@ -253,7 +253,7 @@ def test_recon_scores_masked_tokens_from_kept_ones():
 
     def loss(tokens):
         ctx = SimpleNamespace(feats=feats, masking=SimpleNamespace(ids_keep=ids, keep=keep), frames=T, tokens=N,
-                              teacher_out=SimpleNamespace(tokens=tokens))
+                              teacher_out=SimpleNamespace(tokens=tokens), shared=lambda key, compute: compute())
         return recon(ctx)["recon_loss"]
 
     base = loss(target)

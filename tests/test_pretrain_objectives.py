@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidmask.config import Config, LossConfig, ModelConfig, TextConfig, load_config
+from vidmask.config import Config, ConfigError, LossConfig, ModelConfig, TextConfig, load_config
 from vidmask.masking import build_masker, list_maskers
 from vidmask.models import VideoTextModel
 from vidmask.tasks import PretrainTask
@@ -114,3 +114,37 @@ def test_batch_video_ids_reach_vtc_and_vtm(monkeypatch):
     losses, _ = task({**b, "video_id": ids}, torch.Generator().manual_seed(0))
     assert torch.equal(seen["vtc_loss"], ids) and torch.equal(seen["vtm_loss"], ids)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_relevance_decodes_from_the_recon_trunk_once(tiny_clip_dir):
+    """loss.relevance.decoder=recon: one decoder pass a step feeds both targets; relevance owns a linear
+    head only, its gradient reaches the shared trunk, and the checkpoint holds the trunk once."""
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+
+    def task_with(decoder: str) -> PretrainTask:
+        torch.manual_seed(0)
+        loss = LossConfig(vtc=1.0, recon=1.0, relevance={"weight": 1.0, "decoder": decoder})
+        return PretrainTask(tiny_model(), build_masker("clusterstm", ratio=0.75), loss, teacher, frames=2, grid=4)
+
+    shared, own = task_with("recon"), task_with("own")
+    calls = []
+    trunk = shared.objectives["recon"].decoder
+    original = trunk.trunk
+    trunk.trunk = lambda *a: calls.append(1) or original(*a)
+    losses, _ = shared(batch(), torch.Generator().manual_seed(1))
+    assert set(losses) == {"vtc_loss", "recon_loss", "relevance_loss"} and calls == [1]  # one pass, two heads
+    relevance = shared.objectives["relevance"]
+    assert [n for n, _ in relevance.named_parameters()] == ["head.weight", "head.bias"]
+    losses["relevance_loss"].backward()
+    assert all(p.grad is not None for p in trunk.blocks.parameters())  # relevance trains the shared trunk
+    assert trunk.head.weight.grad is None  # and not recon's own head
+    keys = list(shared.state_dict())
+    assert sum(k.endswith("decoder.blocks.0.attn.q.weight") for k in keys) == 1
+    n_params = lambda t: sum(p.numel() for p in t.parameters())  # noqa: E731
+    assert n_params(shared) < n_params(own)  # one decoder, not two
+
+    with pytest.raises(ConfigError, match="loss.relevance.decoder=recon .* switch loss.recon on"):
+        PretrainTask(tiny_model(), build_masker("clusterstm", ratio=0.75),
+                     LossConfig(vtc=1.0, relevance={"weight": 1.0, "decoder": "recon"}), teacher, frames=2, grid=4)
+    with pytest.raises(ConfigError, match="loss.relevance.decoder must be one of own, recon"):
+        load_config(None, ["loss.relevance.decoder=shared"])

@@ -41,13 +41,18 @@ class TokenDecoder(nn.Module):
 
     def decode(self, kept: Tensor, ids_keep: Tensor, filler: Tensor, frames: int, tokens: int) -> Tensor:
         """kept [B,K,C], ids_keep long[B,K], filler [B or 1, 1 or L, dim] -> [B, L, out_dim]."""
+        return self.head(self.hidden(kept, ids_keep, filler, frames, tokens))  # (B, L, out_dim)
+
+    def hidden(self, kept: Tensor, ids_keep: Tensor, filler: Tensor, frames: int, tokens: int) -> Tensor:
+        """The normed states before the head, [B, L, dim]: what another head can read (a second target
+        decoded from one trunk, ``loss.relevance.decoder=recon``)."""
         B, L = kept.shape[0], frames * tokens
         x = self.embed(kept)  # (B, K, dim)
         full = scatter_kept(x, ids_keep, filler.expand(B, L, self.dim))  # (B, L, dim)
         full = full + self.pos_embed(frames, tokens).flatten(0, 1).to(full.dtype)  # (B, L, dim)
         for blk in self.blocks:
             full = blk(full)  # (B, L, dim)
-        return self.head(self.norm(full))  # (B, L, out_dim)
+        return self.norm(full)  # (B, L, dim)
 
 
 class MaskTokenDecoder(TokenDecoder):
@@ -62,3 +67,7 @@ class MaskTokenDecoder(TokenDecoder):
 
     def forward(self, kept: Tensor, ids_keep: Tensor, frames: int, tokens: int) -> Tensor:
         return self.decode(kept, ids_keep, self.mask_token, frames, tokens)  # (B, L, out_dim)
+
+    def trunk(self, kept: Tensor, ids_keep: Tensor, frames: int, tokens: int) -> Tensor:
+        """The states before the head, [B, L, dim] (:meth:`TokenDecoder.hidden` with the mask token)."""
+        return self.hidden(kept, ids_keep, self.mask_token, frames, tokens)  # (B, L, dim)

@@ -37,6 +37,10 @@ import torch
 from torch import Tensor, nn
 
 
+# the StepContext.shared key of the visual reconstruction decoder's trunk states: computed once a step,
+# read by recon and by relevance when it decodes from the same trunk (loss.relevance.decoder=recon)
+RECON_TRUNK = "recon.decoder"
+
 
 @dataclass
 class ObjectiveConfig:
@@ -97,6 +101,14 @@ class StepContext:
     # in vtm (UMT's idx); None = every sample its own video
     pair_ids: Tensor | None = None
     _tokenized: dict | None = field(default=None, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per step under ``key``, whichever objective asks first (one decoder trunk
+        that two objectives read: ``loss.relevance.decoder=recon``)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def tokenized(self) -> dict[str, Tensor]:
         """The captions tokenized once per step (input_ids, attention_mask long[B,S]), shared by objectives."""
@@ -126,6 +138,12 @@ class Objective(nn.Module):
         """How many of the teacher's last layers this objective reads from ``ctx.teacher_out.layers``
         (0: it reads ``tokens`` only). The task asks the teacher for the most any objective needs."""
         return 0
+
+    def bind(self, objectives: dict[str, "Objective"]) -> None:
+        """Called once all of a run's active objectives are built (``objectives``: name -> objective), for
+        one that reads another's module (keep such a reference out of the module tree, e.g. in a list,
+        so it is trained and saved once). Raise :class:`~vidmask.config.ConfigError` when the one it needs
+        is not active. The default reads nothing."""
 
     def scorer(self, fusion: nn.Module | None):
         """``(text_states [Nt,S,W], text_mask [Nt,S], video_tokens [Nv,K,C]) -> ScoreFn`` when the

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from vidmask.config import ConfigError
 from vidmask.models.decoder import MaskTokenDecoder
-from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.objectives.base import (
+    RECON_TRUNK, Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective,
+)
 from vidmask.objectives.token_loss import token_cosine_loss
 
 
@@ -49,5 +51,7 @@ class Recon(Objective):
                                         depth=cfg.depth, heads=4, frames=env.frames, grid=env.grid)
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
-        pred = self.decoder(ctx.feats, ctx.masking.ids_keep, ctx.frames, ctx.tokens)  # (B, T*N, D)
+        hidden = ctx.shared(RECON_TRUNK, lambda: self.decoder.trunk(ctx.feats, ctx.masking.ids_keep, ctx.frames,
+                                                              ctx.tokens))  # (B, T*N, decoder_dim)
+        pred = self.decoder.head(hidden)  # (B, T*N, D)
         return {"recon_loss": token_cosine_loss(pred, ctx.teacher_out.tokens, ctx.masking.keep, self.positions)}

@@ -21,11 +21,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from vidmask.config import ConfigError
+from vidmask.models.blocks import init_weights
 from vidmask.models.decoder import MaskTokenDecoder
-from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.objectives.base import (
+    RECON_TRUNK, Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective,
+)
 from vidmask.tokens import grid_side, window_tokens
 
 
@@ -97,16 +100,24 @@ def relevance_loss(pred: Tensor, target: Tensor, keep: Tensor, eps: float = 1e-6
     return {"relevance_loss": err.sum() / masked.sum().clamp_min(1.0)}
 
 
+DECODERS = ("own", "recon")
+
+
 @dataclass
 class RelevanceConfig(ObjectiveConfig):
     window: int = 3  # sliding window of relevance generation (the supplement compares 1 and 3)
-    decoder_dim: int = 128  # width of the relevance decoder
+    decoder_dim: int = 128  # width of the relevance decoder (decoder: own)
+    # own: a decoder of its own; recon: one linear head on the visual reconstruction's decoder trunk
+    # (loss.recon), so both targets are decoded from one pass over the clip's L = T*N positions
+    decoder: str = "own"
 
     def __post_init__(self):
         if self.window < 1 or self.window % 2 == 0:
             raise ConfigError("loss.relevance.window must be odd (1, 3, 5, ...)")
         if self.decoder_dim < 1:
             raise ConfigError("loss.relevance.decoder_dim must be >= 1")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"loss.relevance.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
 
 
 @register_objective("relevance", RelevanceConfig)
@@ -119,7 +130,25 @@ class Relevance(Objective):
     def __init__(self, cfg: RelevanceConfig, env: ObjectiveEnv):
         super().__init__()
         self.window = cfg.window
-        self.decoder = RelevanceDecoder(env.model.cfg.dim, dim=cfg.decoder_dim, frames=env.frames, grid=env.grid)
+        self.shares_trunk = cfg.decoder == "recon"
+        if self.shares_trunk:
+            self.decoder = None
+            self.head = None  # Linear(loss.recon's decoder_dim, 1), made by bind()
+            self._trunk: list = []  # recon's decoder, set by bind(); a list keeps it out of this module's tree
+        else:
+            self.decoder = RelevanceDecoder(env.model.cfg.dim, dim=cfg.decoder_dim, frames=env.frames,
+                                            grid=env.grid)
+
+    def bind(self, objectives: dict) -> None:
+        if not self.shares_trunk:
+            return
+        recon = objectives.get("recon")
+        if recon is None:
+            raise ConfigError("loss.relevance.decoder=recon decodes from the visual reconstruction's decoder: "
+                              "switch loss.recon on (a weight > 0) or set loss.relevance.decoder=own")
+        self._trunk = [recon.decoder]
+        self.head = nn.Linear(recon.decoder.dim, 1)
+        init_weights(self.head)
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         teacher = ctx.teacher
@@ -127,5 +156,11 @@ class Relevance(Objective):
             text = teacher.encode_text(ctx.captions)  # (B, E_teacher)
             target = relevance_map(ctx.teacher_out.tokens, text, teacher.pool, self.window,
                                    pool_windows=teacher.pool_windows)  # (B, T, N)
-        pred = self.decoder(ctx.feats, ctx.masking.ids_keep, ctx.frames, ctx.tokens)  # (B, T*N)
+        if self.shares_trunk:
+            trunk = self._trunk[0]
+            hidden = ctx.shared(RECON_TRUNK, lambda: trunk.trunk(ctx.feats, ctx.masking.ids_keep, ctx.frames,
+                                                           ctx.tokens))  # (B, T*N, decoder_dim)
+            pred = self.head(hidden).squeeze(-1)  # (B, T*N)
+        else:
+            pred = self.decoder(ctx.feats, ctx.masking.ids_keep, ctx.frames, ctx.tokens)  # (B, T*N)
         return relevance_loss(pred, target, ctx.masking.keep)

@@ -62,6 +62,8 @@ class PretrainTask(nn.Module):
             self.fusion = FusionEncoder(model.text.width, model.cfg.dim, depth=model.cfg.fusion_depth)
         env = ObjectiveEnv(model=model, teacher=teacher, frames=frames, grid=grid, fusion=self.fusion)
         self.objectives = nn.ModuleDict({name: build_objective(name, cfg[name], env) for name in active})
+        for objective in self.objectives.values():  # one objective may read another's module
+            objective.bind(dict(self.objectives))
         self.weights = {name: cfg.weight(name) for name in active}
         self.student_layers = max([o.student_layers() for o in self.objectives.values()], default=0)
         # the teacher's last layers the objectives read (UMT's per-layer targets); 1 = `tokens` alone
