@@ -1,14 +1,19 @@
 """Pretraining step time of the demo and of the motion recipe, part by part (issue 15: the positive
 control at no more than the demo's step cost).
 
-    python bench/recipe_step.py [--steps 8] [--corpus corpus]
+    python bench/recipe_step.py [--steps 8] [--corpus corpus] [--teacher corpus/teacher/lit-effnet-s2.safetensors]
 
 Each row is the motion recipe (configs/recipes/motion.yaml) with one part turned back to the demo's
 setting, plus the demo itself. Synthetic clips, the corpus's real training captions (a new draw of 32
 each step, so the caption caches and loss.swap's swapped captions miss as they do in training), the
 whitened head fitted first on 2,000 captions; forward + backward + AdamW, median of --steps after two
-warm-up steps. The loader is not timed (bench/loader.py). Writes bench/results/recipe_step.md; compare
-rows within one run only.
+warm-up steps. The loader is not timed (bench/loader.py).
+
+A second table (when the --teacher heads exist) times the leaderboard's recipes that read the teacher
+against ``random`` with the leaderboard's settings (LEADERBOARD_SET): the teacher's outputs are computed
+before each timed step, as the teacher cache hands them to training, so the rows compare the masking,
+encoder, decoders and losses (issue 16: the clusterstm step at most 1.5x random's). Writes
+bench/results/recipe_step.md; compare rows within one run only.
 """
 
 from __future__ import annotations
@@ -35,13 +40,25 @@ ROWS = [
 ]
 
 
-def step_times(cfg, captions: list[str], steps: int, batch: int) -> list[float]:
+# bench/leaderboard.py's --set for the motion leaderboard, with vtm and mlm off (--losses core)
+LEADERBOARD_SET = ["model.frame_diff=true", "model.proj_head=whitened", "data.hflip_p=0", "data.reverse_p=0.5",
+                   "train.hard_batches=4", "loss.swap=1.0", "loss.vtm=0", "loss.mlm=0"]
+TEACHER_ROWS = [
+    ("random", "random", []),
+    ("clusterstm (relevance on recon's decoder trunk)", "clusterstm", []),
+    ("clusterstm, relevance with its own decoder", "clusterstm", ["loss.relevance.decoder=own"]),
+    ("clusterstm, no relevance", "clusterstm", ["loss.relevance=0"]),
+    ("umt", "umt", []),
+]
+
+
+def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool = False) -> list[float]:
     from vidmask.models.whiten import WhitenedHead, fit_whitening
     from vidmask.train.optim import param_groups
-    from vidmask.train.wiring import build_model, build_task
+    from vidmask.train.wiring import build_model, build_task, build_teacher_from
 
     torch.manual_seed(0)
-    task = build_task(cfg, build_model(cfg))
+    task = build_task(cfg, build_model(cfg), teacher=build_teacher_from(cfg) if teacher else None)
     model = task.model
     if isinstance(model.text_proj, WhitenedHead):
         fit_whitening(model.text_proj, lambda caps: model.text(caps).float().cpu(), captions[:2000], 2000,
@@ -53,8 +70,13 @@ def step_times(cfg, captions: list[str], steps: int, batch: int) -> list[float]:
     for i in range(steps + 2):  # two warm-up steps
         video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
         caps = rng.sample(captions, batch)
+        t_out = task.run_teacher({"video": video}) if teacher else None  # what the teacher cache gives: untimed
         t0 = time.perf_counter()
+        if teacher:
+            task.run_teacher = lambda _batch, out=t_out: out  # an instance attribute over the method
         losses, _ = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
+        if teacher:
+            del task.run_teacher
         opt.zero_grad()
         sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
         opt.step()
@@ -68,6 +90,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--corpus", default="corpus")
+    ap.add_argument("--teacher", default="corpus/teacher/lit-effnet-s2.safetensors",
+                    help="the recipes' lit-effnet heads (the second table is skipped without them)")
     args = ap.parse_args()
     anno = Path(args.corpus) / "train.json"
     if not anno.is_file():
@@ -83,6 +107,19 @@ def main() -> None:
     body = (f"Batch {args.batch} of synthetic clips with the captions of {anno}; median of {args.steps} steps "
             "(forward, backward, AdamW) after two warm-up steps; no loader.\n\n"
             + table(["recipe", "ms / step", "clips / s", "vs demo"], rows))
+    if Path(args.teacher).is_file():
+        rows, base = [], None
+        for name, recipe, overrides in TEACHER_ROWS:
+            cfg = load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
+                              + [f"teacher.path={args.teacher}", "teacher.cache="])
+            med = statistics.median(step_times(cfg, captions, args.steps, args.batch, teacher=True))
+            base = base or med
+            rows.append([name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / base:.2f}x"])
+            print(rows[-1], flush=True)
+        body += ("\n\n## The teacher recipes against random, with the leaderboard's settings\n\n"
+                 f"`{' '.join(LEADERBOARD_SET)}`, float32; the teacher's outputs ({args.teacher}) computed before "
+                 "each timed step, as the teacher cache gives them.\n\n"
+                 + table(["recipe", "ms / step", "clips / s", "vs random"], rows))
     write("recipe_step.md", "Step time: the demo and the motion recipe, part by part", body)
 
 
