@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import RESULTS, table, write
-from _ledger import Ledger
+from _ledger import Ledger, config_digest
 from leaderboard import ci_half, read_run
 from mascot import MASCOT, masking, run_key
 
@@ -95,19 +95,29 @@ def lb_runs(folder: Path, recipe: str, recorded: dict[str, dict] | None = None) 
 
 
 def ledger_figures(path: Path) -> dict[str, dict]:
-    """{run name: figures} of a leaderboard's ledger (bench/_ledger.py), the records made under its most
-    common setup only (a claim compares runs of one setup); the others are named and left out."""
+    """{run name: figures} of a leaderboard's ledger (bench/_ledger.py): the records made under its most
+    common setup (a claim compares runs of one setup; each recipe's own file digest aside), and only those
+    whose recipe file still has the settings they ran with; the others are named and left out."""
     if not path.is_file():
         return {}
     records = Ledger(path).records
-    setups = Counter(json.dumps(r["setup"], sort_keys=True) for r in records.values())
+
+    def shared(rec: dict) -> str:  # the setup every recipe of one leaderboard shares
+        return json.dumps({k: v for k, v in rec["setup"].items() if k != "recipe"}, sort_keys=True)
+
+    def current(rec: dict) -> bool:  # its recipe file unchanged since it ran (mascot's records name none)
+        recipe = ROOT / "configs" / "recipes" / f"{rec.get('recipe')}.yaml"
+        return "recipe" not in rec["setup"] or not recipe.is_file() or rec["setup"]["recipe"] == config_digest(recipe)
+
+    setups = Counter(shared(r) for r in records.values())
     if not setups:
         return {}
     main_setup = setups.most_common(1)[0][0]
-    left_out = sorted(n for n, r in records.items() if json.dumps(r["setup"], sort_keys=True) != main_setup)
+    kept = {n: r for n, r in records.items() if shared(r) == main_setup and current(r)}
+    left_out = sorted(set(records) - set(kept))
     if left_out:
-        print(f"{path.name}: left out, made under another setup: {', '.join(left_out)}", flush=True)
-    return {n: r["figures"] for n, r in records.items() if json.dumps(r["setup"], sort_keys=True) == main_setup}
+        print(f"{path.name}: left out, made under another setup or recipe: {', '.join(left_out)}", flush=True)
+    return {n: r["figures"] for n, r in kept.items()}
 
 
 def mascot_runs(folder: Path, key: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:

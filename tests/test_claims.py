@@ -206,3 +206,18 @@ def test_mascot_ledger_reuses_a_finished_run_and_feeds_claims(tmp_path, monkeypa
     row = next(line for line in body.splitlines() if line.startswith("| MASCOT"))
     assert "low − tube, R@1: +2.00 ± 0.00 (3 seeds)" in row and "tube − random, R@1: +2.00" in row
     assert "high − low, R@1: -4.00" in row and row.rstrip(" |").endswith("contradicted")
+
+
+def test_claims_group_recipes_of_one_setup_and_drop_changed_recipes(tmp_path):
+    """Each recipe's record carries its own recipe digest: records of one leaderboard are still one setup;
+    a record whose recipe file has changed since it ran is left out."""
+    c = load_claims()
+    from _ledger import Ledger, config_digest
+
+    base = {"steps": 1000, "losses": "core", "set": [], "curve_every": 0, "corpus": "abc"}
+    led = Ledger(tmp_path / "runs.json")
+    for name in ("clusterstm", "clusterstm-no-density"):
+        digest = config_digest(ROOT / "configs" / "recipes" / f"{name}.yaml")
+        led.put(f"{name}-s0", {**base, "recipe": digest}, {"R@1": 1.0}, recipe=name)
+    led.put("clusterstm-no-relevance-s0", {**base, "recipe": "000000000000"}, {"R@1": 1.0}, recipe="clusterstm-no-relevance")
+    assert sorted(c.ledger_figures(led.path)) == ["clusterstm-no-density-s0", "clusterstm-s0"]
