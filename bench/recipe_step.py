@@ -2,6 +2,7 @@
 control at no more than the demo's step cost).
 
     python bench/recipe_step.py [--steps 8] [--corpus corpus] [--teacher corpus/teacher/lit-effnet-s2.safetensors]
+                                [--tables demo teacher]
 
 Each row is the motion recipe (configs/recipes/motion.yaml) with one part turned back to the demo's
 setting, plus the demo itself. Synthetic clips, the corpus's real training captions (a new draw of 32
@@ -92,22 +93,24 @@ def main() -> None:
     ap.add_argument("--corpus", default="corpus")
     ap.add_argument("--teacher", default="corpus/teacher/lit-effnet-s2.safetensors",
                     help="the recipes' lit-effnet heads (the second table is skipped without them)")
+    ap.add_argument("--tables", nargs="+", choices=["demo", "teacher"], default=["demo", "teacher"])
     args = ap.parse_args()
     anno = Path(args.corpus) / "train.json"
     if not anno.is_file():
         raise SystemExit(f"{anno} not found: make the corpus first (vidmask corpus make --out {args.corpus})")
     captions = [c for item in json.loads(anno.read_text()) for c in item["caption"]]
     rows, base = [], None
-    for name, config, overrides in ROWS:
+    for name, config, overrides in ROWS if "demo" in args.tables else []:
         cfg = load_config(config, overrides)
         med = statistics.median(step_times(cfg, captions, args.steps, args.batch))
         base = base or med
         rows.append([name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / base:.2f}x"])
         print(rows[-1], flush=True)
     body = (f"Batch {args.batch} of synthetic clips with the captions of {anno}; median of {args.steps} steps "
-            "(forward, backward, AdamW) after two warm-up steps; no loader.\n\n"
-            + table(["recipe", "ms / step", "clips / s", "vs demo"], rows))
-    if Path(args.teacher).is_file():
+            "(forward, backward, AdamW) after two warm-up steps; no loader.")
+    if rows:
+        body += "\n\n" + table(["recipe", "ms / step", "clips / s", "vs demo"], rows)
+    if Path(args.teacher).is_file() and "teacher" in args.tables:
         rows, base = [], None
         for name, recipe, overrides in TEACHER_ROWS:
             cfg = load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
@@ -120,7 +123,9 @@ def main() -> None:
                  f"`{' '.join(LEADERBOARD_SET)}`, float32; the teacher's outputs ({args.teacher}) computed before "
                  "each timed step, as the teacher cache gives them.\n\n"
                  + table(["recipe", "ms / step", "clips / s", "vs random"], rows))
-    write("recipe_step.md", "Step time: the demo and the motion recipe, part by part", body)
+    # the teacher table alone goes to a file of its own, so the demo table is not overwritten
+    write("recipe_step.md" if "demo" in args.tables else "recipe_step_teacher.md",
+          "Step time: the demo and the motion recipe, part by part", body)
 
 
 if __name__ == "__main__":
