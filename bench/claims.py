@@ -82,15 +82,21 @@ def fmt(deltas: list[float]) -> str:
 def lb_runs(folder: Path, recipe: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:
     """{seed: figures} of a recipe's finished leaderboard runs: the run folders ({recipe}-s{seed}/eval_all.json
     and probe.json) and, for seeds with no folder here, the ``recorded`` figures (:func:`ledger_figures`)."""
-    out = {}
-    for name, figures in (recorded or {}).items():
-        seed = name[len(recipe) + 2:]
-        if name.startswith(f"{recipe}-s") and seed.isdigit():
-            out[int(seed)] = figures
+    out = recorded_seeds(recorded, recipe)
     for run in sorted(folder.glob(f"{recipe}-s*")):
         seed = run.name[len(recipe) + 2:]
         if seed.isdigit() and (run / "eval_all.json").is_file() and (run / "probe.json").is_file():
             out[int(seed)] = read_run(run, int(seed))
+    return out
+
+
+def recorded_seeds(recorded: dict[str, dict] | None, key: str) -> dict[int, dict]:
+    """{seed: figures} of the ``recorded`` runs named ``key``-s{seed}."""
+    out = {}
+    for name, figures in (recorded or {}).items():
+        seed = name[len(key) + 2:]
+        if name.startswith(f"{key}-s") and seed.isdigit():
+            out[int(seed)] = figures
     return out
 
 
@@ -123,11 +129,7 @@ def ledger_figures(path: Path) -> dict[str, dict]:
 def mascot_runs(folder: Path, key: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:
     """{seed: {"R@1": ...}} of bench/mascot.py's finished runs named ``key``-s{seed}: the run folders and,
     for seeds with no folder here, the ``recorded`` figures (its ledger, :func:`ledger_figures`)."""
-    out = {}
-    for name, figures in (recorded or {}).items():
-        seed = name[len(key) + 2:]
-        if name.startswith(f"{key}-s") and seed.isdigit():
-            out[int(seed)] = figures
+    out = recorded_seeds(recorded, key)
     for run in sorted(folder.glob(f"{key}-s*")):
         seed = run.name[len(key) + 2:]
         if seed.isdigit() and (run / "eval_retrieval.json").is_file():

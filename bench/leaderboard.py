@@ -302,9 +302,10 @@ def main() -> None:
     # seeds outside, recipes inside: every finished seed gives a complete (if wider) table
     for i, seed in enumerate(args.seeds):
         for r in args.recipes:
-            if finished(out / f"{r}-s{seed}", setup_for(r, args.steps)):
+            run_setup = setup_for(r, args.steps)
+            if finished(out / f"{r}-s{seed}", run_setup):
                 same_steps[r].append(run_recipe(r, seed, args.steps, args.corpus, out / f"{r}-s{seed}", teacher,
-                                                extra, args.curve_every, ledger, setup_for(r, args.steps)))
+                                                extra, args.curve_every, ledger, run_setup))
         if not args.report_only or i == len(args.seeds) - 1:
             report(args.seeds[: i + 1])
     if args.minutes:
@@ -318,10 +319,11 @@ def main() -> None:
         same_time: dict[str, list[dict]] = {label: [] for label, _ in rows.values()}
         for seed in args.seeds:
             for r, (label, n) in rows.items():
-                if finished(out / f"{r}-t{args.minutes:g}-s{seed}", setup_for(r, n, 0)):
+                run_setup = setup_for(r, n, 0)
+                if finished(out / f"{r}-t{args.minutes:g}-s{seed}", run_setup):
                     same_time[label].append(
                         run_recipe(r, seed, n, args.corpus, out / f"{r}-t{args.minutes:g}-s{seed}", teacher, extra,
-                                   0, ledger, setup_for(r, n, 0)))
+                                   0, ledger, run_setup))
             report(args.seeds, same_time, rows[base][0])
 
 

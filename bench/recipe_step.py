@@ -14,7 +14,8 @@ A second table (when the --teacher heads exist) times the leaderboard's recipes 
 against ``random`` with the leaderboard's settings (LEADERBOARD_SET): the teacher's outputs are computed
 before each timed step, as the teacher cache hands them to training, so the rows compare the masking,
 encoder, decoders and losses (issue 16: the clusterstm step at most 1.5x random's). Writes
-bench/results/recipe_step.md; compare rows within one run only.
+bench/results/recipe_step.md (``--tables teacher`` alone: recipe_step_teacher.md); compare rows
+within one run only.
 """
 
 from __future__ import annotations
@@ -99,13 +100,19 @@ def main() -> None:
     if not anno.is_file():
         raise SystemExit(f"{anno} not found: make the corpus first (vidmask corpus make --out {args.corpus})")
     captions = [c for item in json.loads(anno.read_text()) for c in item["caption"]]
+
+    def timed(name: str, cfg, base: float | None, teacher: bool = False) -> tuple[list, float]:
+        """``name``'s table row (median ms, clips / s, ratio to ``base``, itself when None) and its median s."""
+        med = statistics.median(step_times(cfg, captions, args.steps, args.batch, teacher))
+        row = [name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / (base or med):.2f}x"]
+        print(row, flush=True)
+        return row, med
+
     rows, base = [], None
     for name, config, overrides in ROWS if "demo" in args.tables else []:
-        cfg = load_config(config, overrides)
-        med = statistics.median(step_times(cfg, captions, args.steps, args.batch))
+        row, med = timed(name, load_config(config, overrides), base)
+        rows.append(row)
         base = base or med
-        rows.append([name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / base:.2f}x"])
-        print(rows[-1], flush=True)
     body = (f"Batch {args.batch} of synthetic clips with the captions of {anno}; median of {args.steps} steps "
             "(forward, backward, AdamW) after two warm-up steps; no loader.")
     if rows:
@@ -113,19 +120,20 @@ def main() -> None:
     if Path(args.teacher).is_file() and "teacher" in args.tables:
         rows, base = [], None
         for name, recipe, overrides in TEACHER_ROWS:
-            cfg = load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
-                              + [f"teacher.path={args.teacher}", "teacher.cache="])
-            med = statistics.median(step_times(cfg, captions, args.steps, args.batch, teacher=True))
+            row, med = timed(name, load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
+                                               + [f"teacher.path={args.teacher}", "teacher.cache="]), base,
+                             teacher=True)
+            rows.append(row)
             base = base or med
-            rows.append([name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / base:.2f}x"])
-            print(rows[-1], flush=True)
         body += ("\n\n## The teacher recipes against random, with the leaderboard's settings\n\n"
                  f"`{' '.join(LEADERBOARD_SET)}`, float32; the teacher's outputs ({args.teacher}) computed before "
                  "each timed step, as the teacher cache gives them.\n\n"
                  + table(["recipe", "ms / step", "clips / s", "vs random"], rows))
     # the teacher table alone goes to a file of its own, so the demo table is not overwritten
-    write("recipe_step.md" if "demo" in args.tables else "recipe_step_teacher.md",
-          "Step time: the demo and the motion recipe, part by part", body)
+    demo = "demo" in args.tables
+    write("recipe_step.md" if demo else "recipe_step_teacher.md",
+          "Step time: the demo and the motion recipe, part by part" if demo
+          else "Step time: the teacher recipes against random", body)
 
 
 if __name__ == "__main__":

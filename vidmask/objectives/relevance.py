@@ -7,10 +7,13 @@ the cosine with the caption feature. A 1x1 window scores single tokens, which
 a teacher trained on global contrast scores poorly (supplement, Figure I and
 Table I: 3x3 is better on retrieval, QA and captioning); 3x3 is the default.
 
-Prediction: a light decoder (:class:`RelevanceDecoder`) reads the student's
-kept-token features, puts a learned mask token at every masked position,
-and predicts one relevance scalar per token; :func:`relevance_loss` scores
-it on the masked tokens only ("predict the semantic relevance between
+Prediction: one relevance scalar per token from the student's kept-token
+features, with a learned mask token at every masked position: by a light
+decoder of its own (:class:`RelevanceDecoder`, ``decoder: own``, the
+default) or by a linear head on the visual reconstruction decoder's trunk
+(``decoder: recon``, what the clusterstm recipes use; the papers do not say
+which, vidmask's choice is in docs/fidelity.md); :func:`relevance_loss`
+scores it on the masked tokens only ("predict the semantic relevance between
 masked regions and text", the ClusterSTM summary).
 """
 
