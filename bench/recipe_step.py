@@ -6,13 +6,16 @@ control at no more than the demo's step cost).
 
 Each row is the motion recipe (configs/recipes/motion.yaml) with one part turned back to the demo's
 setting, plus the demo itself. Synthetic clips, the corpus's real training captions (a new draw of 32
-each step, so the caption caches and loss.swap's swapped captions miss as they do in training), the
+each step; the frozen towers' caption caches warmed on them first, the student's and the teacher's
+where an objective reads it, as training warms them, so loss.swap's swapped captions miss as in
+training and the training captions do not), the
 whitened head fitted first on 2,000 captions; forward + backward + AdamW, median of --steps after two
 warm-up steps. The loader is not timed (bench/loader.py).
 
 A second table (when the --teacher heads exist) times the leaderboard's recipes that read the teacher
-against ``random`` with the leaderboard's settings (LEADERBOARD_SET): the teacher's outputs are computed
-before each timed step, as the teacher cache hands them to training, so the rows compare the masking,
+against ``random`` with the leaderboard's settings (LEADERBOARD_SET): the teacher's trunk features are
+computed before each timed step and handed to the step as the teacher cache hands them to training (the
+teacher's per-step half, ``from_frames``, is timed), so the rows compare the masking, the teacher's heads,
 encoder, decoders and losses (issue 16: the clusterstm step at most 1.5x random's). Writes
 bench/results/recipe_step.md (``--tables teacher`` alone: recipe_step_teacher.md); compare rows
 within one run only.
@@ -44,7 +47,7 @@ ROWS = [
 
 # bench/leaderboard.py's --set for the motion leaderboard, with vtm and mlm off (--losses core)
 LEADERBOARD_SET = ["model.frame_diff=true", "model.proj_head=whitened", "data.hflip_p=0", "data.reverse_p=0.5",
-                   "train.hard_batches=4", "loss.swap=1.0", "loss.vtm=0", "loss.mlm=0"]
+                   "train.hard_batches=4", "loss.swap=1.0", "train.precision=bf16", "loss.vtm=0", "loss.mlm=0"]
 TEACHER_ROWS = [
     ("random", "random", []),
     ("clusterstm (relevance on recon's decoder trunk)", "clusterstm", []),
@@ -54,8 +57,21 @@ TEACHER_ROWS = [
 ]
 
 
+class Precomputed:
+    """A stand-in for the teacher cache (vidmask.teachers.cache.TeacherCache) that hands back one batch's
+    precomputed frame features: the step then runs the teacher's per-step half (``from_frames``) as training
+    with a cache does."""
+
+    def __init__(self, feats):
+        self.feats = feats
+
+    def lookup(self, index, frame_ids):
+        return self.feats
+
+
 def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool = False) -> list[float]:
     from vidmask.models.whiten import WhitenedHead, fit_whitening
+    from vidmask.train.engine import autocast_ctx
     from vidmask.train.optim import param_groups
     from vidmask.train.wiring import build_model, build_task, build_teacher_from
 
@@ -65,6 +81,8 @@ def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool =
     if isinstance(model.text_proj, WhitenedHead):
         fit_whitening(model.text_proj, lambda caps: model.text(caps).float().cpu(), captions[:2000], 2000,
                       cfg.model.whiten_eps)
+    for tower in task.frozen_caption_towers():  # the training captions' features held before step 1, as in training
+        tower.warm_cache(captions)
     opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
     T, S = cfg.data.num_frames, cfg.data.size
     rng = random.Random(0)
@@ -72,13 +90,14 @@ def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool =
     for i in range(steps + 2):  # two warm-up steps
         video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
         caps = rng.sample(captions, batch)
-        t_out = task.run_teacher({"video": video}) if teacher else None  # what the teacher cache gives: untimed
+        batch_in = {"video": video, "caption": caps}
+        if teacher and task.teacher is not None:  # the trunk's frame features, as the teacher cache gives them: untimed
+            with torch.no_grad():
+                task.teacher_cache = Precomputed(task.teacher.encode_frames(video))  # fields (B, T, n, D)
+            batch_in |= {"index": torch.arange(batch), "frame_ids": torch.zeros(batch, T, dtype=torch.long)}
         t0 = time.perf_counter()
-        if teacher:
-            task.run_teacher = lambda _batch, out=t_out: out  # an instance attribute over the method
-        losses, _ = task({"video": video, "caption": caps}, torch.Generator().manual_seed(i))
-        if teacher:
-            del task.run_teacher
+        with autocast_ctx(torch.device("cpu"), cfg.train.precision):  # as the training loop runs the step
+            losses, _ = task(batch_in, torch.Generator().manual_seed(i))
         opt.zero_grad()
         sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
         opt.step()
@@ -126,8 +145,9 @@ def main() -> None:
             rows.append(row)
             base = base or med
         body += ("\n\n## The teacher recipes against random, with the leaderboard's settings\n\n"
-                 f"`{' '.join(LEADERBOARD_SET)}`, float32; the teacher's outputs ({args.teacher}) computed before "
-                 "each timed step, as the teacher cache gives them.\n\n"
+                 f"`{' '.join(LEADERBOARD_SET)}`; the teacher's trunk features ({args.teacher}) computed "
+                 "before each timed step and handed to it as the teacher cache does (its heads, "
+                 "`from_frames`, are timed).\n\n"
                  + table(["recipe", "ms / step", "clips / s", "vs random"], rows))
     # the teacher table alone goes to a file of its own, so the demo table is not overwritten
     demo = "demo" in args.tables

@@ -205,3 +205,43 @@ def test_text_cache_command_prebuilds_what_pretraining_reads(tiny_set, tmp_path)
     assert first_loss(tmp_path / "stored") == pytest.approx(first_loss(tmp_path / "live"), rel=1e-3, abs=1e-3)
     p = vidmask("text", "cache", f"data.corpus={tiny_set}", check=False)
     assert p.returncode == 2 and "model.text.feature_store" in p.stderr
+
+
+def test_the_teachers_caption_tower_is_served_like_the_students(tiny_set, tmp_path):
+    """loss.relevance encodes every step's captions with the teacher's text side: `vidmask text cache` and
+    training give the teacher's frozen tower (lit-effnet's MiniLM) a store of its own, beside the student's;
+    without a store training warms its cache before step 1, as the student's."""
+    from vidmask.masking import build_masker
+    from vidmask.tasks.pretrain import PretrainTask
+    from vidmask.teachers import build_teacher
+    from vidmask.config import LossConfig
+    from test_pretrain_objectives import tiny_model
+
+    teacher = build_teacher("lit-effnet", token_dim=32, embed_dim=16, heads=2, text_init="random")
+    model = tiny_model()
+
+    def towers(**loss):
+        task = PretrainTask(model, build_masker("random", ratio=0.5), LossConfig(vtc=1.0, **loss), teacher,
+                            frames=2, grid=4)
+        return task.frozen_caption_towers()
+
+    assert towers(relevance=1.0) == [model.text, teacher.text]
+    assert towers(align=1.0) == [model.text]  # the teacher's text side is not read: nothing to serve
+    from types import SimpleNamespace
+    from vidmask.train.run import frozen_caption_towers
+
+    task = PretrainTask(model, build_masker("random", ratio=0.5), LossConfig(vtc=1.0, relevance=1.0), teacher,
+                        frames=2, grid=4)
+    assert frozen_caption_towers(SimpleNamespace(task=task, model=model)) == [model.text, teacher.text]
+    assert frozen_caption_towers(SimpleNamespace(task=object(), model=model)) == [model.text]  # no such list
+
+    store = tmp_path / "stores"
+    common = [f"data.corpus={tiny_set}", *TINY, "data.test_anno=", "train.steps=1", "teacher.name=lit-effnet",
+              "loss.relevance=1.0", f"model.text.feature_store={store}"]
+    p = vidmask("text", "cache", *common)
+    assert p.stdout.count("caption store of the") == 2 and "teacher lit-effnet's text tower" in p.stdout
+    indexes = sorted(store.glob("*/index.json"))
+    assert len(indexes) == 2  # the student's random tower and the teacher's MiniLM: two identities
+    stamps = [i.stat().st_mtime_ns for i in indexes]
+    vidmask("pretrain", *common, f"run_dir={tmp_path / 'stored'}")
+    assert [i.stat().st_mtime_ns for i in sorted(store.glob("*/index.json"))] == stamps  # found, not rebuilt

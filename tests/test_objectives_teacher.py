@@ -66,6 +66,26 @@ def test_window_centre_is_the_token():
     torch.testing.assert_close(win[:, 12], frames.reshape(-1, 4))
 
 
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_window_attend_is_attention_over_window_tokens(window):
+    """window_attend = a softmax over each window_tokens window of the logits, weighting its values
+    (replicate borders: a repeated edge token counts as often as it appears), per head."""
+    from vidmask.tokens import window_attend
+
+    torch.manual_seed(0)
+    Fr, N, h, d = 3, 25, 2, 4
+    logits = torch.randn(Fr, N, h) * 3  # (F, N, h)
+    logits[0, 0] = 80.0  # a dominant edge token: a shift by one frame-wide maximum would underflow its neighbours
+    values = torch.randn(Fr, N, h, d)  # (F, N, h, d)
+    lw = window_tokens(logits, window)  # (F*N, w*w, h)
+    vw = window_tokens(values.reshape(Fr, N, h * d), window).reshape(Fr * N, window * window, h, d)
+    ref = torch.einsum("mwh,mwhd->mhd", lw.softmax(1), vw).reshape(Fr, N, h, d)  # (F, N, h, d)
+    torch.testing.assert_close(window_attend(logits, values, window), ref, rtol=1e-5, atol=1e-6)
+    assert window_attend(logits, values.bfloat16(), window).dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        window_attend(logits, values, 2)
+
+
 @pytest.mark.parametrize("N,window", [(15, 3), (65, 3), (16, 2), (16, 0)])
 def test_relevance_map_rejects_bad_shapes(N, window):
     with pytest.raises(ValueError):

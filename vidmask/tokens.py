@@ -59,6 +59,40 @@ def window_tokens(frames: Tensor, window: int) -> Tensor:
     return x.reshape(Fr * N, window * window, C)  # (F*N, w*w, C)
 
 
+def window_attend(logits: Tensor, values: Tensor, window: int) -> Tensor:
+    """One query's attention over every token's window, without materialising the windows.
+
+    logits float[F,N,h] (the query's score of each token, per head), values
+    [F,N,h,d] -> [F,N,h,d]: for token i, the softmax of the logits in its
+    ``window x window`` neighbourhood weights the values there. The same as
+    attending over :func:`window_tokens` (replicate borders, so an edge token
+    counts as often as it is repeated), but the F*N*window^2 windowed values
+    are never built: the window's w^2 offsets are w^2 shifted views of the
+    padded values, each weighted and added once (memory F*N*h*d, not w^2
+    times it). The softmax is exact per window (its own maximum subtracted).
+    Computed in float32, returned in the values' dtype.
+    """
+    Fr, N, h = logits.shape
+    d = values.shape[-1]
+    g = grid_side(N, "a window")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and >= 1 (a centre token), got {window}")
+    r = window // 2
+    lg = logits.float().transpose(1, 2).reshape(Fr, h, g, g)  # (F, h, g, g)
+    v = values.float().reshape(Fr, g, g, h * d).permute(0, 3, 1, 2)  # (F, h*d, g, g)
+    if r:
+        lg = F.pad(lg, (r, r, r, r), mode="replicate")  # (F, h, g+2r, g+2r)
+        v = F.pad(v, (r, r, r, r), mode="replicate")  # (F, h*d, g+2r, g+2r)
+    w = lg.unfold(2, window, 1).unfold(3, window, 1).reshape(Fr, h, g, g, window * window)  # (F, h, g, g, w*w)
+    w = w.softmax(-1).permute(0, 2, 3, 1, 4).unsqueeze(4)  # (F, g, g, h, 1, w*w), row-major offsets
+    v = v.permute(0, 2, 3, 1).reshape(Fr, g + 2 * r, g + 2 * r, h, d)  # (F, g+2r, g+2r, h, d)
+    out = v.new_zeros(Fr, g, g, h, d)  # (F, g, g, h, d)
+    for dy in range(window):
+        for dx in range(window):
+            out += w[..., dy * window + dx] * v[:, dy : dy + g, dx : dx + g]  # (F, g, g, h, d)
+    return out.reshape(Fr, N, h, d).to(values.dtype)  # (F, N, h, d)
+
+
 def resample_grid(x: Tensor, N: int, mode: str = "bilinear") -> Tensor:
     """Resample square token grids: [..., n, D] -> [..., N, D] (a no-op when n == N).
 

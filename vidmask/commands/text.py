@@ -29,7 +29,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
     from vidmask.commands.runconfig import config_from_args
     from vidmask.train.distributed import init_distributed, teardown
-    from vidmask.train.wiring import caption_store_for, init_model
+    from vidmask.objectives import objective_class
+    from vidmask.train.wiring import build_teacher_from, caption_store_for, init_model
 
     cfg = config_from_args(args.config, args.overrides, None)
     if not cfg.model.text.feature_store:
@@ -42,11 +43,19 @@ def run_cache(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(cfg.train.seed)  # as training does: a randomly initialised tower gets the run's weights
-    text = init_model(cfg, info.device).text  # the tower a run of this config trains with (finetune.init too)
-    t0 = time.time()
-    store = caption_store_for(cfg, text)
-    if info.main:
-        print(f"caption store in {store.folder}: {len(store)} captions, {store.nbytes / 1e6:.1f} MB, "
-              f"{time.time() - t0:.1f} s, {info.world} rank(s)")
+    # the tower a run of this config trains with (finetune.init too), and the teacher's when an objective
+    # reads the teacher's caption features every step (loss.relevance): training reads a store for both
+    towers = [("text tower", init_model(cfg, info.device).text)]
+    if any(objective_class(name).reads_teacher_text for name in cfg.loss.active()):
+        teacher = build_teacher_from(cfg)
+        tower = teacher.caption_tower() if teacher is not None else None
+        if tower is not None:
+            towers.append((f"teacher {cfg.teacher.name}'s text tower", tower))
+    for who, tower in towers:
+        t0 = time.time()
+        store = caption_store_for(cfg, tower)  # two towers with one identity: one store, built once
+        if info.main:
+            print(f"caption store of the {who} in {store.folder}: {len(store)} captions, "
+                  f"{store.nbytes / 1e6:.1f} MB, {time.time() - t0:.1f} s, {info.world} rank(s)")
     teardown()
     return 0

@@ -121,13 +121,17 @@ class Objective(nn.Module):
     """Base of registered objectives.
 
     Subclasses set (through :func:`register_objective`) ``name`` and ``config``,
-    may set ``needs_teacher`` (its targets come from the teacher) and
-    ``uses_fusion`` (it reads ``ctx.fusion``), and implement ``forward``.
+    may set ``needs_teacher`` (its targets come from the teacher),
+    ``reads_teacher_text`` (it encodes the captions with the teacher's text
+    side every step: training then serves them from the teacher's caption
+    cache or store) and ``uses_fusion`` (it reads ``ctx.fusion``), and
+    implement ``forward``.
     """
 
     name: str = ""
     config: type[ObjectiveConfig] = ObjectiveConfig
     needs_teacher: bool = False
+    reads_teacher_text: bool = False
     uses_fusion: bool = False
 
     def student_layers(self) -> int:

@@ -129,6 +129,7 @@ class Relevance(Objective):
     caption (Algorithm III) predicted on the masked tokens from the kept ones."""
 
     needs_teacher = True
+    reads_teacher_text = True  # every step's captions, through the teacher's caption cache or store
 
     def __init__(self, cfg: RelevanceConfig, env: ObjectiveEnv):
         super().__init__()

@@ -88,6 +88,17 @@ class PretrainTask(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0]
 
+    def frozen_caption_towers(self) -> list:
+        """The frozen text towers whose caption features a step reads: the student's (when frozen) and the
+        teacher's (:meth:`Teacher.caption_tower`) when an objective encodes captions with it every step.
+        Training serves each from a caption store or a warmed cache (vidmask.train.run)."""
+        towers = [self.model.text] if self.model.text.frozen else []
+        teacher_text = any(o.reads_teacher_text for o in self.objectives.values())
+        tower = self.teacher.caption_tower() if teacher_text and self.teacher is not None else None
+        if tower is not None and tower.frozen and all(tower is not t for t in towers):
+            towers.append(tower)
+        return towers
+
     def _apply(self, fn, *args, **kwargs):
         # .to(device) reaches the hidden teacher too
         if self.teacher is not None:

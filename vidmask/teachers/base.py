@@ -230,6 +230,13 @@ class Teacher(nn.Module):
         """captions -> unit-norm joint-space features [B,E]."""
         raise NotImplementedError
 
+    def caption_tower(self):
+        """The frozen text tower (a :class:`~vidmask.models.text.TextEncoder`) whose pooled caption features
+        :meth:`encode_text` starts from, or None when it has none such. Training gives it the caption
+        cache or store the student's frozen tower gets (``model.text.feature_store``, else the warmed LRU),
+        so a caption is encoded once, not every step it is drawn."""
+        return None
+
     def cache_options(self) -> dict:
         """Settings beyond the teacher's weights files that change :meth:`encode_frames`' output; they
         name a teacher cache (:func:`vidmask.teachers.cache.cache_key`). {} = none (the default)."""

@@ -154,14 +154,22 @@ class AttentionPool(nn.Module):
         frames float[F,N,D] -> [F*N, E].
 
         The input norm and the key / value projection act on each token alone,
-        so they run once per token and the projected tokens are windowed,
-        instead of once per (token, window) pair: window*window times fewer
-        multiply-adds in the projection, the bulk of the cost.
+        so they run once per token, instead of once per (token, window) pair
+        (window*window times fewer multiply-adds in the projection); so does
+        the one query's score of each key. The windows then only mix scores
+        and values (:func:`~vidmask.tokens.window_attend`), and the output
+        projections run once per window, as they must.
         """
-        from vidmask.tokens import window_tokens
+        from vidmask.tokens import window_attend
 
+        Fr, N, D = frames.shape
+        h = self.attn.heads
         kv = self.attn.kv(self.norm_in(frames))  # (F, N, 2D): per token, once
-        return self._pool_kv(window_tokens(kv, window))  # (F*N, E)
+        k, v = kv.reshape(Fr, N, 2, h, D // h).unbind(2)  # 2 x (F, N, h, D/h), as Attention.attend splits
+        q = self.attn.q(self.query.to(kv.dtype)).reshape(h, D // h)  # (h, D/h)
+        logits = (k.float() * q.float()).sum(-1) / math.sqrt(D // h)  # (F, N, h): SDPA's scale
+        x = window_attend(logits, v, window).reshape(Fr * N, D)  # (F*N, D), heads concatenated
+        return self.proj(self.norm_out(self.attn.proj(x)))  # (F*N, E)
 
     def _pool_kv(self, kv: Tensor) -> Tensor:
         """The learned query over projected token sets kv [M,W,2D] -> [M,E]."""
@@ -260,6 +268,9 @@ class LitEffnetTeacher(Teacher):
     def text_from_pooled(self, pooled: Tensor) -> Tensor:
         """MiniLM mean-pooled embeddings [B,W] -> unit-norm joint-space features [B,E]."""
         return F.normalize(self.text_proj(F.normalize(pooled.float(), dim=-1)), dim=-1)  # (B, E)
+
+    def caption_tower(self):
+        return self.text  # frozen MiniLM: encode_text is a small head on its cached pooled features
 
     def encode_text(self, captions: list[str]) -> Tensor:
         with torch.no_grad():

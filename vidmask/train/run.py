@@ -173,23 +173,27 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
     """The dataset the loop reads: loose files (`VideoTextDataset`) or tar shards (`ShardStream`,
     whose position goes into every checkpoint and is checked on resume)."""
     saved = trainer.saved_data or {}
-    # frozen text tower, model.text.feature_store: the training captions' features from a memory-mapped store
-    # (built on first use, each rank its share), for loose files and shards alike
-    store = caption_store_for(cfg, job.model.text)
-    job.model.text.use_store(store)
+    # frozen text towers (the student's; the teacher's when an objective reads its caption features every
+    # step), model.text.feature_store: the training captions' features from a memory-mapped store (built on
+    # first use, each rank its share; two towers with one identity share one store), loose files and shards
+    towers = frozen_caption_towers(job)
+    stores = [caption_store_for(cfg, tower) for tower in towers]
+    for tower, store in zip(towers, stores):
+        tower.use_store(store)
     if not cfg.data.shards:
         if resume and saved.get("source") == "shards":
             raise ConfigError("--resume: the run was trained from tar shards; keep its data.shards setting")
         dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
                                    hflip_p=cfg.data.hflip_p, reverse_p=cfg.data.reverse_p,
                                    cache_frames=cfg.data.cache_frames)
-        if store is None:
-            # frozen text tower without a store: up to model.text.cache_captions captions' features once, before
-            # the clock starts (from shards: as they come), each rank encoding its share
-            from vidmask.train.distributed import all_gather_rows
+        from vidmask.train.distributed import all_gather_rows
 
-            job.model.text.warm_cache((c for it in job.items for c in it.captions), rank=info.rank,
-                                      world=info.world, gather=all_gather_rows)
+        for tower, store in zip(towers, stores):
+            if store is None:
+                # frozen text tower without a store: up to model.text.cache_captions captions' features once,
+                # before the clock starts (from shards: as they come), each rank encoding its share
+                tower.warm_cache((c for it in job.items for c in it.captions), rank=info.rank,
+                                 world=info.world, gather=all_gather_rows)
         fit_text_head(job, cfg, info)
         return dataset
     fit_text_head(job, cfg, info)
@@ -205,6 +209,15 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
         check_stream_position(stream.position(trainer.start_step), saved)
     trainer.position = stream.position
     return stream
+
+
+def frozen_caption_towers(job: Job) -> list:
+    """The frozen text towers of a job whose caption features its steps read (the task's own list when it
+    has one, e.g. a pretraining task with a teacher's text side; else the student's tower when frozen)."""
+    towers = getattr(job.task, "frozen_caption_towers", None)
+    if towers is not None:
+        return towers()
+    return [job.model.text] if job.model.text.frozen else []
 
 
 def fit_text_head(job: Job, cfg: Config, info: DistInfo) -> None:
