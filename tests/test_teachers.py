@@ -119,6 +119,9 @@ def test_lit_effnet_forward_shapes_at_128(lit):
     _check_out(out, B, T, 64, 256, 384)
     win = lit.pool(out.tokens.flatten(0, 2)[:, None].expand(-1, 9, -1))  # (M, 9, D) -> (M, E)
     assert win.shape == (B * T * 64, 384)
+    # attn and the clip feature share one key / value projection: the same as the pooling head's own calls
+    torch.testing.assert_close(out.attn, lit.pool_head.weights(out.tokens.flatten(0, 1)).reshape(B, T, 64))
+    torch.testing.assert_close(out.video, lit.pool(out.tokens.flatten(1, 2)))
     text = lit.encode_text(["a red ball moves left", "two squares"])
     assert text.shape == (2, 384) and not text.requires_grad
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))

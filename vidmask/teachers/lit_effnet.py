@@ -184,11 +184,15 @@ class AttentionPool(nn.Module):
         are recomputed here from its own q / kv projections (the test checks
         they reproduce its output).
         """
-        M, W, D = tokens.shape
+        return self.weights_kv(self.attn.kv(self.norm_in(tokens)))  # (M, W)
+
+    def weights_kv(self, kv: Tensor) -> Tensor:
+        """:meth:`weights` from the token set's projected keys and values ``kv = attn.kv(norm_in(tokens))``
+        [M,W,2D] -> [M,W] (callers that also pool those tokens project them once)."""
+        M, W, D = kv.shape[0], kv.shape[1], kv.shape[2] // 2
         h = self.attn.heads
-        ctx = self.norm_in(tokens)  # (M, W, D)
-        q = self.attn.q(self.query.to(ctx.dtype)).reshape(1, h, 1, D // h)  # (1, h, 1, D/h)
-        k = self.attn.kv(ctx)[..., :D].reshape(M, W, h, D // h).transpose(1, 2)  # (M, h, W, D/h)
+        q = self.attn.q(self.query.to(kv.dtype)).reshape(1, h, 1, D // h)  # (1, h, 1, D/h)
+        k = kv[..., :D].reshape(M, W, h, D // h).transpose(1, 2)  # (M, h, W, D/h)
         logits = (q * k).sum(-1) / math.sqrt(D // h)  # (M, h, W)
         return logits.float().softmax(-1).mean(1)  # (M, W)
 
@@ -298,8 +302,10 @@ class LitEffnetTeacher(Teacher):
         with torch.no_grad():
             tokens = resample_grid(feats.tokens.float(), grid * grid)  # (B, T, N, D)
             N = tokens.shape[2]
-            attn = self.pool_head.weights(tokens.flatten(0, 1)).reshape(B, T, N)  # (B, T, N)
-            clip = self.pool(tokens.flatten(1, 2))  # (B, E)
+            head = self.pool_head
+            kv = head.attn.kv(head.norm_in(tokens))  # (B, T, N, 2D): per token, once for both uses
+            attn = head.weights_kv(kv.flatten(0, 1)).reshape(B, T, N)  # (B, T, N) per frame
+            clip = F.normalize(head._pool_kv(kv.flatten(1, 2)), dim=-1)  # (B, E) over the clip's T*N tokens
         return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=[tokens])
 
     # ---- persistence ------------------------------------------------------
