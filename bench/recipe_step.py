@@ -5,7 +5,7 @@ control at no more than the demo's step cost).
                                 [--tables demo teacher]
 
 Each row is the motion recipe (configs/recipes/motion.yaml) with one part turned back to the demo's
-setting, plus the demo itself. Synthetic clips, the corpus's real training captions (a new draw of 32
+setting, plus the demo itself. One batch of synthetic clips for every step, the corpus's real training captions (a new draw of 32
 each step; the frozen towers' caption caches warmed on them first, the student's and the teacher's
 where an objective reads it, as training warms them, so loss.swap's swapped captions miss as in
 training and the training captions do not), the
@@ -81,20 +81,22 @@ def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool =
     if isinstance(model.text_proj, WhitenedHead):
         fit_whitening(model.text_proj, lambda caps: model.text(caps).float().cpu(), captions[:2000], 2000,
                       cfg.model.whiten_eps)
+    rng = random.Random(0)
+    draws = [rng.sample(captions, batch) for _ in range(steps + 2)]  # each step's captions (two warm-up steps)
     for tower in task.frozen_caption_towers():  # the training captions' features held before step 1, as in training
-        tower.warm_cache(captions)
+        tower.warm_cache(c for caps in draws for c in caps)
     opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4)
     T, S = cfg.data.num_frames, cfg.data.size
-    rng = random.Random(0)
+    # one batch of clips for every step (the teacher's trunk, about 0.5 s a clip here, runs once, untimed)
+    video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
+    cached = {}
+    if teacher and task.teacher is not None:  # the trunk's frame features, as the teacher cache gives them
+        with torch.no_grad():
+            task.teacher_cache = Precomputed(task.teacher.encode_frames(video))  # fields (B, T, n, D)
+        cached = {"index": torch.arange(batch), "frame_ids": torch.zeros(batch, T, dtype=torch.long)}
     times = []
-    for i in range(steps + 2):  # two warm-up steps
-        video = torch.randn(batch, T, 3, S, S)  # (B, T, 3, H, W)
-        caps = rng.sample(captions, batch)
-        batch_in = {"video": video, "caption": caps}
-        if teacher and task.teacher is not None:  # the trunk's frame features, as the teacher cache gives them: untimed
-            with torch.no_grad():
-                task.teacher_cache = Precomputed(task.teacher.encode_frames(video))  # fields (B, T, n, D)
-            batch_in |= {"index": torch.arange(batch), "frame_ids": torch.zeros(batch, T, dtype=torch.long)}
+    for i, caps in enumerate(draws):
+        batch_in = {"video": video, "caption": caps, **cached}
         t0 = time.perf_counter()
         with autocast_ctx(torch.device("cpu"), cfg.train.precision):  # as the training loop runs the step
             losses, _ = task(batch_in, torch.Generator().manual_seed(i))
