@@ -84,12 +84,13 @@ def window_attend(logits: Tensor, values: Tensor, window: int) -> Tensor:
         lg = F.pad(lg, (r, r, r, r), mode="replicate")  # (F, h, g+2r, g+2r)
         v = F.pad(v, (r, r, r, r), mode="replicate")  # (F, h*d, g+2r, g+2r)
     w = lg.unfold(2, window, 1).unfold(3, window, 1).reshape(Fr, h, g, g, window * window)  # (F, h, g, g, w*w)
-    w = w.softmax(-1).permute(0, 2, 3, 1, 4).unsqueeze(4)  # (F, g, g, h, 1, w*w), row-major offsets
+    # offsets first and contiguous: each offset's weights are one dense block (row-major offsets)
+    w = w.softmax(-1).permute(4, 0, 2, 3, 1).contiguous().unsqueeze(-1)  # (w*w, F, g, g, h, 1)
     v = v.permute(0, 2, 3, 1).reshape(Fr, g + 2 * r, g + 2 * r, h, d)  # (F, g+2r, g+2r, h, d)
     out = v.new_zeros(Fr, g, g, h, d)  # (F, g, g, h, d)
     for dy in range(window):
         for dx in range(window):
-            out += w[..., dy * window + dx] * v[:, dy : dy + g, dx : dx + g]  # (F, g, g, h, d)
+            out.addcmul_(w[dy * window + dx], v[:, dy : dy + g, dx : dx + g])  # (F, g, g, h, d), in place
     return out.reshape(Fr, N, h, d).to(values.dtype)  # (F, N, h, d)
 
 

@@ -153,21 +153,27 @@ class AttentionPool(nn.Module):
         """``forward(window_tokens(frames, window))`` for every token's window at once:
         frames float[F,N,D] -> [F*N, E].
 
-        The input norm and the key / value projection act on each token alone,
-        so they run once per token, instead of once per (token, window) pair
-        (window*window times fewer multiply-adds in the projection); so does
-        the one query's score of each key. The windows then only mix scores
+        The input norm and the value projection act on each token alone, so
+        they run once per token, instead of once per (token, window) pair
+        (window*window times fewer multiply-adds in the projection); the one
+        query's score of each token needs no keys at all (q . (K x + b) =
+        (K^T q) . x + q . b, h numbers per token instead of D). The windows then only mix scores
         and values (:func:`~vidmask.tokens.window_attend`), and the output
         projections run once per window, as they must.
         """
         from vidmask.tokens import window_attend
 
         Fr, N, D = frames.shape
-        h = self.attn.heads
-        kv = self.attn.kv(self.norm_in(frames))  # (F, N, 2D): per token, once
-        k, v = kv.reshape(Fr, N, 2, h, D // h).unbind(2)  # 2 x (F, N, h, D/h), as Attention.attend splits
-        q = self.attn.q(self.query.to(kv.dtype)).reshape(h, D // h)  # (h, D/h)
-        logits = (k.float() * q.float()).sum(-1) / math.sqrt(D // h)  # (F, N, h): SDPA's scale
+        h, d = self.attn.heads, D // self.attn.heads
+        ctx = self.norm_in(frames)  # (F, N, D)
+        weight, bias = self.attn.kv.weight, self.attn.kv.bias  # (2D, D), (2D,): keys first, as attend splits
+        bias = bias if bias is not None else weight.new_zeros(2 * D)  # (2D,)
+        # the one query's score of a token, q . (K x + b), is a dot product of x with K^T q: keys are never made
+        q = self.attn.q(self.query.to(weight.dtype)).reshape(h, d).float() / math.sqrt(d)  # (h, d), SDPA's scale
+        qk = torch.einsum("hd,hdc->hc", q, weight[:D].float().reshape(h, d, D))  # (h, D)
+        qb = (q * bias[:D].float().reshape(h, d)).sum(-1)  # (h,)
+        logits = ctx.float() @ qk.T + qb  # (F, N, h)
+        v = F.linear(ctx, weight[D:], bias[D:]).reshape(Fr, N, h, d)  # (F, N, h, d): values per token, once
         x = window_attend(logits, v, window).reshape(Fr * N, D)  # (F*N, D), heads concatenated
         return self.proj(self.norm_out(self.attn.proj(x)))  # (F*N, E)
 
