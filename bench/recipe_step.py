@@ -69,7 +69,11 @@ class Precomputed:
         return self.feats
 
 
-def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool = False) -> list[float]:
+def stepper(cfg, captions: list[str], steps: int, batch: int, teacher: bool = False):
+    """A function that runs the next training step of ``cfg``'s task and returns its seconds (forward,
+    backward, AdamW), set up as training is: caption caches warmed on the captions its steps draw (a new
+    draw of ``batch`` each step, ``steps`` + 2 draws), the teacher's trunk features handed to the step as
+    the teacher cache hands them."""
     from vidmask.models.whiten import WhitenedHead, fit_whitening
     from vidmask.train.engine import autocast_ctx
     from vidmask.train.optim import param_groups
@@ -94,18 +98,33 @@ def step_times(cfg, captions: list[str], steps: int, batch: int, teacher: bool =
         with torch.no_grad():
             task.teacher_cache = Precomputed(task.teacher.encode_frames(video))  # fields (B, T, n, D)
         cached = {"index": torch.arange(batch), "frame_ids": torch.zeros(batch, T, dtype=torch.long)}
-    times = []
-    for i, caps in enumerate(draws):
-        batch_in = {"video": video, "caption": caps, **cached}
+    upcoming = iter(enumerate(draws))
+
+    def step() -> float:
+        i, caps = next(upcoming)
         t0 = time.perf_counter()
         with autocast_ctx(torch.device("cpu"), cfg.train.precision):  # as the training loop runs the step
-            losses, _ = task(batch_in, torch.Generator().manual_seed(i))
+            losses, _ = task({"video": video, "caption": caps, **cached}, torch.Generator().manual_seed(i))
         opt.zero_grad()
         sum(v for k, v in losses.items() if k.endswith("_loss")).backward()
         opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return step
+
+
+def interleaved(rows: list[tuple[str, object]], captions: list[str], steps: int, batch: int,
+                teacher: bool = False) -> dict[str, float]:
+    """Median seconds a step of each (name, cfg) row: every row set up first and warmed up by two steps,
+    then one step of each row in turn, ``steps`` rounds, so a change of machine load falls on every row."""
+    steppers = {name: stepper(cfg, captions, steps, batch, teacher) for name, cfg in rows}
+    for step in steppers.values():
+        step(), step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steppers}
+    for _ in range(steps):
+        for name, step in steppers.items():
+            times[name].append(step())
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -122,33 +141,28 @@ def main() -> None:
         raise SystemExit(f"{anno} not found: make the corpus first (vidmask corpus make --out {args.corpus})")
     captions = [c for item in json.loads(anno.read_text()) for c in item["caption"]]
 
-    def timed(name: str, cfg, base: float | None, teacher: bool = False) -> tuple[list, float]:
-        """``name``'s table row (median ms, clips / s, ratio to ``base``, itself when None) and its median s."""
-        med = statistics.median(step_times(cfg, captions, args.steps, args.batch, teacher))
-        row = [name, f"{med * 1000:.0f}", f"{args.batch / med:.1f}", f"{med / (base or med):.2f}x"]
-        print(row, flush=True)
-        return row, med
+    def table_rows(rows: list[tuple[str, object]], teacher: bool = False) -> list[list[str]]:
+        """Each row's median ms, clips / s and ratio to the first row, measured interleaved."""
+        med = interleaved(rows, captions, args.steps, args.batch, teacher)
+        base = med[rows[0][0]]
+        out = [[name, f"{m * 1000:.0f}", f"{args.batch / m:.1f}", f"{m / base:.2f}x"] for name, m in med.items()]
+        for row in out:
+            print(row, flush=True)
+        return out
 
-    rows, base = [], None
-    for name, config, overrides in ROWS if "demo" in args.tables else []:
-        row, med = timed(name, load_config(config, overrides), base)
-        rows.append(row)
-        base = base or med
     body = (f"Batch {args.batch} of synthetic clips with the captions of {anno}; median of {args.steps} steps "
-            "(forward, backward, AdamW) after two warm-up steps; no loader.")
-    if rows:
+            "(forward, backward, AdamW) after two warm-up steps, the rows of a table interleaved step by step; "
+            "no loader.")
+    if "demo" in args.tables:
+        rows = table_rows([(name, load_config(config, overrides)) for name, config, overrides in ROWS])
         body += "\n\n" + table(["recipe", "ms / step", "clips / s", "vs demo"], rows)
     if Path(args.teacher).is_file() and "teacher" in args.tables:
-        rows, base = [], None
-        for name, recipe, overrides in TEACHER_ROWS:
-            row, med = timed(name, load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
-                                               + [f"teacher.path={args.teacher}", "teacher.cache="]), base,
-                             teacher=True)
-            rows.append(row)
-            base = base or med
+        rows = table_rows([(name, load_config(f"configs/recipes/{recipe}.yaml", LEADERBOARD_SET + overrides
+                                              + [f"teacher.path={args.teacher}", "teacher.cache="]))
+                           for name, recipe, overrides in TEACHER_ROWS], teacher=True)
         body += ("\n\n## The teacher recipes against random, with the leaderboard's settings\n\n"
                  f"`{' '.join(LEADERBOARD_SET)}`; the teacher's trunk features ({args.teacher}) computed "
-                 "before each timed step and handed to it as the teacher cache does (its heads, "
+                 "before the timed steps and handed to each as the teacher cache does (its heads, "
                  "`from_frames`, are timed).\n\n"
                  + table(["recipe", "ms / step", "clips / s", "vs random"], rows))
     # the teacher table alone goes to a file of its own, so the demo table is not overwritten
