@@ -75,15 +75,20 @@ def build(cfg, device: torch.device):
     from vidmask.train.optim import param_groups
     from vidmask.train.wiring import build_model, build_task, build_teacher_from
 
+    from vidmask.train.engine import autocast_dtype
+
     torch.manual_seed(0)
     teacher = build_teacher_from(cfg)
+    if teacher is not None:  # as pretraining holds it: hf-clip's weights in the autocast dtype, cast once
+        teacher.autocast_weights(autocast_dtype(cfg.train.precision))
     task = build_task(cfg, build_model(cfg), teacher).to(device)
     opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4, fused=device.type == "cuda")
     B, T, S = cfg.train.batch_size, cfg.data.num_frames, cfg.data.size
     g = torch.Generator().manual_seed(0)
     batch = {"video": torch.randn(B, T, 3, S, S, generator=g).to(device),
              "caption": [f"a small red circle number {i} moves left" for i in range(B)]}
-    task.model.text.warm_cache(batch["caption"])
+    for tower in task.frozen_caption_towers():  # the captions' features held, as training warms them
+        tower.warm_cache(batch["caption"])
     return task, opt, batch
 
 

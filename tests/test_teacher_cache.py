@@ -243,6 +243,19 @@ def test_pretraining_with_the_cache_matches_the_live_teacher(tiny_set, tiny_clip
     assert all(math.isfinite(v) for v in first_losses(tmp_path / "mirrored").values())
 
 
+def test_pretraining_with_hf_clip_in_bf16(tiny_set, tiny_clip_dir, tmp_path):
+    """train.precision=bf16 holds hf-clip's weights in bfloat16 (autocast_weights): a run with every teacher
+    term trains, live and from a cache named for those weights."""
+    common = [f"data.corpus={tiny_set}", *TINY, "data.size=64", "data.test_anno=", "train.steps=2",
+              "teacher.name=hf-clip", f"teacher.path={tiny_clip_dir}", "mask.strategy=umt", "mask.ratio=0.5",
+              "loss.align=1.0", "loss.relevance=1.0", "train.precision=bf16"]
+    vidmask("pretrain", *common, f"run_dir={tmp_path / 'live'}")
+    vidmask("pretrain", *common, f"teacher.cache={tmp_path / 'cache'}", f"run_dir={tmp_path / 'cached'}")
+    for run in ("live", "cached"):
+        losses = first_losses(tmp_path / run)
+        assert set(losses) >= {"align_loss", "relevance_loss"} and all(math.isfinite(v) for v in losses.values())
+
+
 def test_mirror_grid_matches_a_loop():
     B, T, g, D = 2, 3, 4, 5
     x = torch.randn(B, T, g * g, D)  # row-major grid, column fastest

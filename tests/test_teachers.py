@@ -180,6 +180,50 @@ def test_hf_clip_teacher_shapes_and_features(tiny_clip_dir):
     torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
 
 
+def test_hf_clip_runs_sdpa_and_its_attention_row_is_the_eager_maps(tiny_clip_dir):
+    """SDPA in every layer; `attn` (the last block's CLS row, head mean, renormalised over the patches) and
+    the tokens are what the eager attention's full maps gave. The last block's queries are sharpened in
+    both models alike, so the row is far from uniform and a wrong head, scale or key set would show."""
+    from transformers import CLIPModel
+
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    eager = CLIPModel.from_pretrained(tiny_clip_dir, attn_implementation="eager").eval()
+    assert teacher.model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        for model in (teacher.model, eager):
+            model.vision_model.encoder.layers[-1].self_attn.q_proj.weight.mul_(40.0)
+        torch.manual_seed(3)
+        B, T, n = 1, 3, 16
+        video = torch.randn(B, T, 3, 64, 64)  # the checkpoint's 64 px: 4x4 patches
+        ref = eager.vision_model(pixel_values=video.flatten(0, 1), output_attentions=True)
+        row = ref.attentions[-1][:, :, 0, 1:].mean(1)  # (B*T, n)
+        row = row / row.sum(-1, keepdim=True)
+        tokens = eager.visual_projection(eager.vision_model.post_layernorm(ref.last_hidden_state))[:, 1:]
+    feats = teacher.encode_frames(video)
+    assert float(row.max()) > 3.0 / n  # a peaked row, not the uniform 1/n
+    torch.testing.assert_close(feats.attn.reshape(B * T, n), row, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(feats.tokens.reshape(B * T, n, -1), tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_hf_clip_weights_cast_once_for_autocast(tiny_clip_dir):
+    """train.precision=bf16: the CLIP weights are held in bfloat16 (cast once, not at every call); the
+    features leave as float32, within bfloat16's rounding of the float32 teacher's, and name another cache."""
+    full = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    half = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    half.autocast_weights(torch.bfloat16)
+    full.autocast_weights(None)  # fp32: nothing changes
+    assert half.model.dtype == torch.bfloat16 and full.model.dtype == torch.float32
+    assert half.cache_options() == {"weights": "torch.bfloat16"} and full.cache_options() == {}
+    torch.manual_seed(4)
+    video = torch.randn(1, 2, 3, 64, 64)
+    a, b = full.encode_frames(video, layers=2), half.encode_frames(video, layers=2)
+    for k, v in a.fields().items():
+        assert b.fields()[k].dtype == torch.float32, k
+        torch.testing.assert_close(b.fields()[k], v, rtol=0.05, atol=0.05)
+    text = ["a red ball moves left", "two squares"]
+    torch.testing.assert_close(half.encode_text(text), full.encode_text(text), rtol=0.05, atol=0.02)
+
+
 def test_hf_clip_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_teacher("hf-clip", path=str(tmp_path))

@@ -230,6 +230,12 @@ class Teacher(nn.Module):
         """captions -> unit-norm joint-space features [B,E]."""
         raise NotImplementedError
 
+    def autocast_weights(self, dtype: torch.dtype | None) -> None:
+        """Hold the frozen weights in ``dtype``, the dtype the training step runs in under autocast (None:
+        float32, no autocast). Autocast casts a frozen weight (one that needs no gradient) again at every
+        use; a teacher whose forward takes its inputs in its weights' dtype overrides this to cast once.
+        The default keeps float32."""
+
     def caption_tower(self):
         """The frozen text tower (a :class:`~vidmask.models.text.TextEncoder`) whose pooled caption features
         :meth:`encode_text` starts from, or None when it has none such. Training gives it the caption

@@ -16,9 +16,12 @@ aligns the student's last 6 layers to its last 6 layers: ``align`` with
   what ``tokens`` alone does.
 * ``attn``: the CLS query's attention over the patches in the last block,
   averaged over heads and renormalised over the patches (the CLS-to-CLS
-  share is dropped) so each frame sums to 1. Attention weights are only
-  returned by the eager attention, so the model loads with
-  ``attn_implementation="eager"`` (SDPA / flash return none).
+  share is dropped) so each frame sums to 1. The model runs SDPA in every
+  layer (``attn_implementation="sdpa"``), which returns no weights; the one
+  row needed is computed directly (:func:`cls_attention`) from the last
+  block's attention input, caught by a forward pre-hook: one query against
+  the keys, instead of every layer's full [heads, 1+n, 1+n] maps from the
+  eager attention.
 * ``patch_embeds`` (``teacher(video, patch_embeds=True)``): the output of
   the patch convolution (``embeddings.patch_embedding``), before the class
   token, the position embedding, ``pre_layrnorm`` and the transformer: what
@@ -55,9 +58,26 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from vidmask.teachers.base import FrameFeatures, Teacher, TeacherOut, register_teacher, resample_attn, resample_grid
+
+
+def cls_attention(attn: nn.Module, x: Tensor) -> Tensor:
+    """The CLS query's attention over the patches in one CLIP attention block, head mean:
+    the block's input x [F,1+n,W] (after its layer norm) -> [F,n], float32.
+
+    What the eager attention's weights give at ``[:, :, 0, 1:].mean(1)``
+    (softmax of the scaled query-key products over all 1+n keys, CLS
+    included), from ``attn``'s own ``q_proj`` / ``k_proj``: one query row
+    per head instead of the full map.
+    """
+    Fr, S, W = x.shape
+    h, d = attn.num_heads, attn.head_dim
+    q = attn.q_proj(x[:, :1]).reshape(Fr, 1, h, d).transpose(1, 2).float()  # (F, h, 1, d)
+    k = attn.k_proj(x).reshape(Fr, S, h, d).transpose(1, 2).float()  # (F, h, S, d)
+    logits = (q * attn.scale) @ k.transpose(-1, -2)  # (F, h, 1, S)
+    return logits.softmax(-1)[:, :, 0, 1:].mean(1)  # (F, n)
 
 
 class HfClipTeacher(Teacher):
@@ -83,8 +103,8 @@ class HfClipTeacher(Teacher):
                 f"teacher.path={str(path)!r}: no config.json there; point it at a local Hugging Face "
                 "CLIP folder (config.json, model weights, tokenizer files)"
             )
-        # eager: the only attention implementation that returns the weights `attn` needs
-        self.model = CLIPModel.from_pretrained(folder, attn_implementation="eager")
+        # SDPA everywhere: `attn`'s one row is computed apart (cls_attention), not returned by the attention
+        self.model = CLIPModel.from_pretrained(folder, attn_implementation="sdpa")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         self.image_size, self.clip_patch = int(vc.image_size), int(vc.patch_size)
@@ -95,13 +115,34 @@ class HfClipTeacher(Teacher):
         self.max_len = min(max_len, int(tc.max_position_embeddings))
         self.frame_chunk = frame_chunk
 
+    def autocast_weights(self, dtype: torch.dtype | None) -> None:
+        """The CLIP model's weights in ``dtype`` (bf16 or fp16 under autocast): cast once, not at every
+        call; frames go in as the weights' dtype (:meth:`encode_frames`) and every output leaves as float32
+        where vidmask reads it. The weights' dtype names the teacher cache (:meth:`cache_options`)."""
+        if dtype is not None and dtype != self.model.dtype:
+            self.model.to(dtype)
+
+    def cache_options(self) -> dict:
+        # features from cast weights differ from float32 ones by their rounding: another cache
+        return {} if self.model.dtype == torch.float32 else {"weights": str(self.model.dtype)}
+
     def _frames(self, frames: Tensor, layers: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
         """frames float[F,3,H,W] -> (projected tokens [F,1+n,E], CLS-to-patch attention [F,n],
         the layers-1 layers before the last, projected, [F,layers-1,1+n,E] or None)."""
         vm = self.model.vision_model
         H = frames.shape[-1]
-        out = vm(pixel_values=frames, interpolate_pos_encoding=H != self.image_size, output_attentions=True,
-                 output_hidden_states=layers > 1)
+        last = vm.encoder.layers[-1].self_attn
+        seen: dict[str, Tensor] = {}
+
+        def grab(_module, args, kwargs):  # the last block's attention input, after its layer norm
+            seen["x"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        hook = last.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            out = vm(pixel_values=frames, interpolate_pos_encoding=H != self.image_size,
+                     output_hidden_states=layers > 1)
+        finally:
+            hook.remove()
         hidden = vm.post_layernorm(out.last_hidden_state)  # (F, 1+n, W) the final layer norm on every token
         proj = self.model.visual_projection(hidden)  # (F, 1+n, E)
         earlier = None
@@ -109,7 +150,7 @@ class HfClipTeacher(Teacher):
             # hidden_states: the embeddings, then every layer's output; the last is last_hidden_state
             before = torch.stack(out.hidden_states[-layers:-1], 1)  # (F, layers-1, 1+n, W)
             earlier = self.model.visual_projection(vm.post_layernorm(before))  # (F, layers-1, 1+n, E)
-        attn = out.attentions[-1][:, :, 0, 1:].float().mean(1)  # (F, n) last block, CLS query, head mean
+        attn = cls_attention(last, seen["x"])  # (F, n) last block, CLS query, head mean
         return proj, attn / attn.sum(-1, keepdim=True).clamp_min(1e-12), earlier  # (F, n) rows sum to 1
 
     def encode_frames(self, video: Tensor, layers: int = 1, patch_embeds: bool = False) -> FrameFeatures:
@@ -123,12 +164,12 @@ class HfClipTeacher(Teacher):
         with torch.no_grad():
             parts = [self._frames(frames[s : s + self.frame_chunk], layers)
                      for s in range(0, frames.shape[0], self.frame_chunk)]
-        proj = torch.cat([p for p, _, _ in parts])  # (B*T, 1+n, E)
+        proj = torch.cat([p for p, _, _ in parts]).float()  # (B*T, 1+n, E), float32 whatever the weights
         attn = torch.cat([a for _, a, _ in parts])  # (B*T, n)
         n = proj.shape[1] - 1
         earlier = None
         if layers > 1:
-            earlier = torch.cat([e for _, _, e in parts])[:, :, 1:]  # (B*T, k-1, n, E) patch tokens only
+            earlier = torch.cat([e for _, _, e in parts])[:, :, 1:].float()  # (B*T, k-1, n, E) patch tokens only
             earlier = earlier.reshape(B, T, layers - 1, n, -1)  # (B, T, k-1, n, E)
         embeds = None
         if patch_embeds:
@@ -136,7 +177,7 @@ class HfClipTeacher(Teacher):
             with torch.no_grad():
                 embeds = torch.cat([conv(frames[s : s + self.frame_chunk]).flatten(2).transpose(1, 2)
                                     for s in range(0, frames.shape[0], self.frame_chunk)])  # (B*T, n, W)
-            embeds = embeds.reshape(B, T, n, -1)  # (B, T, n, W)
+            embeds = embeds.reshape(B, T, n, -1).float()  # (B, T, n, W)
         return FrameFeatures(tokens=proj[:, 1:].reshape(B, T, n, -1), attn=attn.reshape(B, T, n),
                              cls=proj[:, 0].reshape(B, T, -1), earlier=earlier,
                              patch_embeds=embeds)  # (B, T, n, E), (B, T, n), (B, T, E)

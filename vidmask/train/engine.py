@@ -84,10 +84,15 @@ def cpu_bf16_is_native() -> bool:
         return False
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype train.precision runs the step in under autocast; None for fp32 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def autocast_ctx(device: torch.device, precision: str):
-    if precision == "fp32":
+    dtype = autocast_dtype(precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 
 
