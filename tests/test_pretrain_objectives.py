@@ -148,3 +148,5 @@ def test_relevance_decodes_from_the_recon_trunk_once(tiny_clip_dir):
                      LossConfig(vtc=1.0, relevance={"weight": 1.0, "decoder": "recon"}), teacher, frames=2, grid=4)
     with pytest.raises(ConfigError, match="loss.relevance.decoder must be one of own, recon"):
         load_config(None, ["loss.relevance.decoder=shared"])
+    with pytest.raises(ConfigError, match=r"loss.relevance.decoder_dim=64 .* loss.recon.decoder_dim"):
+        load_config("configs/recipes/clusterstm.yaml", ["loss.relevance.decoder_dim=64"])

@@ -121,6 +121,10 @@ class RelevanceConfig(ObjectiveConfig):
             raise ConfigError("loss.relevance.decoder_dim must be >= 1")
         if self.decoder not in DECODERS:
             raise ConfigError(f"loss.relevance.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "recon" and self.decoder_dim != RelevanceConfig.decoder_dim:
+            raise ConfigError(f"loss.relevance.decoder_dim={self.decoder_dim} sizes a decoder of relevance's own, "
+                              "but loss.relevance.decoder=recon reads the reconstruction decoder's trunk (its width "
+                              "is loss.recon.decoder_dim): set that one, or loss.relevance.decoder=own")
 
 
 @register_objective("relevance", RelevanceConfig)
