@@ -207,7 +207,7 @@ def test_text_cache_command_prebuilds_what_pretraining_reads(tiny_set, tmp_path)
     assert p.returncode == 2 and "model.text.feature_store" in p.stderr
 
 
-def test_the_teachers_caption_tower_is_served_like_the_students(tiny_set, tmp_path):
+def test_the_teachers_caption_tower_is_served_like_the_students(tiny_set, tiny_clip_dir, tmp_path):
     """loss.relevance encodes every step's captions with the teacher's text side: `vidmask text cache` and
     training give the teacher's frozen tower (lit-effnet's MiniLM) a store of its own, beside the student's;
     without a store training warms its cache before step 1, as the student's."""
@@ -226,6 +226,10 @@ def test_the_teachers_caption_tower_is_served_like_the_students(tiny_set, tmp_pa
         return task.frozen_caption_towers()
 
     assert towers(relevance=1.0) == [model.text, teacher.text]
+    clip = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    task = PretrainTask(model, build_masker("random", ratio=0.5), LossConfig(vtc=1.0, relevance=1.0), clip,
+                        frames=2, grid=4)
+    assert task.frozen_caption_towers() == [model.text, clip.text]
     assert towers(align=1.0) == [model.text]  # the teacher's text side is not read: nothing to serve
     from types import SimpleNamespace
     from vidmask.train.run import frozen_caption_towers

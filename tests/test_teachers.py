@@ -224,6 +224,27 @@ def test_hf_clip_weights_cast_once_for_autocast(tiny_clip_dir):
     torch.testing.assert_close(half.encode_text(text), full.encode_text(text), rtol=0.05, atol=0.02)
 
 
+def test_hf_clip_text_is_clips_text_features_through_a_cached_tower(tiny_clip_dir):
+    """encode_text = CLIPModel.get_text_features, normalised, read through a frozen TextEncoder (the caption
+    tower training warms or stores); the CLIPModel's own text tower is dropped."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from vidmask.models.text import TextEncoder
+
+    teacher = build_teacher("hf-clip", path=str(tiny_clip_dir))
+    tower = teacher.caption_tower()
+    assert isinstance(tower, TextEncoder) and tower.kind == "clip" and tower.frozen
+    assert teacher.model.text_model is None
+    clip, tok = CLIPModel.from_pretrained(tiny_clip_dir).eval(), AutoTokenizer.from_pretrained(tiny_clip_dir)
+    text = ["a red ball moves left", "two small squares bounce", "a blue box"]
+    batch = tok(text, padding=True, truncation=True, max_length=teacher.max_len, return_tensors="pt")
+    with torch.no_grad():
+        out = clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    want = F.normalize(getattr(out, "pooler_output", out), dim=-1)
+    torch.testing.assert_close(teacher.encode_text(text), want, rtol=1e-5, atol=1e-6)
+    assert all(c in tower._cache for c in text)  # held: the next step's same captions are not encoded again
+
+
 def test_hf_clip_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_teacher("hf-clip", path=str(tmp_path))

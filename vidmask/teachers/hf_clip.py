@@ -33,7 +33,10 @@ aligns the student's last 6 layers to its last 6 layers: ``align`` with
   tokens, normalised. CLIP has no pooler for an arbitrary token set; since
   every token already went through CLIP's head (``post_layernorm`` +
   projection), the mean of projected tokens lies in the joint space.
-* ``encode_text``: CLIP's text tower and text projection, normalised.
+* ``encode_text``: CLIP's text tower and text projection, normalised. The
+  tower is a frozen :class:`~vidmask.models.text.TextEncoder`
+  (:meth:`HfClipTeacher.caption_tower`), so training warms or stores its
+  caption features as it does the student's.
 
 Frames arrive CLIP-normalised (vidmask loaders use CLIP's mean/std), so no
 re-normalisation. At a resolution other than the checkpoint's
@@ -92,7 +95,7 @@ class HfClipTeacher(Teacher):
         """
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -105,7 +108,6 @@ class HfClipTeacher(Teacher):
             )
         # SDPA everywhere: `attn`'s one row is computed apart (cls_attention), not returned by the attention
         self.model = CLIPModel.from_pretrained(folder, attn_implementation="sdpa")
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         self.image_size, self.clip_patch = int(vc.image_size), int(vc.patch_size)
         self.token_dim = self.embed_dim = int(self.model.config.projection_dim)
@@ -114,6 +116,14 @@ class HfClipTeacher(Teacher):
         self.student_patch = student_patch
         self.max_len = min(max_len, int(tc.max_position_embeddings))
         self.frame_chunk = frame_chunk
+        # the text tower as a frozen TextEncoder (CLIP kind: the end-of-text token's state): its pooled caption
+        # features are cached, or stored, like the student's (caption_tower); the CLIPModel's own copy goes
+        from vidmask.config import TextConfig
+        from vidmask.models.text import TextEncoder
+
+        self.text = TextEncoder(TextConfig(init=str(folder), trainable_layers=0, max_len=self.max_len))
+        self.text.requires_grad_(False)
+        self.model.text_model = None  # encode_text reads self.text; get_text_features is not called
 
     def autocast_weights(self, dtype: torch.dtype | None) -> None:
         """The CLIP model's weights in ``dtype`` (bf16 or fp16 under autocast): cast once, not at every
@@ -198,15 +208,16 @@ class HfClipTeacher(Teacher):
         """Mean of projected tokens, normalised: [M,W,E] -> [M,E]."""
         return F.normalize(tokens.float().mean(1), dim=-1)  # (M, E)
 
+    def caption_tower(self):
+        return self.text  # frozen CLIP text tower: encode_text is the text projection of its pooled features
+
     def encode_text(self, captions: list[str]) -> Tensor:
-        device = self.model.logit_scale.device
-        batch = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_len,
-                               return_tensors="pt")
+        """CLIP's text features (``get_text_features``: the text projection of the end-of-text token's final
+        state), normalised, from the caption tower's cached pooled states: [B,E] float32."""
+        proj = self.model.text_projection
         with torch.no_grad():
-            out = self.model.get_text_features(input_ids=batch["input_ids"].to(device),
-                                               attention_mask=batch["attention_mask"].to(device))
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5: an output object
-        return F.normalize(feats.float(), dim=-1)  # (B, E)
+            pooled = self.text(list(captions))  # (B, W), cached per caption
+            return F.normalize(proj(pooled.to(proj.weight.dtype)).float(), dim=-1)  # (B, E)
 
 
 @register_teacher("hf-clip")
