@@ -53,7 +53,7 @@ TEACHER_ROWS = [
     ("clusterstm (relevance on recon's decoder trunk)", "clusterstm", []),
     ("clusterstm, relevance with its own decoder", "clusterstm", ["loss.relevance.decoder=own"]),
     ("clusterstm, no relevance", "clusterstm", ["loss.relevance=0"]),
-    ("clusterstm, recon decoder of 1 block (not the recipe)", "clusterstm", ["loss.recon.depth=1"]),
+    ("clusterstm, recon decoder of 2 blocks (before)", "clusterstm", ["loss.recon.depth=2"]),
     ("umt", "umt", []),
 ]
 
