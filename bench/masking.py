@@ -192,6 +192,19 @@ def step_time(model, kept: int) -> float:
     return timed(step, repeat=3)
 
 
+def gram_floor(tokens: torch.Tensor) -> None:
+    """The multiply-adds every exact float32 ClusterSTM must do and nothing else: each clip's
+    upper block triangle of its Gram matrix (frame t against frames s >= t; the loop path's
+    products, the same shapes), with no quantile, exp-sum, DPC or selection. Its time next to
+    the step is the floor of the masker's share on this machine: the Gram grows with T^2, the
+    step with T."""
+    Bc, T, Nc, Cc = tokens.shape
+    x = F.normalize(tokens.float(), dim=-1).reshape(Bc, T * Nc, Cc)  # (B, L, C)
+    for b in range(Bc):
+        for t in range(T):
+            x[b, t * Nc : (t + 1) * Nc] @ x[b, t * Nc :].T  # (N, L - t*N)
+
+
 def masker_for(name: str):
     return build_masker(name, ratio=strategy_ratio(name, RATIO), token_dim=C)
 
@@ -405,7 +418,7 @@ def main(sync_batch: int = 64) -> None:
         "| T | strategy | time (ms) | ratio to step |",
         "|---|---|---:|---:|",
     ]
-    compare, share, memory = [], {}, {}
+    compare, share, memory, floor = [], {}, {}, {}
     for frames in FRAMES:
         tokens, attn = synthetic_clip(B, frames, N, C, seed=frames)
         kept = frames * num_clusters(N, RATIO)
@@ -422,6 +435,11 @@ def main(sync_batch: int = 64) -> None:
             lines.append(f"| {frames} | `{name}` | {sec * 1e3:.1f} | {sec / step:.4f} |")
             if name == "clusterstm":
                 share[frames] = sec / step
+        sec = timed(lambda: gram_floor(tokens), repeat=5)
+        print(f"  Gram floor: {sec * 1e3:.1f} ms ({sec / step:.4f} of a step)", flush=True)
+        lines.append(f"| {frames} | *Gram floor: the upper block triangles' products alone* | {sec * 1e3:.1f} "
+                     f"| {sec / step:.4f} |")
+        floor[frames] = sec / step
 
         fast_keep = clusterstm_keep(tokens, RATIO)[0]
         ref_keep = reference_clusterstm(tokens, RATIO, DEFAULT_DC_RATIO)
@@ -463,8 +481,12 @@ def main(sync_batch: int = 64) -> None:
     verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     lines += [
         "",
-        "Targets: `clusterstm` at most 0.05 of a step: "
-        + ", ".join(f"T={t} {v:.3f} ({verdict(v <= 0.05)})" for t, v in share.items())
+        "Targets: `clusterstm` no slower than the record issue 16 quotes (0.030 of a step at T=8, 0.049 at "
+        "T=16, on 2026-11-22 when the step took 4.1 s and 8.6 s: a ratio moves with the machine, since the "
+        "masker's share of memory-bound work differs from the step's): " + ", ".join(f"T={t} {v:.3f} ({verdict(v <= {8: 0.030, 16: 0.049}.get(t, 0.05))})"
+                              for t, v in share.items())
+        + "; 0.03 at T=16: " + ", ".join(f"{v:.3f} ({verdict(v <= 0.03)}; the Gram products alone take "
+                                        f"{floor[t]:.3f})" for t, v in share.items() if t == 16)
         + "; at least 4x faster than the reference: "
         + ", ".join(f"T={t} {r / f:.1f}x ({verdict(r / f >= 4)})" for t, r, f in compare)
         + "; peak extra memory at most 128 MiB at T=16: "
@@ -472,6 +494,16 @@ def main(sync_batch: int = 64) -> None:
         + ".",
     ]
     lines += [
+        "",
+        "The Gram floor rows time only the multiply-adds of an exact float32 method: each clip's upper "
+        "block triangle of its Gram matrix (T(T+1)/2 blocks of N x N x C), the loop's own products, without "
+        "the quantile, the exp-sum, DPC or the selection. The step grows with T and the Gram with T^2. "
+        + (f"At T=16 the products alone take {floor[16]:.3f} of the step, " if 16 in floor else "")
+        + ("at least 0.9 of the 0.03 target: the target is out of reach on this CPU for any method that "
+           "gives these masks (they are decided by float32 Gram entries), whatever the rest costs."
+           if floor.get(16, 0.0) >= 0.027 else
+           "below 0.9 of the 0.03 target: the rest of the method (quantile, exp-sum, DPC, selection) "
+           "is what stands between it and the target."),
         "",
         "Peak extra memory (T=16 only): in a fresh subprocess, with the input made and a warm-up call "
         "on a tiny clip done, the peak resident set is reset (`/proc/self/clear_refs`), the call runs, "
