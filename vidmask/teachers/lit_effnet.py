@@ -147,7 +147,7 @@ class AttentionPool(nn.Module):
         self.proj = nn.Linear(dim, out_dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self._pool_kv(self.attn.kv(self.norm_in(tokens)))  # (M, E)
+        return self.pool_kv(self.attn.kv(self.norm_in(tokens)))  # (M, E)
 
     def forward_windows(self, frames: Tensor, window: int) -> Tensor:
         """``forward(window_tokens(frames, window))`` for every token's window at once:
@@ -177,8 +177,9 @@ class AttentionPool(nn.Module):
         x = window_attend(logits, v, window).reshape(Fr * N, D)  # (F*N, D), heads concatenated
         return self.proj(self.norm_out(self.attn.proj(x)))  # (F*N, E)
 
-    def _pool_kv(self, kv: Tensor) -> Tensor:
-        """The learned query over projected token sets kv [M,W,2D] -> [M,E]."""
+    def pool_kv(self, kv: Tensor) -> Tensor:
+        """:meth:`forward` from the token sets' projected keys and values ``kv = attn.kv(norm_in(tokens))``
+        [M,W,2D] -> [M,E] (callers that also need :meth:`weights_kv` of those tokens project them once)."""
         q = self.query.expand(kv.shape[0], -1, -1).to(kv.dtype)  # (M, 1, D)
         x = self.attn.attend(q, kv)  # (M, 1, D)
         return self.proj(self.norm_out(x[:, 0]))  # (M, E)
@@ -311,7 +312,7 @@ class LitEffnetTeacher(Teacher):
             head = self.pool_head
             kv = head.attn.kv(head.norm_in(tokens))  # (B, T, N, 2D): per token, once for both uses
             attn = head.weights_kv(kv.flatten(0, 1)).reshape(B, T, N)  # (B, T, N) per frame
-            clip = F.normalize(head._pool_kv(kv.flatten(1, 2)), dim=-1)  # (B, E) over the clip's T*N tokens
+            clip = F.normalize(head.pool_kv(kv.flatten(1, 2)), dim=-1)  # (B, E) over the clip's T*N tokens
         return TeacherOut(tokens=tokens, attn=attn, video=clip, layers=[tokens])
 
     # ---- persistence ------------------------------------------------------
