@@ -75,12 +75,8 @@ def build(cfg, device: torch.device):
     from vidmask.train.optim import param_groups
     from vidmask.train.wiring import build_model, build_task, build_teacher_from
 
-    from vidmask.train.engine import autocast_dtype
-
     torch.manual_seed(0)
-    teacher = build_teacher_from(cfg)
-    if teacher is not None:  # as pretraining holds it: hf-clip's weights in the autocast dtype, cast once
-        teacher.autocast_weights(autocast_dtype(cfg.train.precision))
+    teacher = build_teacher_from(cfg)  # as pretraining holds it: hf-clip's weights in the autocast dtype
     task = build_task(cfg, build_model(cfg), teacher).to(device)
     opt = torch.optim.AdamW(param_groups(task, 0.05), lr=1e-4, fused=device.type == "cuda")
     B, T, S = cfg.train.batch_size, cfg.data.num_frames, cfg.data.size

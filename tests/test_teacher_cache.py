@@ -297,15 +297,18 @@ def test_the_dataset_says_which_clips_it_flipped(tiny_set):
     assert batch["mirrored"].dtype == torch.bool and batch["mirrored"].tolist() == seen
 
 
-def test_teacher_cache_command_prebuilds_what_pretraining_reads(tiny_set, tiny_clip_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_teacher_cache_command_prebuilds_what_pretraining_reads(tiny_set, tiny_clip_dir, tmp_path, precision):
+    """Under bf16 hf-clip holds bf16 weights, which name its cache: the command must build that cache too."""
     args = [f"data.corpus={tiny_set}", *TINY, "data.size=64", "teacher.name=hf-clip", f"teacher.path={tiny_clip_dir}",
-            f"teacher.cache={tmp_path / 'cache'}", "loss.align=1.0"]
+            f"teacher.cache={tmp_path / 'cache'}", "loss.align=1.0", f"train.precision={precision}"]
     p = vidmask("teacher", "cache", *args)
     assert "16 videos, 128 frames" in p.stdout
     (path,) = (tmp_path / "cache").glob("*/index.json")
     stamp = path.stat().st_mtime_ns
     vidmask("pretrain", *args, "data.test_anno=", "train.steps=1", f"run_dir={tmp_path / 'run'}")
     assert path.stat().st_mtime_ns == stamp  # pretraining found it and did not rebuild it
+    assert list((tmp_path / "cache").glob("*/index.json")) == [path]  # nor built another under another key
     p = vidmask("teacher", "cache", f"data.corpus={tiny_set}", check=False)
     assert p.returncode == 2 and "teacher.cache" in p.stderr
 

@@ -193,7 +193,6 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
     """Masked pretraining of ``model`` by cfg.mask and the loss sections, evaluated by retrieval.
 
     Retrieval fine-tuning is the same job on the fine-tuning data from a pretrained model."""
-    from vidmask.train.engine import autocast_dtype
     from vidmask.train.wiring import build_teacher_from, masker_from, teacher_cache_for, training_items
 
     if cfg.finetune.method:
@@ -203,8 +202,7 @@ def build_pretrain(cfg: Config, model: VideoTextModel, device, evaluating: bool 
     items = [] if evaluating else training_items(cfg)  # memory-mapped: nothing per entry in Python
     teacher = build_teacher_from(cfg)
     if teacher is not None:
-        teacher.to(device)
-        teacher.autocast_weights(autocast_dtype(cfg.train.precision))  # hf-clip: bf16 / fp16 weights, cast once
+        teacher.to(device)  # its weights already in train.precision's dtype (build_teacher_from)
     masker = masker_from(cfg, teacher)  # a wrong mask setting stops the run before the teacher cache is built
     task = PretrainTask(model, masker, cfg.loss, teacher, frames=cfg.data.num_frames // cfg.model.tubelet,
                         grid=cfg.data.size // cfg.model.patch).to(device)

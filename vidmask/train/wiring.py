@@ -128,6 +128,10 @@ def init_model(cfg: Config, device, evaluating: bool = False) -> VideoTextModel:
 
 
 def build_teacher_from(cfg: Config):
+    """The frozen teacher a config names (None without ``teacher.name``), its weights in the dtype
+    ``train.precision`` runs in (:meth:`~vidmask.teachers.base.Teacher.autocast_weights`: hf-clip holds
+    bf16 / fp16 weights, cast once). Every command builds it here, so a teacher cache the ``vidmask
+    teacher cache`` command builds carries the key pretraining looks for."""
     if not cfg.teacher.name:
         return None
     from vidmask.teachers import build_teacher
@@ -141,11 +145,15 @@ def build_teacher_from(cfg: Config):
     if cfg.teacher.name == "lit-effnet" and not cfg.teacher.path:
         log.warning("teacher lit-effnet without teacher.path: its heads are untrained (random)")
     try:
-        return build_teacher(cfg.teacher.name, **kw)
+        teacher = build_teacher(cfg.teacher.name, **kw)
     except ValueError as e:
         if "trunk scale" not in str(e):
             raise
         raise ConfigError(f"teacher.trunk_scale: {e}") from None
+    from vidmask.train.engine import autocast_dtype
+
+    teacher.autocast_weights(autocast_dtype(cfg.train.precision))
+    return teacher
 
 
 def training_items(cfg: Config):
