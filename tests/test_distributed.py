@@ -60,3 +60,42 @@ def test_asking_for_cuda_without_one_is_a_config_error():
     with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device"):
         pick_device("cuda", 0)
     assert pick_device("auto", 0).type == "cpu"
+
+
+def _gather_worker(rank, world, port, n, out):
+    from vidmask.data.shard import gather_ordered, my_share
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    share = my_share(n)  # (n/world,) this rank's items
+    batch = torch.arange(n * 1000, dtype=torch.float32).view(n, 1000)[share]  # (n/world, 1000): one eval batch
+    rows = list(batch)  # views into the batch's storage, as the evaluations collect them
+    pairs = [(r, r[:3]) for r in rows]  # and rows inside tuples (MASCOT's wti sets)
+    out[rank] = (gather_ordered(rows, n), gather_ordered(pairs, n))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_rows():
+    """Pickling a view writes its whole storage: each gathered row must be a tensor of its own size."""
+    import pickle
+
+    from vidmask.data.shard import compact
+
+    n = 6
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_gather_worker, args=(2, port, n, out), nprocs=2, join=True)
+    want = torch.arange(n * 1000, dtype=torch.float32).view(n, 1000)  # (n, 1000)
+    for r in range(2):
+        rows, pairs = out[r]
+        assert torch.equal(torch.stack(rows), want)
+        assert torch.equal(torch.stack([b for _, b in pairs]), want[:, :3])
+    batch = torch.randn(64, 1000)
+    views = list(batch)  # 64 x (1000,) views of one 256 kB storage
+    assert len(pickle.dumps(views)) > 60 * batch.nbytes  # what all_gather_object would have sent
+    assert len(pickle.dumps(compact(views))) < 1.2 * batch.nbytes
+    assert all(torch.equal(a, b) for a, b in zip(compact(views), views))
+    assert compact({"a": (views[0], "x")})["a"][1] == "x"

@@ -9,6 +9,7 @@ are the identity. Outputs travel as Python objects (CPU tensors, strings) by
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 
@@ -30,9 +31,25 @@ def gather_ordered(local: list, n: int) -> list:
     if world == 1:
         return list(local)
     parts = [None] * world
-    dist.all_gather_object(parts, list(local))
+    dist.all_gather_object(parts, [compact(value) for value in local])
     out = [None] * n
     for r, part in enumerate(parts):
         for i, value in zip(range(r, n, world), part):
             out[i] = value
     return out
+
+
+def compact(value):
+    """``value`` with every tensor in it (also inside tuples, lists and dicts) a CPU tensor that owns
+    just its own elements. A row of a batch (``list(batch_tensor)``) is a view, and pickling a view
+    writes its whole storage: 64 rows of one batch would travel as 64 copies of the batch, world
+    times over, through ``all_gather_object`` (on NCCL, through every GPU's memory)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()  # a fresh storage of exactly its elements
+    if isinstance(value, tuple):
+        return tuple(compact(v) for v in value)
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    return value
