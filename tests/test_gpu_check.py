@@ -16,10 +16,21 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     recipes = ["clusterstm", "umt"]  # the masker with the most work and the hf-clip recipe (switched to lit-effnet)
+    real = gpu_check.bf16_vs_fp32
+
+    def umt_fails(path, *args):  # one failing row must not lose the others, nor the sections after it
+        if path.stem == "umt":
+            raise RuntimeError("a planted failure")
+        return real(path, *args)
+
+    gpu_check.bf16_vs_fp32 = umt_fails
     out = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "1", "--recipes", *recipes,
                           "--out", str(tmp_path / "gpu.md")])
     text = out.read_text()
-    for name in recipes:
-        assert text.count(f"`{name}`") == 2, name  # a timing row and a precision row
+    assert text.count("`clusterstm`") == 2  # a timing row and a precision row
+    assert text.count("`umt`") == 2  # its timing row, and its precision failure named
+    assert "- FAILED `umt`: RuntimeError: a planted failure" in text
     assert "| yes |" in text.split("clusterstm masks")[1].split("##")[0]  # CPU masks equal (here trivially)
-    assert text.rstrip().endswith("| yes |")  # the smoke run resumed to the same losses
+    smoke = text.split("## CLI smoke run")[1]
+    assert "| yes (largest relative difference" in smoke  # the smoke run resumed to the same losses
+    assert "still running" not in text
