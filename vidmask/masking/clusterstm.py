@@ -104,7 +104,6 @@ would change the masks.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +116,7 @@ from torch.nn.utils.rnn import pad_sequence
 from vidmask.masking.base import Masker, MaskOut, keep_to_ids, register, topk_keep
 from vidmask.masking.dpc import dpc_knn, dpc_knn_from_gram, kmeans_from_gram
 from vidmask.masking.motion import adjacent_mean
+from vidmask.precision import float32_math
 
 __all__ = [
     "DEFAULT_DC_RATIO",
@@ -130,18 +130,6 @@ __all__ = [
 ]
 
 DEFAULT_DC_RATIO = 0.02
-@contextlib.contextmanager
-def exact_float32():
-    """Float32 matmuls without TF32 while a mask is computed: the Grams decide ties and order
-    statistics, and a run with ``train.tf32`` (TF32 on globally) must get the masks float32 gives."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
 # how clusterstm picks the one token of a cluster (see clusterstm_keep)
 SELECTS = ("density", "dynamics", "adjacent")
 DC_MIN = 1e-6  # floor on the cut-off distance: a static clip has dc = 0
@@ -367,7 +355,7 @@ def temporal_density(tokens: Tensor, dc_ratio: float = DEFAULT_DC_RATIO, impl: s
         raise ValueError(f"temporal_density: tokens must be [B,T,N,C], got {tuple(tokens.shape)}")
     B, T, N, C = tokens.shape
     _check_frames(T, dc_ratio)
-    with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+    with float32_math(tokens.device.type):
         if resolve_impl(impl, tokens.device) == "batched":
             groups = _groups(B, clips_per_group(T, N, C, dc_ratio, B))
             per_group = [_group_density(F.normalize(tokens[g].float(), dim=-1), dc_ratio, grams=False)[0]
@@ -648,7 +636,7 @@ class ClusterStmMasker(_ClusterBase):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+        with float32_math(tokens.device.type):
             scale = float(tokens.shape[-1]) if self.dpc_distance == "tcformer" else 1.0  # TCFormer: d / sqrt(C)
             batched = self._batched(tokens)
             keep, rho, clusters = clusterstm_keep(
@@ -693,7 +681,7 @@ class ClusterRandomMasker(_ClusterBase):
         B, T, N, C = tokens.shape
         K = num_clusters(N, self.ratio)
         batched = self._batched(tokens)
-        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+        with float32_math(tokens.device.type):
             # one draw for the whole batch whichever the path: the same noise for the same generator
             noise = torch.rand(B * T, N, generator=generator, device=tokens.device).view(B, T, N)  # (B, T, N)
             G = clips_per_group(T, N, C, None, B) if batched else B
@@ -714,7 +702,7 @@ class DensityTopkMasker(_ClusterBase):
         self._check(tokens, attn)
         K = num_clusters(tokens.shape[2], self.ratio)
         batched = self._batched(tokens)
-        with torch.autocast(tokens.device.type, enabled=False), exact_float32():
+        with float32_math(tokens.device.type):
             rho = temporal_density(tokens, self.dc_ratio, impl="batched" if batched else "loop")  # (B, T, N)
             keep = topk_keep(rho, K)  # (B, T, N)
         return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), saliency=rho)

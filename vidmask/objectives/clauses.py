@@ -38,6 +38,7 @@ from torch import Tensor
 from vidmask.config import ConfigError
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 from vidmask.objectives.vtc import drop_same_video
+from vidmask.precision import float32_math
 
 _JOIN = r"(?:and|while|then)"
 _CUT = re.compile(rf"\s*[,;:]\s*(?:{_JOIN}\s+)?|\s+{_JOIN}\s+", re.IGNORECASE)  # ", and" is one cut
@@ -88,7 +89,7 @@ class ClauseContrast(Objective):
         clauses = model.encode_text([c for p in pieces for c in p]).float()  # (M, E) unit
         emb = F.normalize(model.vision_proj(tokens).float(), dim=-1)  # (B, K, E)
         scale = model.temperature_scale()
-        with torch.autocast(device.type, enabled=False):
+        with float32_math(device.type):
             logits = scale.float() * clause_scores(clauses, owner, emb, B)  # (B, B): caption i, clip j
             logits = drop_same_video(logits, ctx.pair_ids)  # another caption of one video is no negative
             target = torch.arange(B, device=device)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from vidmask.config import ConfigError
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.precision import float32_math
 
 
 def time_order_ids(ids_keep: Tensor, tokens: int, order: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,7 +103,7 @@ class Reverse(Objective):
         weight = None if weight is None else weight.gather(1, columns)  # (B, K)
         negative = model.project_video(model.visual.forward_features(embedded, None, weight).tokens)  # (B, E)
         scale = model.temperature_scale()
-        with torch.autocast(video.device.type, enabled=False):
+        with float32_math(video.device.type):
             logits = scale.float() * ctx.text_feat.float() @ ctx.video_feat.float().T  # (B, B): caption i, clip j
             own_negative = scale.float() * (ctx.text_feat.float() * negative.float()).sum(-1)  # (B,)
             logits = torch.cat([logits, (own_negative + self.log_weight).unsqueeze(1)], 1)  # (B, B+1)

@@ -36,6 +36,7 @@ from vidmask.config import ConfigError
 from vidmask.lexicon import WORD, pair_table
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
 from vidmask.objectives.vtc import drop_same_video
+from vidmask.precision import float32_math
 
 # "a:b" swaps both ways, "a>b" only a into b (b has another counterpart). English opposites of
 # direction, size and motion verbs, as a caption of any video-text set would use them.
@@ -104,7 +105,7 @@ class Swap(Objective):
         swapped = [swap_word(c, self.table, u) for c, u in zip(ctx.captions, choice)]
         rows = [i for i, s in enumerate(swapped) if s is not None]
         scale = model.temperature_scale()
-        with torch.autocast(device.type, enabled=False):
+        with float32_math(device.type):
             logits = scale.float() * video_feat.float() @ text_feat.float().T  # (B, B): clip i, caption j
             logits = drop_same_video(logits, ctx.pair_ids)  # another caption of one video is no negative
             negative = torch.full((B,), float("-inf"), device=device)  # (B,): no extra candidate

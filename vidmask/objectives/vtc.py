@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vidmask.objectives.base import Objective, ObjectiveConfig, ObjectiveEnv, StepContext, register_objective
+from vidmask.precision import float32_math
 
 
 class _AllGather(torch.autograd.Function):
@@ -109,9 +110,9 @@ def vtc_loss(video: Tensor, text: Tensor, scale: Tensor, gather: bool = True,
     sizes = rank_sizes(video.shape[0], video.device) if gather else None  # one count for features and ids
     v_all, off = gather_with_grad(video, sizes) if gather else (video, 0)  # (sum B, E)
     t_all, _ = gather_with_grad(text, sizes) if gather else (text, 0)  # (sum B, E)
-    # float32 logits even under autocast, which would otherwise recast the matmul to bf16 / fp16:
-    # at scale 100, bf16's 8 bits of mantissa blur logits by about 0.4
-    with torch.autocast(video.device.type, enabled=False):
+    # float32 logits even under autocast, which would otherwise recast the matmul to bf16 / fp16
+    # (at scale 100, bf16's 8 bits of mantissa blur logits by about 0.4), and without TF32 on CUDA
+    with float32_math(video.device.type):
         logits_v2t = scale.float() * video.float() @ t_all.float().T  # (B, W*B)
         logits_t2v = scale.float() * text.float() @ v_all.float().T  # (B, W*B)
         if pair_ids is None:

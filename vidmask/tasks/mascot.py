@@ -34,6 +34,7 @@ from vidmask.models.grl import grad_reverse
 from vidmask.models.mascot import MascotHeads, encode_frames
 from vidmask.models.video_text import VideoTextModel
 from vidmask.models.wti import TokenSet, token_set, wti_similarity, wti_similarity_chunked
+from vidmask.precision import float32_math
 
 
 def gather_set(s: TokenSet) -> tuple[TokenSet, int]:
@@ -55,7 +56,7 @@ def wti_contrastive(a: TokenSet, b: TokenSet, scale: Tensor, gather: bool = True
     a_all, off = gather_set(a) if gather else (a, 0)
     b_all, _ = gather_set(b) if gather else (b, 0)
     labels = torch.arange(len(a), device=a.tokens.device) + off  # (B,)
-    with torch.autocast(a.tokens.device.type, enabled=False):  # float32 logits, as vtc
+    with float32_math(a.tokens.device.type):  # float32 logits, as vtc
         a2b = scale.float() * wti_similarity(a, b_all)  # (B, W*B): each local a against every b
         b2a = scale.float() * wti_similarity(a_all, b).T  # (B, W*B): each local b against every a
         return 0.5 * (F.cross_entropy(a2b, labels) + F.cross_entropy(b2a, labels))
