@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from test_train import TINY
@@ -76,12 +77,17 @@ def test_evaluation_with_workers_names_a_bad_file_in_one_line(tiny_set, tmp_path
     assert "Traceback" not in err and "DataLoader worker" not in err, err
 
 
-def test_on_an_accelerator_the_finite_check_waits_for_a_logging_step(tiny_set, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("fused", [False, True])
+def test_on_an_accelerator_the_finite_check_waits_for_a_logging_step(tiny_set, tmp_path, monkeypatch, capsys, fused):
     """Without a host read per step (the GPU setting), the first non-finite step is recorded on the device,
-    named at the next logging step, and no checkpoint is written after it."""
+    named at the next logging step, and no checkpoint is written after it; the GPU's fused AdamW also
+    skips the non-finite updates themselves (step_unless_nonfinite)."""
     import vidmask.train.run as run_module
 
     nan_from_third_step(monkeypatch)
+    if fused:
+        adamw = torch.optim.AdamW
+        monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: adamw(*a, **{**k, "fused": True}))
     spec = run_module._loop_spec
     monkeypatch.setattr(run_module, "_loop_spec", lambda *a: dataclasses.replace(spec(*a), check_every_step=False))
     run = tmp_path / "gpu-like"
@@ -93,15 +99,59 @@ def test_on_an_accelerator_the_finite_check_waits_for_a_logging_step(tiny_set, t
 
 
 def test_speed_settings(monkeypatch):
+    """train.compile compiles what training runs: every block of the video encoder, called from
+    forward_features (a compiled encoder __call__ would never run). Dynamo's eager backend: the graph
+    capture without code generation."""
     from vidmask.config import load_config
     from vidmask.train.run import speed_settings
     from vidmask.train.wiring import build_model
 
-    compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
-    cfg = load_config(None, ["model.text.init=random", "model.dim=32", "model.depth=1", "model.heads=2",
+    real, calls = torch.compile, []
+
+    def counted_compile(fn, *args, **kwargs):
+        compiled = real(fn, backend="eager")
+
+        def call(*a, **k):
+            calls.append(fn)
+            return compiled(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", counted_compile)
+    cfg = load_config(None, ["model.text.init=random", "model.dim=32", "model.depth=2", "model.heads=2",
                              "train.compile=true"])
     model = build_model(cfg)
     names = [n for n, _ in model.named_parameters()]
-    speed_settings(cfg, model, torch.device("cpu"))
-    assert compiled == [model.visual] and [n for n, _ in model.named_parameters()] == names
+    x = torch.randn(2, 2, 4, 32)  # (B, T, N, C): embedded tokens
+    with torch.no_grad():
+        want = model.visual.forward_features(x).tokens  # (B, T*N, C), before compiling
+        speed_settings(cfg, model, torch.device("cpu"))
+        got = model.visual.forward_features(x).tokens  # (B, T*N, C)
+    assert [n for n, _ in model.named_parameters()] == names
+    assert len(calls) == 2  # each of the 2 blocks ran through its compiled call
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_fused_optimizer_skips_a_non_finite_update_without_a_host_read():
+    """The GPU setting (fused AdamW, no check per step): a non-finite gradient leaves the weights, the
+    moments and the step count as they were; a finite one steps exactly as optimizer.step()."""
+    from vidmask.train.engine import step_unless_nonfinite
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    q = torch.nn.Parameter(p.detach().clone())
+    fused = torch.optim.AdamW([p], lr=0.1, weight_decay=0.05, fused=True)
+    plain = torch.optim.AdamW([q], lr=0.1, weight_decay=0.05, fused=True)
+    for grad in (torch.randn(5), torch.tensor([1.0, float("nan"), 0.0, 1.0, 2.0]), torch.randn(5)):
+        before = p.detach().clone(), {k: v.clone() for k, v in fused.state[p].items()}
+        p.grad, q.grad = grad.clone(), grad.clone()
+        norm = torch.nn.utils.clip_grad_norm_([p], float("inf"))
+        step_unless_nonfinite(fused, norm)
+        assert not hasattr(fused, "found_inf")
+        if torch.isfinite(grad).all():
+            plain.step()
+            assert torch.equal(p, q)
+        else:  # skipped: nothing moved, also not by weight decay
+            assert torch.equal(p.detach(), before[0])
+            assert all(torch.equal(fused.state[p][k], v) for k, v in before[1].items())
+    assert int(fused.state[p]["step"]) == 2 and int(plain.state[q]["step"]) == 2

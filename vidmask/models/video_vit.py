@@ -271,6 +271,14 @@ class VideoViT(nn.Module):
                 x = blk(x, attn_mask)  # (B', M, C)
         return self.norm(x), attn  # (B', M, C)
 
+    def compile_blocks(self, **options) -> None:
+        """``torch.compile`` every block in place (``train.compile``). Blocks, not the encoder: training
+        and evaluation call :meth:`embed`, :meth:`embed_kept` and :meth:`forward_features`, never the
+        module itself, and a compiled ``__call__`` would never run. Parameter names, and so
+        checkpoints, are unchanged; a new kept-token count recompiles once, then shapes go dynamic."""
+        for blk in self.blocks:
+            blk.compile(**options)
+
     def forward(self, video: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """video [B,T,3,H,W] -> pooled clip feature [B,C] (mean over kept tokens)."""
         return self.forward_features(self.embed(video), ids_keep).tokens.mean(1)  # (B, C)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from vidmask.data.transfer import to_device
@@ -135,9 +135,31 @@ def _update(task, optimizer, scaler, inputs, spec, step, rank, device, last_chec
     if scaler is not None:
         scaler.step(optimizer)  # fp16: a non-finite gradient skips the step and lowers the scale
         scaler.update()
+    elif not spec.check_every_step:
+        step_unless_nonfinite(optimizer, grad_norm)  # named at the next logging step (train: check_finite)
     else:
         optimizer.step()
     return loss, losses, report, grad_norm, lr
+
+
+def step_unless_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -> None:
+    """``optimizer.step()``, skipped on the device when ``grad_norm`` is not finite: no host read.
+
+    A fused Adam(W) (the GPU's) takes a ``found_inf`` flag, as fp16's GradScaler gives it: where it
+    is 1 the kernel leaves the weights and moments as they are and takes its step count back. Other
+    optimizers step as they are (their non-finite updates are still caught at the next logging step,
+    and no checkpoint is written after them). Without the skip, NaN weights would reach the next
+    step, whose forward can fail first with an unrelated error (``torch.multinomial`` in vtm's
+    hard-negative sampling), instead of the message that names the step and the last good checkpoint.
+    """
+    if not optimizer.defaults.get("fused"):
+        optimizer.step()
+        return
+    optimizer.found_inf = (~torch.isfinite(grad_norm)).to(torch.float32)  # () 1.0 = skip this update
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, batches,

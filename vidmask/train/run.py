@@ -398,7 +398,7 @@ def speed_settings(cfg: Config, model: torch.nn.Module, device: torch.device) ->
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if cfg.train.compile:
-        model.visual.compile()  # in place: parameter names, and so checkpoints, are unchanged
+        model.visual.compile_blocks()  # in place: parameter names, and so checkpoints, are unchanged
 
 
 def _finish(cfg: Config, run_dir: Path, job: Job, last: int, seconds: float, stopped: bool, main: bool) -> None:
