@@ -99,3 +99,35 @@ def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_r
     assert len(pickle.dumps(compact(views))) < 1.2 * batch.nbytes
     assert all(torch.equal(a, b) for a, b in zip(compact(views), views))
     assert compact({"a": (views[0], "x")})["a"][1] == "x"
+
+
+def _late_worker(rank, world, port, out):
+    import time
+
+    from vidmask.train.distributed import wait_for_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if rank == 0:
+        t0 = time.time()
+        try:
+            wait_for_ranks("the test's cache", 0.05)  # 3 s
+            out[0] = "no error"
+        except RuntimeError as e:
+            out[0] = str(e)
+        out["waited"] = time.time() - t0
+    else:
+        time.sleep(8)  # still building the cache when rank 0 gives up
+        out[1] = "late"
+
+
+def test_a_rank_that_does_not_arrive_in_time_is_named_with_the_key_to_raise():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_late_worker, args=(2, port, out), nprocs=2, join=True)
+    message = out[0]
+    assert "waited for the other ranks to finish the test's cache" in message, message
+    assert "train.dist_timeout_min=0.05" in message and "Rank 1 failed to pass" in message, message  # names it
+    assert out["waited"] < 7 and out[1] == "late"

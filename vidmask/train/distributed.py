@@ -38,6 +38,11 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+# Long waits (one rank building a cache) go through a gloo group under NCCL (wait_for_ranks): NCCL's
+# watchdog aborts the process when a collective times out, before Python sees an error to explain.
+_WAIT_GROUP = None
+
+
 def init_distributed(device_name: str = "auto", timeout_min: float = 30.0) -> DistInfo:
     """Join the process group torchrun describes in the environment, if any; collectives that wait
     longer than ``timeout_min`` (train.dist_timeout_min) fail instead of hanging."""
@@ -45,9 +50,13 @@ def init_distributed(device_name: str = "auto", timeout_min: float = 30.0) -> Di
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
+    global _WAIT_GROUP
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
+        timeout = datetime.timedelta(minutes=timeout_min)
+        dist.init_process_group(backend=backend, timeout=timeout)
+        if backend == "nccl":  # every rank creates it, at the same point: new_group is collective
+            _WAIT_GROUP = dist.new_group(backend="gloo", timeout=timeout)
     return DistInfo(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
@@ -107,8 +116,12 @@ def wait_for_ranks(what: str, timeout_min: float) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        dist.barrier()
-    except RuntimeError as e:  # gloo and NCCL time-outs (DistBackendError is a RuntimeError)
+        if dist.get_backend(_WAIT_GROUP) == "gloo":  # gloo: the default group on CPU, the side group under NCCL
+            # names the ranks that did not arrive (on rank 0), and raises instead of aborting
+            dist.monitored_barrier(group=_WAIT_GROUP, timeout=datetime.timedelta(minutes=timeout_min))
+        else:
+            dist.barrier()
+    except RuntimeError as e:  # time-outs (DistBackendError is a RuntimeError)
         raise RuntimeError(f"rank {dist.get_rank()} waited for the other ranks to finish {what} and gave up "
                            f"(train.dist_timeout_min={timeout_min:g}): another rank failed (see its log) or needs "
                            f"longer; raise train.dist_timeout_min ({e})") from e
@@ -121,11 +134,13 @@ def teardown(clean: bool = True) -> None:
     took part in collectives are still alive, so the caller lets the model and
     optimiser go out of scope first and this collects them.
     """
+    global _WAIT_GROUP
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         if clean:
             dist.barrier()
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the wait group with it
+    _WAIT_GROUP = None
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:
