@@ -449,16 +449,6 @@ def _group_density(x: Tensor, dc_ratio: float, grams: bool = True) -> tuple[Tens
     return rows.sum(-1) / N, frame_gram  # (G, T, N), (G*T, N, N)
 
 
-def _fixed_count_ids(keep: Tensor, per_frame: int) -> Tensor:
-    """:func:`~vidmask.masking.base.keep_to_ids` when every frame keeps exactly
-    ``per_frame`` tokens by construction (one per cluster, or a top-k), without
-    reading the counts back: bool[B,T,N] -> long[B, T*per_frame]."""
-    B, T, N = keep.shape
-    # a stable sort of ~keep puts kept positions first, in ascending order
-    order = torch.argsort((~keep.reshape(B, T * N)).to(torch.int8), dim=1, stable=True)  # (B, L)
-    return order[:, : T * per_frame]  # (B, T*K)
-
-
 # ----------------------------------------------------------------------------
 # cluster-wise selection (Algorithm I)
 # ----------------------------------------------------------------------------
@@ -595,10 +585,11 @@ class _ClusterBase(Masker):
     def _batched(self, tokens: Tensor) -> bool:
         return resolve_impl(self.impl, tokens.device) == "batched"
 
-    def _ids(self, keep: Tensor, batched: bool) -> Tensor:
-        # batched: the count per frame is K by construction (one scatter of K distinct
-        # positions per frame); keep_to_ids would read it back to assert it
-        return _fixed_count_ids(keep, num_clusters(keep.shape[2], self.ratio)) if batched else keep_to_ids(keep)
+    def _ids(self, keep: Tensor) -> Tensor:
+        # the count per frame is K by construction (one token per cluster, or a top-k): given to
+        # keep_to_ids, it is not read back from an accelerator
+        T, N = keep.shape[1:]
+        return keep_to_ids(keep, T * num_clusters(N, self.ratio))  # (B, T*K)
 
     def kept_per_frame(self, num_tokens: int) -> int:
         """One token per cluster: the paper's ``num_clusters = floor(N * (1 - ratio))``, at least 1."""
@@ -643,7 +634,7 @@ class ClusterStmMasker(_ClusterBase):
                 tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters, scale,
                 impl="batched" if batched else "loop",
             )
-        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), saliency=rho, clusters=clusters)
+        return MaskOut(keep=keep, ids_keep=self._ids(keep), saliency=rho, clusters=clusters)
 
     def __repr__(self) -> str:
         return (
@@ -687,7 +678,7 @@ class ClusterRandomMasker(_ClusterBase):
             G = clips_per_group(T, N, C, None, B) if batched else B
             parts = [_random_per_cluster(tokens[g], noise[g], K, self.knn) for g in _groups(B, G)]
             keep, clusters = (torch.cat(p) for p in zip(*parts))  # (B, T, N) each
-        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), clusters=clusters)
+        return MaskOut(keep=keep, ids_keep=self._ids(keep), clusters=clusters)
 
 
 @register("density-topk")
@@ -705,4 +696,4 @@ class DensityTopkMasker(_ClusterBase):
         with float32_math(tokens.device.type):
             rho = temporal_density(tokens, self.dc_ratio, impl="batched" if batched else "loop")  # (B, T, N)
             keep = topk_keep(rho, K)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=self._ids(keep, batched), saliency=rho)
+        return MaskOut(keep=keep, ids_keep=self._ids(keep), saliency=rho)

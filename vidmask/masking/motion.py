@@ -56,7 +56,8 @@ def motion_keep(patches: Tensor, k: int) -> Tensor:
 
 def motion_ids(patches: Tensor, ratio: float) -> Tensor:
     """The kept-token indices long[B,K] (into T*N, ascending) of :func:`motion_keep` at mask ratio ``ratio``."""
-    return keep_to_ids(motion_keep(patches, kept_per_frame(patches.shape[2], ratio)))  # (B, K)
+    k = kept_per_frame(patches.shape[2], ratio)
+    return keep_to_ids(motion_keep(patches, k), patches.shape[1] * k)  # (B, K)
 
 
 @register("motion-topk")
@@ -68,7 +69,9 @@ class MotionTopkMasker(Masker):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
+        T, N = tokens.shape[1:3]
+        k = kept_per_frame(N, self.ratio)
         with torch.autocast(tokens.device.type, enabled=False):
             energy = motion_energy(tokens)  # (B, T, N)
-            keep = topk_keep(energy, kept_per_frame(tokens.shape[2], self.ratio))  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), saliency=energy)
+            keep = topk_keep(energy, k)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k), saliency=energy)

@@ -27,8 +27,9 @@ class RandomMasker(Masker):
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
-        keep = random_keep(B, T, N, kept_per_frame(N, self.ratio), generator, tokens.device)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep))
+        k = kept_per_frame(N, self.ratio)
+        keep = random_keep(B, T, N, k, generator, tokens.device)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k))
 
 
 @register("tube")
@@ -38,8 +39,9 @@ class TubeMasker(Masker):
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
-        keep = tube_keep(B, T, N, kept_per_frame(N, self.ratio), generator, tokens.device)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep))
+        k = kept_per_frame(N, self.ratio)
+        keep = tube_keep(B, T, N, k, generator, tokens.device)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k))
 
 
 @register("none")
@@ -60,4 +62,4 @@ class NoMasker(Masker):
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
         keep = torch.ones(B, T, N, dtype=torch.bool, device=tokens.device)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep))
+        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * N))

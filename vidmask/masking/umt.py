@@ -47,7 +47,8 @@ class UmtMasker(Masker):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        N = tokens.shape[2]
+        T, N = tokens.shape[1:3]
+        k = kept_per_frame(N, self.ratio)
         with torch.autocast(tokens.device.type, enabled=False):
-            keep = umt_keep(attn.to(tokens.device), kept_per_frame(N, self.ratio), generator)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep), saliency=attn.float())
+            keep = umt_keep(attn.to(tokens.device), k, generator)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k), saliency=attn.float())

@@ -153,7 +153,8 @@ class PretrainTask(nn.Module):
         enc = visual.forward_features(embedded, None, out.token_weight, return_layers=self.student_layers)
         video_ids, video_weight, video_tokens = out.ids_keep, out.token_weight, enc.tokens  # (B, K), (B, K), (B, K, C)
         if self.masker.video_text_set == "masked":  # STM: a second pass over the complementary masked set
-            video_ids, video_weight = keep_to_ids(~out.keep), out.masked_weight  # (B, L-K), (B, L-K)
+            masked = T * N - out.ids_keep.shape[1]  # L - K, from the shapes: no host read
+            video_ids, video_weight = keep_to_ids(~out.keep, masked), out.masked_weight  # (B, L-K), (B, L-K)
             embedded = visual.embed_kept(video, video_ids)  # (B, L-K, C)
             video_tokens = visual.forward_features(embedded, None, video_weight).tokens  # (B, L-K, C)
         pooled = self.model.text(captions)  # (B, W)
