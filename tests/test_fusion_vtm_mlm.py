@@ -145,8 +145,19 @@ def test_hard_negatives_respect_pair_ids():
     for _ in range(200):
         nv, nt = sample_hard_negatives(sim, g, pair_ids)
         assert (pair_ids[nv] != pair_ids).all() and (pair_ids[nt] != pair_ids).all()
-    with pytest.raises(ValueError):
-        sample_hard_negatives(torch.randn(1, 1), g)
+
+def test_a_batch_without_negatives_trains_on_its_matches_without_a_host_read():
+    """One video's captions only: no pair has a negative. No error (that would need a host read per step,
+    and one rank's error would stop it alone): the loss is the match rows' cross-entropy."""
+    torch.manual_seed(0)
+    fusion, states, mask, video = tiny()
+    head = VtmHead(W)
+    same = torch.zeros(4, dtype=torch.long)  # (B,): every caption of one video
+    got = vtm_loss(fusion, head, states, mask, video, torch.randn(4, 4), torch.Generator().manual_seed(0), same)
+    logits = head(fusion(states, mask, video)[:, 0])  # (B, 2): the aligned pairs
+    assert torch.allclose(got["vtm_loss"], F.cross_entropy(logits, torch.ones(4, dtype=torch.long)), atol=1e-5)
+    one = vtm_loss(fusion, head, states[:1], mask[:1], video[:1], torch.randn(1, 1), torch.Generator())["vtm_loss"]
+    assert torch.isfinite(one)
 
 
 def test_vtm_loss_matches_pairwise_reference():
@@ -207,20 +218,21 @@ def test_mask_tokens_rule(tokenizer):
     assert torch.equal(none, ids) and (lab0 == IGNORE).all()
 
 
-def test_mlm_loss_is_cross_entropy_on_masked_positions():
+@pytest.mark.parametrize("dense", [False, True])  # picked positions (CPU), every position (accelerators)
+def test_mlm_loss_is_cross_entropy_on_masked_positions(dense):
     torch.manual_seed(0)
     fusion, states, mask, video = tiny()
     V = 50
     head = MlmHead(W, V)
     labels = torch.full((4, 6), IGNORE)
     labels[0, 1], labels[1, 2], labels[3, 0] = 7, 3, 49
-    got = mlm_loss(fusion, head, states, mask, video, labels)["mlm_loss"]
+    got = mlm_loss(fusion, head, states, mask, video, labels, dense=dense)["mlm_loss"]
     logits = head(fusion(states, mask, video))  # every position, then pick by hand
     ref = (F.cross_entropy(logits[0, 1], torch.tensor(7)) + F.cross_entropy(logits[1, 2], torch.tensor(3))
            + F.cross_entropy(logits[3, 0], torch.tensor(49))) / 3
     assert torch.allclose(got, ref, atol=1e-5)
     # nothing masked: zero, finite, still differentiable
-    zero = mlm_loss(fusion, head, states, mask, video, torch.full((4, 6), IGNORE))["mlm_loss"]
+    zero = mlm_loss(fusion, head, states, mask, video, torch.full((4, 6), IGNORE), dense=dense)["mlm_loss"]
     assert float(zero.detach()) == 0.0
     zero.backward()
 

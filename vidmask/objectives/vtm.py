@@ -38,6 +38,12 @@ def positive_pairs(batch: int, pair_ids: Tensor | None, device) -> Tensor:
     return pair_ids[:, None] == pair_ids[None, :]  # (B, B)
 
 
+def has_negatives(pos: Tensor) -> Tensor:
+    """bool[B]: whether sample i has any negative in the batch, from ``positive_pairs`` bool[B,B]
+    (symmetric: the same for text i and video i)."""
+    return ~pos.all(1)  # (B,)
+
+
 def sample_hard_negatives(sim: Tensor, generator: torch.Generator | None = None,
                           pair_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One hard negative per sample, drawn by similarity.
@@ -52,9 +58,11 @@ def sample_hard_negatives(sim: Tensor, generator: torch.Generator | None = None,
     if sim.shape != (B, B):
         raise ValueError(f"sim must be square [B,B], got {tuple(sim.shape)}")
     pos = positive_pairs(B, pair_ids, sim.device)  # (B, B)
-    if bool(pos.all(1).any()):
-        raise ValueError("a sample has no negative in the batch (batch of 1, or all samples share its pair id)")
+    # a sample with no negative (a batch of 1, or one video's captions only) is not refused here, which
+    # would read a flag back from the device every step: its draw is uniform and meaningless, and
+    # vtm_loss gives its negative rows no weight (has_negatives)
     logits = sim.detach().float().masked_fill(pos, float("-inf"))  # (B, B): positives can never be drawn
+    logits = logits.masked_fill(~has_negatives(pos).unsqueeze(1), 0.0)  # (B, B)
     w_t2v = torch.softmax(logits, dim=1)  # (B, B): row i, over videos
     w_v2t = torch.softmax(logits.T, dim=1)  # (B, B): row j, over texts
     neg_video = torch.multinomial(w_t2v, 1, generator=generator).squeeze(1)  # (B,)
@@ -91,7 +99,11 @@ def vtm_loss(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, text_m
     video_rows = torch.cat([own, neg_video, own])  # (3B,) index into video_tokens
     logits = match_logits(fusion, head, texts, masks, video_tokens, video_rows)  # (3B, 2)
     labels = (torch.arange(3 * B, device=logits.device) < B).long()  # (3B,): the first B rows match
-    return {"vtm_loss": F.cross_entropy(logits.float(), labels)}
+    # the negative rows of a sample that has no negative carry no weight (sample_hard_negatives)
+    neg = has_negatives(positive_pairs(B, pair_ids, logits.device)).float()  # (B,)
+    weight = torch.cat([torch.ones_like(neg), neg, neg])  # (3B,)
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (3B,)
+    return {"vtm_loss": (ce * weight).sum() / weight.sum()}
 
 
 def vtm_scores(fusion: FusionEncoder, head: nn.Module, text_states: Tensor, text_mask: Tensor,
