@@ -8,7 +8,10 @@ Sections:
    (``--tiny``: batch 4, 2 frames of 32 px, a 2-block model): ms per training
    step (median), peak accelerator memory, and the masker's time as a share of
    the step (the mask is computed inside the step; its time is measured
-   separately on the same inputs, synchronised);
+   separately on the same inputs, synchronised), and the reads from the
+   device to the host in one step (each a sync; counted by dispatch mode,
+   with the lines they come from: on a CPU the reference AdamW reads every
+   parameter's step count, the GPU's fused one does not);
 2. bf16 against fp32: the first step's loss of the same recipe and batch;
 3. ``clusterstm`` masks computed on the CPU against the device (must be equal);
 4. a CLI smoke run on a generated tiny set: pretrain, SIGKILL after a
@@ -89,7 +92,7 @@ def build(cfg, device: torch.device):
     return task, opt, batch
 
 
-def step(task, opt, batch, cfg, device, i: int) -> float:
+def step(task, opt, batch, cfg, device, i: int) -> torch.Tensor:
     from vidmask.train.engine import autocast_ctx
 
     with autocast_ctx(device, cfg.train.precision):
@@ -98,7 +101,7 @@ def step(task, opt, batch, cfg, device, i: int) -> float:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return loss.detach()  # () on the device: read it when needed, the step itself reads nothing
 
 
 def time_recipe(path: Path, tiny: bool, device: torch.device, steps: int, clip: str) -> list:
@@ -127,7 +130,36 @@ def time_recipe(path: Path, tiny: bool, device: torch.device, steps: int, clip: 
             mask_times.append(time.perf_counter() - t0)
     mask_s = sorted(mask_times)[len(mask_times) // 2]
     peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
-    return [f"`{path.stem}`", cfg.mask.strategy, f"{step_s * 1000:.0f}", peak, f"{mask_s / step_s:.3f}"]
+    return [f"`{path.stem}`", cfg.mask.strategy, f"{step_s * 1000:.0f}", peak, f"{mask_s / step_s:.3f}",
+            host_reads(task, opt, batch, cfg, device)]
+
+
+def host_reads(task, opt, batch, cfg, device) -> str:
+    """The reads from the device to the host in one training step (each a sync on an accelerator),
+    counted with bench/masking.py's dispatch-mode counter, and where the first ones come from."""
+    import traceback
+
+    from masking import OpLog
+
+    class Where(OpLog):
+        def __init__(self):
+            super().__init__()
+            self.sites: dict[str, int] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            before = self.syncs
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.syncs > before:
+                frames = [f for f in traceback.extract_stack() if "site-packages" not in f.filename
+                          and f.name != "__torch_dispatch__"]  # the last line of vidmask's or this script's
+                site = f"{Path(frames[-1].filename).relative_to(ROOT)}:{frames[-1].lineno}" if frames else "?"
+                self.sites[site] = self.sites.get(site, 0) + 1
+            return out
+
+    with Where() as log:
+        step(task, opt, batch, cfg, device, 99)
+    sites = ", ".join(f"{k} x{v}" for k, v in sorted(log.sites.items(), key=lambda kv: -kv[1])[:3])
+    return f"{log.syncs}" + (f" ({sites})" if sites else "")
 
 
 def bf16_vs_fp32(path: Path, tiny: bool, device: torch.device, clip: str) -> list:
@@ -136,7 +168,7 @@ def bf16_vs_fp32(path: Path, tiny: bool, device: torch.device, clip: str) -> lis
         with tf32(device, precision != "fp32"):  # the fp32 row in true float32, not TF32
             cfg = recipe_config(path, tiny, precision, clip)
             task, opt, batch = build(cfg, device)
-            out.append(step(task, opt, batch, cfg, device, 0))
+            out.append(float(step(task, opt, batch, cfg, device, 0)))
     return [f"`{path.stem}`", f"{out[0]:.4f}", f"{out[1]:.4f}", f"{abs(out[1] - out[0]) / abs(out[0]):.2%}"]
 
 
@@ -238,7 +270,8 @@ def main(argv: list[str] | None = None) -> Path:
     head = (f"Device: {name}; {scale}; median of {args.steps} steps after 2 warm-up steps; synthetic clips; "
             f"teacher: {teacher}.")
     sections = [  # (title, columns, rows of one section: one list per row)
-        ("Training step per recipe", ["recipe", "mask", "ms / step", "peak memory", "masker share of the step"],
+        ("Training step per recipe", ["recipe", "mask", "ms / step", "peak memory", "masker share of the step",
+                                      "host reads / step (where)"],
          lambda p: [time_recipe(p, args.tiny, device, args.steps, args.clip)], recipes),
         ("First-step loss, fp32 against bf16", ["recipe", "fp32", "bf16", "relative difference"],
          lambda p: [bf16_vs_fp32(p, args.tiny, device, args.clip)], recipes),
