@@ -123,6 +123,27 @@ def test_trainable_text_layers():
     assert model.text.bert.encoder.layer[1].output.dense.weight.grad is not None
 
 
+def test_the_bert_tower_gets_its_padding_mask_without_a_host_read():
+    """The 4D boolean mask _run hands a BERT tower on SDPA gives the states of the 2D mask, and the
+    tower reads nothing back (Hugging Face's check for padding was one sync per call)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("masking_bench", Path(__file__).parents[1] / "bench" / "masking.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = tiny_cfg()
+    cfg.text.trainable_layers = 1
+    text = VideoTextModel(cfg, num_frames=2, img_size=32).text.eval()
+    tok = text.tokenize(["a red circle moves left quickly", "a star"], "cpu")  # padded: two lengths
+    assert not tok["attention_mask"].bool().all()
+    want = text.tower(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+    with bench.OpLog() as log:
+        got, _ = text.token_states([], tok["input_ids"], tok["attention_mask"])
+    assert log.syncs == 0
+    assert torch.equal(got, want)
+
+
 def test_vtc_loss_matches_reference():
     torch.manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)

@@ -173,9 +173,18 @@ class TextEncoder(nn.Module):
         return {k: v.to(device) for k, v in batch.items()}
 
     def _run(self, input_ids: Tensor, attention_mask: Tensor):
-        """The tower's Hugging Face output on token ids [B,S]; a frozen tower runs without gradient."""
+        """The tower's Hugging Face output on token ids [B,S]; a frozen tower runs without gradient.
+
+        A BERT tower on SDPA gets its padding mask as the 4D boolean mask SDPA takes (a view, no
+        copy): given the 2D one, Hugging Face reads back whether it has any padding (``mask.all()``,
+        a host sync per call) to drop it. The same states (tested). CLIP's causal mask is left to it.
+        """
+        mask = attention_mask
+        if self.kind == "bert" and getattr(self.tower.config, "_attn_implementation", "") == "sdpa":
+            S = attention_mask.shape[1]
+            mask = attention_mask.bool()[:, None, None, :].expand(-1, 1, S, S)  # (B, 1, S, S): True = attend
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.tower(input_ids=input_ids, attention_mask=attention_mask)
+            return self.tower(input_ids=input_ids, attention_mask=mask)
 
     def _pooled(self, captions: list[str], device) -> Tensor:
         if self.kind == "clip":  # CLIP's pooler_output: the end-of-text token's state after final_layer_norm
