@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = load("gpu_check")
     recipes = ["clusterstm", "umt"]  # the masker with the most work and the hf-clip recipe (switched to lit-effnet)
     real = gpu_check.bf16_vs_fp32
 
@@ -36,3 +34,37 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     smoke = text.split("## CLI smoke run")[1]
     assert "| yes (largest relative difference" in smoke  # the smoke run resumed to the same losses
     assert "still running" not in text
+
+
+def load(name: str):
+    """A bench script as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("recipe", ["random", "clusterstm", "stm"])
+def test_a_training_step_reads_nothing_back_on_the_accelerator_path(recipe, monkeypatch):
+    """Forward and backward of a base recipe (vtc, vtm and mlm, or the teacher terms) with what an
+    accelerator takes (mlm's dense projection, the masks' batched paths): no read from the device."""
+    import functools
+    import sys
+
+    import torch
+
+    import vidmask.objectives.mlm as mlm
+    from vidmask.train.engine import autocast_ctx
+
+    sys.path.insert(0, str(ROOT / "bench"))  # gpu_check imports its neighbours
+    gpu_check, masking = load("gpu_check"), load("masking")
+    monkeypatch.setattr(mlm, "mlm_loss", functools.partial(mlm.mlm_loss, dense=True))
+    cfg = gpu_check.recipe_config(ROOT / "configs" / "recipes" / "base" / f"{recipe}.yaml", True, "bf16")
+    task, _, batch = gpu_check.build(cfg, torch.device("cpu"))
+    if hasattr(task.masker, "impl"):
+        task.masker.impl = "batched"  # the ClusterSTM family's accelerator path
+    with masking.OpLog() as log:
+        with autocast_ctx(torch.device("cpu"), "bf16"):
+            losses, _ = task(batch, torch.Generator().manual_seed(0))
+        sum(losses.values()).backward()
+    assert log.syncs == 0, log.syncs
