@@ -10,13 +10,27 @@ import torch.multiprocessing as mp
 from vidmask.objectives import vtc_loss
 
 
-def _worker(rank, world, port, v, t, out, split, ids):
+def _worker(rank, world, port, v, t, out, split, ids, known=False):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vidmask.objectives.vtc import known_rank_sizes
+
+    class Reads(TorchDispatchMode):  # reads of a tensor value back to the host (.item(), int())
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Reads.n += func.overloadpacket.__name__ == "_local_scalar_dense"
+            return func(*args, **(kwargs or {}))
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     lo, hi = split[rank], split[rank + 1]
     vl = v[lo:hi].clone().requires_grad_(True)
     tl = t[lo:hi].clone().requires_grad_(True)
-    loss = vtc_loss(vl, tl, torch.tensor(5.0), pair_ids=None if ids is None else ids[lo:hi])["vtc_loss"]
+    sizes = [split[r + 1] - split[r] for r in range(world)] if known else None  # what the step's agreement knows
+    with known_rank_sizes(sizes), Reads():
+        loss = vtc_loss(vl, tl, torch.tensor(5.0), pair_ids=None if ids is None else ids[lo:hi])["vtc_loss"]
+    out[f"reads{rank}"] = Reads.n
     # each rank's loss is a mean over its rows; weighting by the row share gives the global mean
     (loss * (hi - lo) / v.shape[0]).backward()
     out[rank] = torch.cat([loss.detach().view(1), vl.grad.flatten(), tl.grad.flatten()])
@@ -30,7 +44,8 @@ import pytest
 # equal, and unequal (bad samples dropped) batches; videos repeated across the two ranks (same-video positives)
 @pytest.mark.parametrize("split", [(0, 3, 6), (0, 2, 6)])
 @pytest.mark.parametrize("ids", [None, (7, 1, 2, 7, 4, 2)])
-def test_gathered_vtc_equals_single_process(split, ids):
+@pytest.mark.parametrize("known", [False, True])  # rank sizes gathered by the loss, or known from the step
+def test_gathered_vtc_equals_single_process(split, ids, known):
     ids = None if ids is None else torch.tensor(ids)
     torch.manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
@@ -39,7 +54,11 @@ def test_gathered_vtc_equals_single_process(split, ids):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, port, v, t, out, split, ids), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, port, v, t, out, split, ids, known), nprocs=2, join=True)
+    if known:  # the counts came from the step: nothing read back (without them: one read per rank's count)
+        assert out["reads0"] == out["reads1"] == 0
+    else:
+        assert out["reads0"] >= 2
     vg, tg = v.clone().requires_grad_(True), t.clone().requires_grad_(True)
     ref = vtc_loss(vg, tg, torch.tensor(5.0), pair_ids=ids)["vtc_loss"]
     ref.backward()
@@ -72,6 +91,13 @@ def _gather_worker(rank, world, port, n, out):
     rows = list(batch)  # views into the batch's storage, as the evaluations collect them
     pairs = [(r, r[:3]) for r in rows]  # and rows inside tuples (MASCOT's wti sets)
     out[rank] = (gather_ordered(rows, n), gather_ordered(pairs, n))
+    from vidmask.objectives.vtc import known_rank_sizes, rank_sizes
+
+    with known_rank_sizes([1, 1]):  # counts that do not describe this rank's rows: named, not gathered
+        try:
+            rank_sizes(3, torch.device("cpu"))
+        except ValueError as e:
+            out[f"mismatch{rank}"] = str(e)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -89,6 +115,7 @@ def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_r
     out = mp.Manager().dict()
     mp.spawn(_gather_worker, args=(2, port, n, out), nprocs=2, join=True)
     want = torch.arange(n * 1000, dtype=torch.float32).view(n, 1000)  # (n, 1000)
+    assert "do not match the 3 rows" in out["mismatch0"] and "rank 1" in out["mismatch1"]
     for r in range(2):
         rows, pairs = out[r]
         assert torch.equal(torch.stack(rows), want)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -43,11 +45,36 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+# each rank's row count for this step when the trainer already knows it (its per-step agreement):
+# rank_sizes then reads nothing back from the device (known_rank_sizes)
+_KNOWN_SIZES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("rank_sizes", default=None)
+
+
+@contextlib.contextmanager
+def known_rank_sizes(sizes: list[int] | None):
+    """Inside the block, :func:`rank_sizes` answers ``sizes`` (every rank's rows, in rank order)
+    instead of gathering and reading them back (a host sync per loss); None: gather as usual."""
+    token = _KNOWN_SIZES.set(sizes)
+    try:
+        yield
+    finally:
+        _KNOWN_SIZES.reset(token)
+
+
 def rank_sizes(rows: int, device: torch.device) -> list[int] | None:
-    """Every rank's row count (one all-gather): ranks may hold different B after dropping unreadable
-    samples. None in a single process (nothing to gather)."""
+    """Every rank's row count (one all-gather, or :func:`known_rank_sizes`): ranks may hold
+    different B after dropping unreadable samples. None in a single process (nothing to gather)."""
     if not _distributed():
         return None
+    known = _KNOWN_SIZES.get()
+    if known is not None:
+        rank = dist.get_rank()
+        # a rank that gathered here while the others did not would pair its collective with theirs:
+        # counts that do not describe this rank's rows are a bug to name, not a reason to gather
+        if len(known) != dist.get_world_size() or known[rank] != rows:
+            raise ValueError(f"rank {rank}: the step's known rank sizes {known} do not match the {rows} rows "
+                             "this loss got (known_rank_sizes must count what every rank feeds it)")
+        return list(known)
     n = torch.tensor([rows], dtype=torch.long, device=device)
     counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, n)

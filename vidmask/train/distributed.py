@@ -70,26 +70,32 @@ class StepAgreement:
     failure: str  # the message of the lowest rank whose batch preparation raised, or ""
     stop: bool  # some rank was asked to stop (SIGTERM)
     out_of_time: bool  # rank 0's clock passed train.time_limit_min
+    sizes: list[int] | None = None  # each rank's readable samples, in rank order (None: one process)
 
 
 def agree(good: int, bad: int, failure: str, stop: bool, out_of_time: bool) -> StepAgreement:
-    """One all-reduce of six integers per step (none with a single process): every rank gets the
-    same verdict. Only rank 0's ``out_of_time`` counts, so ranks whose clocks differ agree."""
+    """One all-gather of six integers per rank per step (none with a single process): every rank gets
+    the same verdict, and every rank's count of readable samples (``sizes``: what the contrastive
+    losses' gathers need, so they read nothing more). Only rank 0's ``out_of_time`` counts, so
+    ranks whose clocks differ agree."""
     if not (dist.is_available() and dist.is_initialized()):
         return StepAgreement(good, bad, int(good == 0), failure, stop, out_of_time)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     mine = [good, bad, int(good == 0), int(bool(failure)), int(stop), int(out_of_time and rank == 0)]
-    t = torch.tensor(mine, dtype=torch.int64, device=device)
-    dist.all_reduce(t)
-    total = t.tolist()  # the one host read of the agreement
+    t = torch.tensor(mine, dtype=torch.int64, device=device)  # (6,)
+    every = torch.empty(world * len(mine), dtype=torch.int64, device=device)  # (world*6,): gloo wants it flat
+    dist.all_gather_into_tensor(every, t)
+    rows = every.view(world, len(mine)).tolist()  # (world, 6): the one host read of the agreement
+    total = [sum(col) for col in zip(*rows)]
     message = ""
     if total[3]:  # someone failed: every rank learns the lowest failing rank's message
         messages = [None] * world
         dist.all_gather_object(messages, failure)
         first = next(r for r, m in enumerate(messages) if m)
         message = f"rank {first} of {world}: {messages[first]}"
-    return StepAgreement(total[0], total[1], total[2], message, bool(total[4]), bool(total[5]))
+    return StepAgreement(total[0], total[1], total[2], message, bool(total[4]), bool(total[5]),
+                         sizes=[r[0] for r in rows])
 
 
 def barrier() -> None:

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from vidmask.data.transfer import to_device
 from vidmask.data.transforms import CLIP_MEAN, CLIP_STD
+from vidmask.objectives.vtc import known_rank_sizes
 from vidmask.train.distributed import StepAgreement, agree
 from vidmask.train.schedule import lr_at, step_generator
 
@@ -196,8 +197,9 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
             # tensors to the device (asynchronous from pinned memory), the uint8 clips normalised there to
             # float32; strings (captions, questions, paths) stay as they are
             inputs = to_device(batch, device, spec.video_mean, spec.video_std)
-            loss, losses, report, grad_norm, lr = _update(task, optimizer, scaler, inputs, spec, step, rank, device,
-                                                          hooks.last_checkpoint())
+            with known_rank_sizes(verdict.sizes):  # the contrastive gathers read no count back
+                loss, losses, report, grad_norm, lr = _update(task, optimizer, scaler, inputs, spec, step, rank,
+                                                              device, hooks.last_checkpoint())
             if not spec.check_every_step:  # recorded on the device, no host read
                 bad = ~torch.isfinite(grad_norm) & (first_bad < 0)
                 first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
