@@ -442,7 +442,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between retrieval evaluations on the test split; 0 = only at the end
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes on rank 0's clock; 0 = no limit
     dist_timeout_min: float = 30.0  # a collective (or the ranks building the teacher cache) waited on longer fails
-    tf32: bool = True  # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later; contrastive logits and ClusterSTM Grams stay float32: vidmask.precision)
+    # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later); contrastive logits and
+    # ClusterSTM's Grams stay float32 (vidmask.precision)
+    tf32: bool = True
     compile: bool = False  # torch.compile the student's video encoder (in place: checkpoints keep their names)
     hard_batches: int = 0  # k > 0: each clip shares its batch with one of its k nearest clips by caption similarity
 
