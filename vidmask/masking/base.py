@@ -168,6 +168,13 @@ class Masker:
         is :func:`kept_per_frame`'s rounding; a strategy with another rule overrides it."""
         return kept_per_frame(num_tokens, self.ratio)
 
+    def kept_ids(self, keep: Tensor) -> Tensor:
+        """:func:`keep_to_ids` of this strategy's mask with the count it keeps by construction
+        (``T * kept_per_frame``): nothing read back from the device. A strategy without a count per
+        frame (None) has its clips' counts read and checked. bool[B,T,N] -> long[B,K]."""
+        per_frame = self.kept_per_frame(keep.shape[2])
+        return keep_to_ids(keep, None if per_frame is None else keep.shape[1] * per_frame)  # (B, K)
+
     def _check(self, tokens: Tensor, attn: Tensor | None) -> None:
         if tokens.dim() != 4:
             raise ValueError(f"{self.name}: tokens must be [B,T,N,C], got {tuple(tokens.shape)}")

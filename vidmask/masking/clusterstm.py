@@ -113,7 +113,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from vidmask.masking.base import Masker, MaskOut, keep_to_ids, register, topk_keep
+from vidmask.masking.base import Masker, MaskOut, register, topk_keep
 from vidmask.masking.dpc import dpc_knn, dpc_knn_from_gram, kmeans_from_gram
 from vidmask.masking.motion import adjacent_mean
 from vidmask.precision import float32_math
@@ -585,12 +585,6 @@ class _ClusterBase(Masker):
     def _batched(self, tokens: Tensor) -> bool:
         return resolve_impl(self.impl, tokens.device) == "batched"
 
-    def _ids(self, keep: Tensor) -> Tensor:
-        # the count per frame is K by construction (one token per cluster, or a top-k): given to
-        # keep_to_ids, it is not read back from an accelerator
-        T, N = keep.shape[1:]
-        return keep_to_ids(keep, T * num_clusters(N, self.ratio))  # (B, T*K)
-
     def kept_per_frame(self, num_tokens: int) -> int:
         """One token per cluster: the paper's ``num_clusters = floor(N * (1 - ratio))``, at least 1."""
         return num_clusters(num_tokens, self.ratio)
@@ -634,7 +628,7 @@ class ClusterStmMasker(_ClusterBase):
                 tokens, self.ratio, self.dc_ratio, self.knn, self.select, self.cluster, self.kmeans_iters, scale,
                 impl="batched" if batched else "loop",
             )
-        return MaskOut(keep=keep, ids_keep=self._ids(keep), saliency=rho, clusters=clusters)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep), saliency=rho, clusters=clusters)
 
     def __repr__(self) -> str:
         return (
@@ -678,7 +672,7 @@ class ClusterRandomMasker(_ClusterBase):
             G = clips_per_group(T, N, C, None, B) if batched else B
             parts = [_random_per_cluster(tokens[g], noise[g], K, self.knn) for g in _groups(B, G)]
             keep, clusters = (torch.cat(p) for p in zip(*parts))  # (B, T, N) each
-        return MaskOut(keep=keep, ids_keep=self._ids(keep), clusters=clusters)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep), clusters=clusters)
 
 
 @register("density-topk")
@@ -696,4 +690,4 @@ class DensityTopkMasker(_ClusterBase):
         with float32_math(tokens.device.type):
             rho = temporal_density(tokens, self.dc_ratio, impl="batched" if batched else "loop")  # (B, T, N)
             keep = topk_keep(rho, K)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=self._ids(keep), saliency=rho)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep), saliency=rho)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from vidmask.masking.base import Masker, MaskOut, keep_to_ids, register, topk_keep
+from vidmask.masking.base import Masker, MaskOut, register, topk_keep
 
 
 def sample_interval(
@@ -135,7 +135,7 @@ class _MascotMasker(Masker):
         interval = torch.stack([start, start + length], dim=1)  # (B, 2)
         return MaskOut(
             keep=keep,
-            ids_keep=keep_to_ids(keep),
+            ids_keep=self.kept_ids(keep),  # no count per frame: the clips' counts are read
             saliency=mean_attn.unsqueeze(1).expand(B, T, N),
             extra={"interval": interval, "length": length, "masked_per_frame": math.floor(self.ratio * N + 1e-9)},
         )

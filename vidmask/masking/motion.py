@@ -69,9 +69,7 @@ class MotionTopkMasker(Masker):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        T, N = tokens.shape[1:3]
-        k = kept_per_frame(N, self.ratio)
         with torch.autocast(tokens.device.type, enabled=False):
             energy = motion_energy(tokens)  # (B, T, N)
-            keep = topk_keep(energy, k)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k), saliency=energy)
+            keep = topk_keep(energy, self.kept_per_frame(tokens.shape[2]))  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep), saliency=energy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vidmask.masking.base import Masker, MaskOut, keep_to_ids, kept_per_frame, register, topk_keep
+from vidmask.masking.base import Masker, MaskOut, register, topk_keep
 
 
 def random_keep(B: int, T: int, N: int, k: int, generator: torch.Generator | None, device) -> Tensor:
@@ -27,9 +27,8 @@ class RandomMasker(Masker):
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
-        k = kept_per_frame(N, self.ratio)
-        keep = random_keep(B, T, N, k, generator, tokens.device)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k))
+        keep = random_keep(B, T, N, self.kept_per_frame(N), generator, tokens.device)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep))
 
 
 @register("tube")
@@ -39,9 +38,8 @@ class TubeMasker(Masker):
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
-        k = kept_per_frame(N, self.ratio)
-        keep = tube_keep(B, T, N, k, generator, tokens.device)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k))
+        keep = tube_keep(B, T, N, self.kept_per_frame(N), generator, tokens.device)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep))
 
 
 @register("none")
@@ -62,4 +60,4 @@ class NoMasker(Masker):
         self._check(tokens, attn)
         B, T, N, _ = tokens.shape
         keep = torch.ones(B, T, N, dtype=torch.bool, device=tokens.device)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * N))
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep))

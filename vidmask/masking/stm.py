@@ -132,7 +132,7 @@ class StmMasker(nn.Module, Masker):
             masked, soft = gumbel_topk(score, n_mask, self.tau, noise)  # (B, T, N) bool, (B, T, N)
             delta = (soft - soft.detach()).flatten(1)  # (B, L): 0 forward, the soft mask's gradient
         keep = ~masked
-        ids_keep, ids_masked = keep_to_ids(keep, T * (N - n_mask)), keep_to_ids(masked, T * n_mask)  # (B, K), (B, L-K)
+        ids_keep, ids_masked = self.kept_ids(keep), keep_to_ids(masked, T * n_mask)  # (B, K), (B, L-K)
         # STM multiplies the kept tokens by 1 - mask and the masked ones by mask (mask = hard + delta)
         token_weight = 1.0 - delta.gather(1, ids_keep)  # (B, K)
         masked_weight = 1.0 + delta.gather(1, ids_masked)  # (B, L-K)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vidmask.masking.base import Masker, MaskOut, keep_to_ids, kept_per_frame, register, topk_keep
+from vidmask.masking.base import Masker, MaskOut, kept_per_frame, register, topk_keep
 from vidmask.masking.umt import gumbel_noise
 
 
@@ -126,7 +126,7 @@ class StmGuidedMasker(nn.Module, Masker):
             threshold = (top[..., k - 1] + top[..., k]) / 2 if k < N else top[..., -1] - 1.0  # (B, T)
             soft = torch.sigmoid((key - threshold.unsqueeze(-1)) / self.tau)  # (B, T, N)
             st = keep.float() + (soft - soft.detach())  # (B, T, N): 1.0 / 0.0 forward, soft gradient
-        ids_keep = keep_to_ids(keep, T * k)  # (B, K)
+        ids_keep = self.kept_ids(keep)  # (B, K)
         weight = st.reshape(B, T * N).gather(1, ids_keep)  # (B, K)
         return MaskOut(keep=keep, ids_keep=ids_keep, saliency=logit.detach(), token_weight=weight)
 

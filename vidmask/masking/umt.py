@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vidmask.masking.base import Masker, MaskOut, keep_to_ids, kept_per_frame, register, topk_keep
+from vidmask.masking.base import Masker, MaskOut, register, topk_keep
 
 _ZERO_ATTN_OFFSET = 1e4  # below log(smallest float32) + any Gumbel draw: zero attention ranks last
 
@@ -47,8 +47,6 @@ class UmtMasker(Masker):
 
     def __call__(self, tokens, *, attn=None, generator=None) -> MaskOut:
         self._check(tokens, attn)
-        T, N = tokens.shape[1:3]
-        k = kept_per_frame(N, self.ratio)
         with torch.autocast(tokens.device.type, enabled=False):
-            keep = umt_keep(attn.to(tokens.device), k, generator)  # (B, T, N)
-        return MaskOut(keep=keep, ids_keep=keep_to_ids(keep, T * k), saliency=attn.float())
+            keep = umt_keep(attn.to(tokens.device), self.kept_per_frame(tokens.shape[2]), generator)  # (B, T, N)
+        return MaskOut(keep=keep, ids_keep=self.kept_ids(keep), saliency=attn.float())
