@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_on_cpu_tiny(tmp_path):
+def test_gpu_check_runs_on_cpu_tiny(tmp_path, monkeypatch):
     gpu_check = load("gpu_check")
     recipes = ["clusterstm", "umt"]  # the masker with the most work and the hf-clip recipe (switched to lit-effnet)
     real = gpu_check.bf16_vs_fp32
@@ -21,7 +22,7 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
             raise RuntimeError("a planted failure")
         return real(path, *args)
 
-    gpu_check.bf16_vs_fp32 = umt_fails
+    monkeypatch.setattr(gpu_check, "bf16_vs_fp32", umt_fails)
     out = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "1", "--recipes", *recipes,
                           "--out", str(tmp_path / "gpu.md")])
     text = out.read_text()
@@ -36,8 +37,9 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path):
     assert "still running" not in text
 
 
+@functools.cache
 def load(name: str):
-    """A bench script as a module (bench/ is not a package)."""
+    """A bench script as a module (bench/ is not a package), loaded once per session."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -48,7 +50,6 @@ def load(name: str):
 def test_a_training_step_reads_nothing_back_on_the_accelerator_path(recipe, monkeypatch):
     """Forward and backward of a base recipe (vtc, vtm and mlm, or the teacher terms) with what an
     accelerator takes (mlm's dense projection, the masks' batched paths): no read from the device."""
-    import functools
     import sys
 
     import torch

@@ -115,12 +115,9 @@ def test_a_strategy_reads_nothing_back_from_the_device(name):
     """No .item() / int() / bool() of a tensor, nonzero or boolean indexing in a call (counted on CPU
     with bench/masking.py's dispatch-mode counter): on an accelerator each would stall the step. The
     ClusterSTM family on its batched path, the one an accelerator takes."""
-    import importlib.util
-    from pathlib import Path
+    from test_gpu_check import load
 
-    spec = importlib.util.spec_from_file_location("masking_bench", Path(__file__).parents[1] / "bench" / "masking.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("masking")
     params = {"impl": "batched"} if name in ("clusterstm", "density-topk", "cluster-random") else {}
     masker = make(name, **params)
     N = N_GRID if masker.needs_grid else N_PLAIN

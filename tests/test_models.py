@@ -126,12 +126,9 @@ def test_trainable_text_layers():
 def test_the_bert_tower_gets_its_padding_mask_without_a_host_read():
     """The 4D boolean mask _run hands a BERT tower on SDPA gives the states of the 2D mask, and the
     tower reads nothing back (Hugging Face's check for padding was one sync per call)."""
-    import importlib.util
-    from pathlib import Path
+    from test_gpu_check import load
 
-    spec = importlib.util.spec_from_file_location("masking_bench", Path(__file__).parents[1] / "bench" / "masking.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("masking")
     cfg = tiny_cfg()
     cfg.text.trainable_layers = 1
     text = VideoTextModel(cfg, num_frames=2, img_size=32).text.eval()
