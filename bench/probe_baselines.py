@@ -11,7 +11,10 @@ trained run in context with the same probe on:
   feature and the mean encoder token, as `vidmask probe` reads them;
 * **raw pixels** of the same clips (middle-sampled frames, each average-pooled
   to 16x16, standardised): all frames concatenated (time kept), their mean
-  over time (time lost), and the differences of consecutive frames (motion only).
+  over time (time lost), and the differences of consecutive frames (motion only);
+* the two **motion streams** the encoder can be given, computed at full
+  resolution and average-pooled to 4x4 per frame: the frame differences
+  (``model.frame_diff``) and the per-pixel normal flow (``model.normal_flow``).
 
 A trained encoder that scores below the raw pixels on motion has lost what
 the pixels show. Writes bench/results/probe_baselines.md.
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from vidmask.config import load_config  # noqa: E402
 from vidmask.data import eval_loader  # noqa: E402
 from vidmask.metrics.probe import probe_accuracy  # noqa: E402
+from vidmask.models.video_vit import frame_differences, normal_flow  # noqa: E402
 from vidmask.tasks.probe import ATTRIBUTES, evaluate_probe, probe_items  # noqa: E402
 from vidmask.train.wiring import build_model  # noqa: E402
 
@@ -40,15 +44,28 @@ PIXEL_FEATURES = {
     "raw pixels, mean over time": lambda v: v.mean(1).flatten(1),  # (n, 3*16*16)
     "raw pixels, consecutive-frame differences": lambda v: (v[:, 1:] - v[:, :-1]).flatten(1),  # (n, (T-1)*3*16*16)
 }
+# the motion streams, computed on the full-resolution frames, then pooled to 4x4 per frame
+STREAMS = {
+    "frame differences (model.frame_diff), pooled to 4x4": frame_differences,
+    "normal flow (model.normal_flow), pooled to 4x4": normal_flow,
+}
 
 
-def pooled_pixels(items, frames: int, size: int) -> torch.Tensor:
-    """Clips -> float[n,T,3,16,16]: each evaluation frame (normalised) average-pooled to 16x16."""
-    out = []
+def pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """[b,T,c,S,S] -> [b,T,c,grid,grid], each frame average-pooled."""
+    return torch.nn.functional.adaptive_avg_pool2d(x.flatten(0, 1), grid).unflatten(0, x.shape[:2])
+
+
+def pooled_pixels(items, frames: int, size: int) -> dict[str, torch.Tensor]:
+    """Clips -> {"pixels": float[n,T,3,16,16], each STREAMS name: float[n,T,c,4,4]}: each evaluation frame
+    (normalised) average-pooled to 16x16, each motion stream computed at full resolution, pooled to 4x4."""
+    out: dict[str, list] = {"pixels": [], **{name: [] for name in STREAMS}}
     for batch in eval_loader(items, frames, size, 0, device="cpu"):
         video = batch["video"]  # (b, T, 3, S, S)
-        out.append(torch.nn.functional.adaptive_avg_pool2d(video.flatten(0, 1), 16).unflatten(0, video.shape[:2]))
-    return torch.cat(out)  # (n, T, 3, 16, 16)
+        out["pixels"].append(pool(video, 16))  # (b, T, 3, 16, 16)
+        for name, stream in STREAMS.items():
+            out[name].append(pool(stream(video), 4))  # (b, T, c, 4, 4)
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def main() -> None:
@@ -67,8 +84,10 @@ def main() -> None:
     for attr in ATTRIBUTES:
         names = sorted({o[attr] for s in split for _, o in split[s]})
         labels[attr] = ({s: torch.tensor([names.index(o[attr]) for _, o in split[s]]) for s in split}, len(names))
-    for name, feature in PIXEL_FEATURES.items():
-        train, test = feature(pixels["train"]), feature(pixels["test"])  # (n, D)
+    features = {name: (f(pixels["train"]["pixels"]), f(pixels["test"]["pixels"]))
+                for name, f in PIXEL_FEATURES.items()}
+    features.update({name: (pixels["train"][name].flatten(1), pixels["test"][name].flatten(1)) for name in STREAMS})
+    for name, (train, test) in features.items():  # (n, D) each
         mu, sd = train.mean(0), train.std(0) + 1e-6
         accs = [probe_accuracy((train - mu) / sd, ys["train"], (test - mu) / sd, ys["test"], k)
                 for ys, k in (labels[a] for a in ATTRIBUTES)]

@@ -45,9 +45,10 @@ def test_a_token_sees_its_neighbours_frames_through_the_differences():
     assert (moved[0, 1:] > 0).all() and (moved[0, 0] == 0).all()  # tokens of frames 1 and 3 see frame 2 too
 
 
-@pytest.mark.parametrize("tubelet", [1, 2])
-def test_embed_kept_equals_gathered_embed(tubelet):
-    vit = _vit(tubelet)
+@pytest.mark.parametrize("tubelet,normal_flow", [(1, False), (2, False), (1, True), (2, True)])
+def test_embed_kept_equals_gathered_embed(tubelet, normal_flow):
+    """The kept-token path equals the conv path, for each motion stream (model.normal_flow as well)."""
+    vit = _vit(tubelet, normal_flow=normal_flow)
     video = torch.randn(2, 4, 3, 32, 32)
     frames = 4 // tubelet
     out = build_masker("random", ratio=0.5)(torch.zeros(2, frames, 4, 1), generator=torch.Generator().manual_seed(0))

@@ -266,7 +266,8 @@ def test_a_model_config_that_cannot_hold_the_clip_is_named(clip_dir):
     assert "model.patch" not in str(e.value)  # 16 already
     for over, key in (("model.tubelet=3", "model.tubelet=3 (set model.tubelet=1)"),
                       ("model.pos_embed=sincos", "model.pos_embed=sincos (set model.pos_embed=learned)"),
-                      ("model.frame_diff=true", "model.frame_diff=true (set model.frame_diff=false)")):
+                      ("model.frame_diff=true", "model.frame_diff=true (set model.frame_diff=false)"),
+                      ("model.normal_flow=true", "model.normal_flow=true (set model.normal_flow=false)")):
         with pytest.raises(ConfigError, match="has no weights for " + key.replace("(", r"\(").replace(")", r"\)")):
             _config(clip_dir, over)
 

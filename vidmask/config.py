@@ -141,6 +141,10 @@ class ModelConfig:
     # a second patch embedding of the frame differences added to every token (TSN / TDN's RGB-difference
     # stream): a token sees how its patch changes, what the motion-shapes corpus's motion words need
     frame_diff: bool = False
+    # a patch embedding of the per-pixel normal flow added to every token (vidmask.models.video_vit.normal_flow:
+    # the brightness-constancy velocity along each edge's gradient), so the direction an edge moves reaches a
+    # token whatever the colours on either side of it, which the frame differences' signs are not
+    normal_flow: bool = False
     # The switches that let the model hold a CLIP exactly (finetune.init=hf-clip:FOLDER sets them from the CLIP):
     act: str = "gelu"  # the video encoder's MLP activation: gelu (exact) | quick_gelu (x*sigmoid(1.702x), OpenAI CLIP)
     ln_pre: bool = False  # a LayerNorm on the embedded tokens before the first block (CLIP's pre_layrnorm)

@@ -12,7 +12,7 @@ set from it: ``model.patch``, ``dim``, ``depth``, ``heads``, ``mlp_ratio``
 ``act`` (the vision ``hidden_act``: ``quick_gelu`` for OpenAI's), and
 ``ln_pre``, ``cls_token``, ``proj_head=clip``, ``model.text.init=FOLDER`` (its
 text tower and tokenizer). Switches CLIP has no weights for (``tubelet`` > 1,
-``pos_embed=sincos``, ``frame_diff``) are refused. ``data.size`` may differ
+``pos_embed=sincos``, ``frame_diff``, ``normal_flow``) are refused. ``data.size`` may differ
 from CLIP's ``image_size``: the patch positions are resampled bicubically
 (as Hugging Face's ``interpolate_pos_encoding``), the class token's is kept.
 
@@ -66,7 +66,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 CLIP_KEYS = ("patch", "dim", "depth", "heads", "mlp_ratio", "embed_dim", "act", "ln_pre", "cls_token", "proj_head",
              "text.init")
 # switches CLIP has no weights for: the value a CLIP-started model needs
-NO_CLIP_WEIGHTS = {"tubelet": 1, "pos_embed": "learned", "frame_diff": False}
+NO_CLIP_WEIGHTS = {"tubelet": 1, "pos_embed": "learned", "frame_diff": False, "normal_flow": False}
 LAYER_NORM_EPS = 1e-5  # torch's default, what vidmask's LayerNorms use (and OpenAI's CLIPs)
 
 

@@ -30,8 +30,8 @@ class VideoTextModel(nn.Module):
         self.visual = VideoViT(
             img_size=img_size, patch=cfg.patch, frames=num_frames, dim=cfg.dim, depth=cfg.depth,
             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, grad_checkpointing=cfg.grad_checkpointing, tubelet=cfg.tubelet,
-            pos_embed=cfg.pos_embed, frame_diff=cfg.frame_diff, act=cfg.act, ln_pre=cfg.ln_pre,
-            cls_token=cfg.cls_token,
+            pos_embed=cfg.pos_embed, frame_diff=cfg.frame_diff, normal_flow=cfg.normal_flow, act=cfg.act,
+            ln_pre=cfg.ln_pre, cls_token=cfg.cls_token,
         )
         self.text = TextEncoder(cfg.text)
         w = self.text.width

@@ -3,7 +3,8 @@
 Per-frame patch embedding (or tubelets of ``tubelet`` frames, as VideoMAE
 and ViViT, so that one token sees motion), optionally a second patch embedding of the
 frame differences added to each token (``frame_diff``, TSN / TDN's RGB-difference
-stream), separable space and time position embeddings
+stream) and one of the per-pixel normal flow (``normal_flow``: which way edges
+move, whatever their colours), separable space and time position embeddings
 (resampled when the clip has other frames or resolution than the weights were
 made for), and MAE-style token dropping: ``forward_features`` gathers the kept
 tokens first, so a 75 % mask really cuts the encoder's work by about 4x.
@@ -30,6 +31,21 @@ from vidmask.models.pos_embed import sincos_tables, space_time_pos
 from vidmask.tokens import gather_tokens
 
 
+def central_difference(x: Tensor, dim: int) -> Tensor:
+    """Central differences ``(x[i+1] - x[i-1]) / 2`` of ``x`` along ``dim``, one-sided ``x[1] - x[0]`` and
+    ``x[n-1] - x[n-2]`` at its ends (zeros where ``dim`` has one entry); same shape as ``x``."""
+    n = x.shape[dim]
+    if n == 1:
+        return torch.zeros_like(x)
+    ahead = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)  # x[min(i+1, n-1)]
+    behind = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)  # x[max(i-1, 0)]
+    steps = torch.full((n,), 2.0, dtype=x.dtype, device=x.device)  # (n,): entries apart
+    steps[0] = steps[-1] = 1.0
+    shape = [1] * x.dim()
+    shape[dim] = n
+    return (ahead - behind) / steps.view(shape)
+
+
 def frame_differences(video: Tensor) -> Tensor:
     """Temporal differences of a clip, frame by frame: video [B,T,...] -> [B,T,...].
 
@@ -42,14 +58,32 @@ def frame_differences(video: Tensor) -> Tensor:
     (``d(x reversed)[t] = -d(x)[T-1-t]``), so a played-backwards clip differs
     from its original in exactly this stream.
     """
-    T = video.shape[1]
-    if T == 1:
-        return torch.zeros_like(video)  # (B, 1, ...)
-    ahead = torch.cat([video[:, 1:], video[:, -1:]], 1)  # (B, T, ...): x[min(t+1, T-1)]
-    behind = torch.cat([video[:, :1], video[:, :-1]], 1)  # (B, T, ...): x[max(t-1, 0)]
-    steps = torch.full((T,), 2.0, dtype=video.dtype, device=video.device)  # (T,): frames apart
-    steps[0] = steps[-1] = 1.0
-    return (ahead - behind) / steps.view(1, T, *([1] * (video.dim() - 2)))  # (B, T, ...)
+    return central_difference(video, 1)  # (B, T, ...)
+
+
+def normal_flow(video: Tensor, eps: float = 1e-2) -> Tensor:
+    """Per-pixel normal flow of a clip: video [B,T,3,H,W] -> [B,T,2,H,W], (u, v) in pixels per frame,
+    u to the right, v downwards.
+
+    The brightness-constancy constraint ``I_t + grad(I) . w = 0`` (Horn and
+    Schunck 1981) fixes the velocity ``w`` along the image gradient only: the
+    normal flow ``-I_t grad(I) / |grad(I)|^2``, here with the colour channels
+    summed as one least-squares constraint per pixel (Lucas-Kanade's normal
+    equations over the channels instead of a window) and ``eps`` added to
+    ``|grad(I)|^2`` so that flat regions give about zero. Unlike the raw
+    frame differences it does not depend on the colours: a red square and
+    a dark blue one moving left give the same signs, which the difference
+    stream only gives for the same colour on the same background. ``I_t`` is
+    :func:`frame_differences`, the gradient central differences in space, so
+    reversing the clip negates the flow and mirroring it negates ``u``.
+    """
+    it = frame_differences(video)  # (B, T, 3, H, W)
+    gx = central_difference(video, -1)  # (B, T, 3, H, W)
+    gy = central_difference(video, -2)  # (B, T, 3, H, W)
+    energy = (gx * gx + gy * gy).sum(2) + eps  # (B, T, H, W)
+    u = -(it * gx).sum(2) / energy  # (B, T, H, W)
+    v = -(it * gy).sum(2) / energy  # (B, T, H, W)
+    return torch.stack([u, v], 2)  # (B, T, 2, H, W)
 
 
 def patchify(video: Tensor, patch: int, tubelet: int = 1) -> Tensor:
@@ -58,6 +92,14 @@ def patchify(video: Tensor, patch: int, tubelet: int = 1) -> Tensor:
     if video.shape[1] % tubelet:
         raise ValueError(f"a clip of {video.shape[1]} frames does not split into tubelets of {tubelet} frames")
     return rearrange(video, "b (t k) c (h p1) (w p2) -> b t (h w) (k p1 p2 c)", k=tubelet, p1=patch, p2=patch)
+
+
+def patch_conv(channels: int, dim: int, patch: int, tubelet: int, bias: bool = True) -> nn.Module:
+    """The linear embedding of a p x p patch (of k frames: a tubelet) with ``channels`` channels as a strided
+    conv: Conv2d for k = 1, Conv3d over (k, p, p) otherwise."""
+    if tubelet == 1:
+        return nn.Conv2d(channels, dim, kernel_size=patch, stride=patch, bias=bias)
+    return nn.Conv3d(channels, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch), bias=bias)
 
 
 @dataclass
@@ -82,6 +124,7 @@ class VideoViT(nn.Module):
         tubelet: int = 1,
         pos_embed: str = "learned",
         frame_diff: bool = False,
+        normal_flow: bool = False,
         act: str = "gelu",
         ln_pre: bool = False,
         cls_token: bool = False,
@@ -97,18 +140,16 @@ class VideoViT(nn.Module):
         self.frames = frames // tubelet  # token time steps of a clip of `frames` frames
         self.dim = dim
         self.grad_checkpointing = grad_checkpointing
-        if tubelet == 1:
-            self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-        else:  # a token sees k frames of its patch: motion inside one token
-            self.patch_embed = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+        # a token sees k frames of its patch with tubelets (k > 1): motion inside one token
+        self.patch_embed = patch_conv(3, dim, patch, tubelet)
         # frame_diff: a second patch embedding of the clip's frame differences, added to each token
         # (TSN / TDN's RGB-difference stream), so that a token sees how its patch changes
         self.frame_diff = frame_diff
-        self.diff_embed = None
-        if frame_diff:
-            self.diff_embed = (nn.Conv2d(3, dim, kernel_size=patch, stride=patch, bias=False) if tubelet == 1 else
-                               nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch),
-                                         bias=False))
+        self.diff_embed = patch_conv(3, dim, patch, tubelet, bias=False) if frame_diff else None
+        # normal_flow: a patch embedding of the clip's per-pixel normal flow (2 channels), added to each token,
+        # so that a token sees which way its edges move whatever their colours
+        self.normal_flow = normal_flow
+        self.flow_embed = patch_conv(2, dim, patch, tubelet, bias=False) if normal_flow else None
         self.pos_space = nn.Parameter(torch.zeros(self.grid * self.grid, dim))  # (N, C)
         self.pos_time = nn.Parameter(torch.zeros(self.frames, dim))  # (T/k, C)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, act) for _ in range(depth))
@@ -133,7 +174,7 @@ class VideoViT(nn.Module):
         else:
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         init_weights(self)
-        for conv in (self.patch_embed, self.diff_embed):
+        for conv in (self.patch_embed, self.diff_embed, self.flow_embed):
             if conv is not None:
                 w = conv.weight.data
                 nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as MAE: the conv is a linear map
@@ -187,10 +228,12 @@ class VideoViT(nn.Module):
         x = self._conv_tokens(self.patch_embed, video)  # (B, T/k, N, C)
         if self.diff_embed is not None:
             x = x + self._conv_tokens(self.diff_embed, frame_differences(video))  # (B, T/k, N, C)
+        if self.flow_embed is not None:
+            x = x + self._conv_tokens(self.flow_embed, normal_flow(video))  # (B, T/k, N, C)
         return x + self.pos_embed(Tk, H // self.patch).to(x.dtype)  # (B, T/k, N, C)
 
     def _conv_tokens(self, conv: nn.Module, video: Tensor) -> Tensor:
-        """A patch (tubelet) embedding conv over video [B,T,3,H,W] -> tokens [B,T/k,N,C]."""
+        """A patch (tubelet) embedding conv over video [B,T,c,H,W] -> tokens [B,T/k,N,C]."""
         if self.tubelet == 1:
             x = conv(video.flatten(0, 1))  # (B*T, C, g, g)
             return rearrange(x, "(b t) c h w -> b t (h w) c", b=video.shape[0])  # (B, T, N, C)
@@ -198,11 +241,11 @@ class VideoViT(nn.Module):
         return rearrange(x, "b c t h w -> b t (h w) c")  # (B, T/k, N, C)
 
     def _linear_weight(self, conv: nn.Module) -> Tensor:
-        """A patch embedding conv's weight [C, 3, (k,) p, p] as a linear map over (k p1 p2 c)-ordered pixels:
-        [C, k*p*p*3]."""
+        """A patch embedding conv's weight [C, c, (k,) p, p] as a linear map over (k p1 p2 c)-ordered pixels:
+        [C, k*p*p*c]."""
         w = conv.weight
-        w = w.unsqueeze(2) if w.dim() == 4 else w  # (C, 3, k, p, p)
-        return w.permute(0, 2, 3, 4, 1).reshape(self.dim, -1)  # (C, k*p*p*3)
+        w = w.unsqueeze(2) if w.dim() == 4 else w  # (C, c, k, p, p)
+        return w.permute(0, 2, 3, 4, 1).reshape(self.dim, -1)  # (C, k*p*p*c)
 
     def embed_kept(self, video: Tensor, ids_keep: Tensor) -> Tensor:
         """Embed only the kept patches: video [B,T,3,H,W], ids_keep long[B,K] (into (T/k)*N) -> [B,K,C].
@@ -218,6 +261,9 @@ class VideoViT(nn.Module):
         if self.diff_embed is not None:
             diffs = gather_tokens(self.patchify(frame_differences(video)).flatten(1, 2), ids_keep)  # (B, K, k*p*p*3)
             x = x + diffs @ self._linear_weight(self.diff_embed).T.to(diffs.dtype)  # (B, K, C)
+        if self.flow_embed is not None:
+            flow = gather_tokens(self.patchify(normal_flow(video)).flatten(1, 2), ids_keep)  # (B, K, k*p*p*2)
+            x = x + flow @ self._linear_weight(self.flow_embed).T.to(flow.dtype)  # (B, K, C)
         pos = self.pos_embed(self.token_frames(T), grid).flatten(0, 1)  # (L, C)
         return x + pos[ids_keep].to(x.dtype)  # (B, K, C)
 
