@@ -35,6 +35,8 @@ VARIANTS = {
     "sin-cos positions": {"pos_embed": "sincos"},
     "tubelets of 2 frames, sin-cos positions": {"tubelet": 2, "pos_embed": "sincos"},
     "frame-difference stream (model.frame_diff)": {"frame_diff": True},
+    "normal-flow stream (model.normal_flow)": {"normal_flow": True},
+    "both streams": {"frame_diff": True, "normal_flow": True},
 }
 
 
@@ -94,6 +96,21 @@ def train_variant(data, options: dict, steps: int, ratio: float, batch: int, lr:
             "chance": 100.0 / len(names), "train_clips": len(y_train), "test_clips": len(y_test)}
 
 
+def earlier_rows(path: Path) -> dict[str, list[str]]:
+    """The table rows of an earlier result file by variant name: [name, train, test, seconds, run on] (a row
+    of the older four-column table gets the date of the file's date line, or "?")."""
+    if not path.is_file():
+        return {}
+    text = path.read_text().splitlines()
+    date = next((line[:10] for line in text if line[:4].isdigit() and line[4:5] == "-"), "?")
+    rows = {}
+    for line in text:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in VARIANTS:
+            rows[cells[0]] = (cells + [date])[:5]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default="corpus")
@@ -115,6 +132,11 @@ def main() -> None:
         print(f"{name}: train {res['train']:.1f} %, test {res['test']:.1f} % ({res['seconds']:.0f} s)", flush=True)
         rows.append((name, res))
     first = rows[0][1]
+    today = time.strftime("%Y-%m-%d")
+    table_rows = {n: [n, f"{r['train']:.1f}", f"{r['test']:.1f}", f"{r['seconds']:.0f}", today] for n, r in rows}
+    out = Path(args.out)
+    # --only: the variants not run now keep their rows (and dates) from the file's last run
+    kept = {n: cells for n, cells in earlier_rows(out).items() if n in VARIANTS and n not in table_rows}
     lines = [
         "# Supervised motion classification with the tiny video encoder",
         "",
@@ -122,14 +144,15 @@ def main() -> None:
         f"(6 blocks of 192, random {args.ratio:.0%} masking while training, all tokens when scored) and a linear "
         f"head on the mean token, trained on the motion labels of the corpus's {first['train_clips']} single-object "
         f"training clips ({args.steps} steps of {args.batch}, AdamW lr {args.lr:g}, seed {args.seed}); accuracy on "
-        f"the {first['test_clips']} single-object test clips. Chance {first['chance']:.1f} % (11 motions).",
+        f"the {first['test_clips']} single-object test clips. Chance {first['chance']:.1f} % (11 motions). "
+        "One seed each; the seconds compare only rows run on the same day with nothing else running.",
         "",
-        "| input embedding | train accuracy % | test accuracy % | training s (this machine, this run) |",
-        "|---|---|---|---|",
+        "| input embedding | train accuracy % | test accuracy % | training s | run on |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {n} | {r['train']:.1f} | {r['test']:.1f} | {r['seconds']:.0f} |" for n, r in rows]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    lines += ["| " + " | ".join(({**kept, **table_rows})[n]) + " |" for n in VARIANTS if n in kept or n in table_rows]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
 
