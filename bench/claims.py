@@ -1,7 +1,8 @@
 """The papers' claims against what vidmask measures: one row per claim, a verdict from paired seeds.
 
     python bench/claims.py [--lb runs/lb-motion] [--ledger bench/results/leaderboard-motion-runs.json]
-                           [--mascot runs/mascot-bench] [--name claims]
+                           [--mascot runs/mascot-motion] [--mascot-ledger bench/results/mascot-motion-runs.json]
+                           [--name claims]
 
 Reads finished runs only (it trains nothing), so the table fills as the runs of
 bench/leaderboard.py (``--lb``: recipes on top of the positive control, 1,000 steps,
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ledger", default=str(RESULTS / "leaderboard-motion-runs.json"),
                     help="the leaderboard's record of finished runs (bench/_ledger.py), for runs whose folder is "
                          "not on this machine; '' for none")
-    ap.add_argument("--mascot", default="runs/mascot-bench", help="bench/mascot.py's --out")
-    ap.add_argument("--mascot-ledger", default=str(RESULTS / "mascot-runs.json"),
+    # MASCOT's claim on top of the motion leaderboard's control (bench/mascot.py --name mascot-motion)
+    ap.add_argument("--mascot", default="runs/mascot-motion", help="bench/mascot.py's --out")
+    ap.add_argument("--mascot-ledger", default=str(RESULTS / "mascot-motion-runs.json"),
                     help="bench/mascot.py's record of finished runs; '' for none")
     ap.add_argument("--name", default="claims")
     args = ap.parse_args(argv)

@@ -71,7 +71,10 @@ def ci_half(xs: list[float]) -> float:
 
 
 def mean_ci(xs: list[float]) -> str:
-    """'mean ± half-width of the 95 % interval' (t distribution over seeds)."""
+    """'mean ± half-width of the 95 % interval' (t distribution over seeds); '-' when a value is missing (NaN,
+    e.g. twin accuracy on a corpus without twins: statistics.stdev cannot take NaN)."""
+    if any(math.isnan(x) for x in xs):
+        return "-"
     m = statistics.fmean(xs)
     return f"{m:.2f}" if len(xs) < 2 else f"{m:.2f} ± {ci_half(xs):.2f}"
 

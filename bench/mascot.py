@@ -1,6 +1,6 @@
 """MASCOT's Tables 1 and 2 on the motion-shapes corpus, against plain vtc fine-tuning at the same steps.
 
-    python bench/mascot.py --init runs/demo [--seeds 0 1] [--rows all|table1|table2|NAME ...]
+    python bench/mascot.py --init runs/demo [--seeds 0 1] [--rows all|table1|table2|NAME ...] [--name mascot]
 
 Every row is one `vidmask finetune retrieval` from ``--init`` with the same
 steps, batch, learning rate and seeds; rows differ only by the overrides
@@ -10,10 +10,12 @@ vtc alone on every token (no masking, mean pooling): the reference each row's
 Rsum and t2v R@1 differences are paired with, seed by seed (mean and 95 %
 interval over seeds, t distribution). A run whose evaluation exists is not
 run again, so the table fills over several sessions; each finished run's
-figures are also kept in bench/results/mascot-runs.json (bench/_ledger.py)
+figures are also kept in bench/results/NAME-runs.json (bench/_ledger.py)
 with its setup (the init's weights by digest, corpus, steps, batch, lr, configs), so a
 fresh clone with the same init trains only what is missing; writes
-bench/results/mascot.md.
+bench/results/NAME.md. The ledger is keyed by run name, so a table from another --init
+takes a --name (and an --out) of its own: the motion leaderboard's is
+``--init runs/lb-motion/motion-s1 --out runs/mascot-motion --name mascot-motion``.
 """
 
 from __future__ import annotations
@@ -151,10 +153,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--out", default="runs/mascot-bench")
+    ap.add_argument("--name", default="mascot", help="bench/results/NAME.md and its ledger NAME-runs.json")
     ap.add_argument("--only-existing", action="store_true",
                     help="write the table from the runs already there (or in the ledger); train nothing")
     args = ap.parse_args()
-    ledger = Ledger(RESULTS / "mascot-runs.json")
+    ledger = Ledger(RESULTS / f"{args.name}-runs.json")
     setup = {"init": args.init, "init_weights": recorded_init(ledger, args.init) if args.only_existing
              else init_digest(args.init), "corpus": corpus_digest(args.corpus),
              "steps": args.steps, "batch": args.batch, "lr": args.lr,
@@ -187,7 +190,7 @@ def main() -> None:
             "unidirectional interaction, R / R_u reconstructor, D discriminator).\n\n"
             + table(["table", "row", "seeds", "t2v R@1", "Rsum", "Δ R@1 vs vtc", "Δ Rsum vs vtc",
                      "motion twins %", "minutes / run"], rows))
-    print(write("mascot.md", "MASCOT: masking types and components (paper Tables 1 and 2)", body))
+    print(write(f"{args.name}.md", "MASCOT: masking types and components (paper Tables 1 and 2)", body))
 
 
 if __name__ == "__main__":

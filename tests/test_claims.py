@@ -208,6 +208,27 @@ def test_mascot_ledger_reuses_a_finished_run_and_feeds_claims(tmp_path, monkeypa
     assert "high − low, R@1: -4.00" in row and row.rstrip(" |").endswith("contradicted")
 
 
+    # --name: a table from another init has its own ledger and file (the ledger is keyed by run name)
+    (tmp_path / "mascot-motion-runs.json").write_text(ledger.path.read_text())
+    written = {}
+    monkeypatch.setattr(mascot, "RESULTS", tmp_path)
+    monkeypatch.setattr(mascot, "corpus_digest", lambda corpus: "abc")
+    monkeypatch.setattr(mascot, "config_digest", lambda *paths: None)
+    monkeypatch.setattr(mascot, "write", lambda name, title, body: written.update({name: body}))
+    led = Ledger(tmp_path / "mascot-motion-runs.json")
+    for rec in led.records.values():
+        rec["setup"]["configs"] = None  # what main's setup holds with config_digest patched
+    led.path.write_text(json.dumps(led.records))
+    monkeypatch.setattr(sys, "argv", ["mascot.py", "--init", "runs/x", "--only-existing", "--name", "mascot-motion",
+                                      "--out", str(tmp_path / "m2"), "--rows", "low-informed 70%", "--seeds", "0", "1",
+                                      "2"])
+    mascot.main()
+    assert list(written) == ["mascot-motion.md"]
+    # read from the named ledger (3 seeds, no run trained); its twin column has no figures: "-", not a crash
+    assert any(line.startswith("| table1 | low-informed 70% | 3 |") and line.rstrip(" |").endswith("| - | 0.0")
+               for line in written["mascot-motion.md"].splitlines())
+
+
 def test_claims_group_recipes_of_one_setup_and_drop_changed_recipes(tmp_path):
     """Each recipe's record carries its own recipe digest: records of one leaderboard are still one setup;
     a record whose recipe file has changed since it ran is left out."""
