@@ -149,19 +149,28 @@ def test_clusterstm_ablation_changes_one_thing(name):
         ("model.fusion_depth=0", "model.fusion_depth must be >= 1, got 0"),
         ("data.num_workers=-1", "data.num_workers must be >= 0 (0 = load in the main process), got -1"),
         ("data.prefetch_factor=0", "data.prefetch_factor must be >= 1 (batches each loader worker holds ready), got 0"),
+        ("data.crop_scale=0", "data.crop_scale must be in (0, 1] (1 = the centre crop), got 0.0"),
+        ("data.crop_scale=1.5", "data.crop_scale must be in (0, 1] (1 = the centre crop), got 1.5"),
+        ("teacher.cache=c data.crop_scale=0.5", "teacher.cache stores the features of the centre crop; "
+                                                "data.crop_scale=0.5"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
-        load_config(None, [override])
+        load_config(None, override.split())
     assert message in str(e.value)
 
 
 @pytest.mark.parametrize("override", ["train.grad_clip=0", "train.min_lr=0", "train.min_lr=5.0e-4",
                                       "data.num_workers=0", "train.eval_every=0", "train.time_limit_min=0",
-                                      "data.prefetch_factor=1"])
+                                      "data.prefetch_factor=1", "data.crop_scale=1"])
 def test_boundary_values_are_valid(override):
     load_config(None, [override])
+
+
+def test_crop_scale_is_the_training_crops_area_range():
+    assert load_config(None, []).data.random_crop() is None  # the centre crop, as evaluation
+    assert load_config(None, ["data.crop_scale=0.5"]).data.random_crop() == (0.5, 1.0)
 
 
 def test_base_cycle_names_the_files(tmp_path):

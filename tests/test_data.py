@@ -1023,3 +1023,20 @@ def test_whole_file_check_finds_damage_between_sampled_frames(long_media, media,
     assert "corrupt" in check_one(str(damaged), False, 4, whole=True)
     with pytest.raises(VideoError, match="trunc_faststart.mp4: corrupt or truncated"):
         decode_through(media["truncated_faststart"])
+
+
+def test_training_data_takes_the_configs_crop(monkeypatch):
+    """data.crop_scale reaches the training dataset as its random crops' area range (None: centre crop)."""
+    from types import SimpleNamespace
+
+    import vidmask.train.run as run
+    from vidmask.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(run, "VideoTextDataset", lambda *a, **kw: seen.update(kw) or "dataset")
+    monkeypatch.setattr(run, "frozen_caption_towers", lambda job: [])
+    monkeypatch.setattr(run, "fit_text_head", lambda job, cfg, info: None)
+    for crop, want in (("0.6", (0.6, 1.0)), ("1", None)):
+        cfg = load_config(None, [f"data.crop_scale={crop}"])
+        out = run.training_stream(SimpleNamespace(items=[]), cfg, None, SimpleNamespace(saved_data=None), False)
+        assert out == "dataset" and seen["random_crop_scale"] == want

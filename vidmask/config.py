@@ -49,6 +49,9 @@ class DataConfig:
     prefetch_factor: int = 2  # batches each worker loads ahead (used only with num_workers > 0)
     cache_frames: bool = False  # decode every video once and sample frames from memory
     hflip_p: float = 0.0  # horizontal flip probability; captions get left/right swapped when > 0
+    # training crops (RandomResizedCrop, aspect 3/4 to 4/3, one box for all frames of a clip): the smallest
+    # share of the frame's area a crop keeps, e.g. 0.5 for (0.5, 1.0); 1.0 = the centre crop, as evaluation
+    crop_scale: float = 1.0
     # time-reversal probability: the clip played backwards, its caption's directions, size changes and
     # entering/leaving turned round (vidmask.data.reversal); for captions whose motions have English reverses
     reverse_p: float = 0.0
@@ -68,6 +71,8 @@ class DataConfig:
             raise ConfigError(f"data.hflip_p must be in [0, 1], got {self.hflip_p}")
         if not 0.0 <= self.reverse_p <= 1.0:
             raise ConfigError(f"data.reverse_p must be in [0, 1], got {self.reverse_p}")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"data.crop_scale must be in (0, 1] (1 = the centre crop), got {self.crop_scale}")
         if not 0.0 <= self.max_bad_share < 1.0:
             raise ConfigError(f"data.max_bad_share must be in [0, 1), got {self.max_bad_share}")
         if self.num_workers < 0:
@@ -86,6 +91,11 @@ class DataConfig:
                               "set data.cache_frames=false to train from data.shards")
         if self.shards_index and not self.shards:
             raise ConfigError("data.shards_index is set but data.shards is empty; name the shards too")
+
+    def random_crop(self) -> tuple[float, float] | None:
+        """The training crops' area range for :class:`~vidmask.data.transforms.VideoTransform`, None = the
+        centre crop."""
+        return (self.crop_scale, 1.0) if self.crop_scale < 1.0 else None
 
     def path(self, name: str) -> Path:
         p = Path(name)
@@ -509,6 +519,10 @@ class Config:
             raise ConfigError("teacher.cache stores the features of unflipped frames; set data.hflip_p=0, "
                               "teacher.cache='' (run the teacher every step), or teacher.cache_mirror=true "
                               "(flipped clips get their cached features mirrored: an approximation)")
+        if self.teacher.cache and self.data.crop_scale < 1.0:
+            raise ConfigError(f"teacher.cache stores the features of the centre crop; data.crop_scale="
+                              f"{self.data.crop_scale} crops elsewhere: set data.crop_scale=1 or teacher.cache='' "
+                              "(run the teacher every step, on the crop)")
         if 0 < self.teacher.cache_frames_per_video < self.data.num_frames:
             raise ConfigError(f"teacher.cache_frames_per_video={self.teacher.cache_frames_per_video} is below "
                               f"data.num_frames={self.data.num_frames}: cache at least as many frames per video "

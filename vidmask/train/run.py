@@ -184,8 +184,8 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
         if resume and saved.get("source") == "shards":
             raise ConfigError("--resume: the run was trained from tar shards; keep its data.shards setting")
         dataset = VideoTextDataset(job.items, cfg.data.num_frames, cfg.data.size, train=True, seed=cfg.train.seed,
-                                   hflip_p=cfg.data.hflip_p, reverse_p=cfg.data.reverse_p,
-                                   cache_frames=cfg.data.cache_frames)
+                                   random_crop_scale=cfg.data.random_crop(), hflip_p=cfg.data.hflip_p,
+                                   reverse_p=cfg.data.reverse_p, cache_frames=cfg.data.cache_frames)
         from vidmask.train.distributed import all_gather_rows
 
         for tower, store in zip(towers, stores):
@@ -203,8 +203,8 @@ def training_stream(job: Job, cfg: Config, info: DistInfo, trainer: "Trainer", r
                     "scaled up", shards.resize_short, cfg.data.size)
     stream = ShardStream(shards, cfg.data.num_frames, cfg.data.size, batch_size=cfg.train.batch_size,
                          seed=cfg.train.seed, rank=info.rank, world=info.world, num_workers=cfg.data.num_workers,
-                         buffer=cfg.data.shuffle_buffer, hflip_p=cfg.data.hflip_p,
-                         reverse_p=cfg.data.reverse_p)
+                         buffer=cfg.data.shuffle_buffer, random_crop_scale=cfg.data.random_crop(),
+                         hflip_p=cfg.data.hflip_p, reverse_p=cfg.data.reverse_p)
     if resume:
         check_stream_position(stream.position(trainer.start_step), saved)
     trainer.position = stream.position
