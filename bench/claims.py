@@ -15,6 +15,9 @@ mean and 95 % interval over seeds (t distribution), and a verdict by :func:`verd
 * ``contradicted``: it lies on the other side and its interval excludes 0;
 * ``not resolved``: the interval includes 0 (the seeds cannot tell);
 * ``one seed``: fewer than two paired seeds, no interval;
+* ``two seeds``: two paired seeds, no verdict yet (the issue asks for three: two give a t interval
+  of 12.7 standard deviations, and none at all when both differences are equal, as accuracies counted
+  on 109 clips can be);
 * ``not run``: a run it needs is missing.
 
 A claim of a tie ("matches or exceeds") holds unless the difference is below 0 with its
@@ -41,7 +44,8 @@ from mascot import MASCOT, masking, run_key
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HOLDS, CONTRADICTED, UNRESOLVED, ONE_SEED, NOT_RUN = "holds", "contradicted", "not resolved", "one seed", "not run"
+HOLDS, CONTRADICTED, UNRESOLVED, NOT_RUN = "holds", "contradicted", "not resolved", "not run"
+ONE_SEED, TWO_SEEDS = "one seed", "two seeds"
 
 
 def verdict(deltas: list[float], tie_ok: bool = False) -> str:
@@ -51,6 +55,8 @@ def verdict(deltas: list[float], tie_ok: bool = False) -> str:
         return NOT_RUN
     if len(deltas) < 2:
         return ONE_SEED
+    if len(deltas) < 3:
+        return TWO_SEEDS
     mean, half = statistics.fmean(deltas), ci_half(deltas)
     if mean - half > 0:
         return HOLDS
@@ -61,7 +67,7 @@ def verdict(deltas: list[float], tie_ok: bool = False) -> str:
 
 def combine(verdicts: list[str]) -> str:
     """One verdict for a claim made of several comparisons."""
-    for v in (NOT_RUN, CONTRADICTED, ONE_SEED, UNRESOLVED):
+    for v in (NOT_RUN, CONTRADICTED, ONE_SEED, TWO_SEEDS, UNRESOLVED):
         if v in verdicts:
             return v
     return HOLDS
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> Path:
             "paired by seed (mean ± 95 % interval, t distribution); `R@1` is t2v R@1 on every caption of every "
             "test video, `motion` the motion-twin accuracy, `probe_motion` the linear motion probe of the frozen "
             "video features. Verdicts: holds / contradicted when the interval excludes 0 on the claimed / the "
-            "other side, not resolved when it includes 0 (a claim of a tie holds then), one seed, not run.\n\n"
+            "other side, not resolved when it includes 0 (a claim of a tie holds then); one seed / two seeds: "
+            "no verdict before three; not run.\n\n"
             + table(["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
     return write(f"{args.name}.md", "The papers' claims, tested", body)
 

@@ -22,6 +22,7 @@ def load_claims():
 def test_verdicts():
     c = load_claims()
     assert c.verdict([]) == c.NOT_RUN and c.verdict([1.0]) == c.ONE_SEED
+    assert c.verdict([-1.83, -1.83]) == c.TWO_SEEDS  # equal differences: a zero-width interval is no verdict
     assert c.verdict([2.0, 2.5, 3.0]) == c.HOLDS
     assert c.verdict([-2.0, -2.5, -3.0]) == c.CONTRADICTED
     assert c.verdict([2.0, -1.0, 0.5]) == c.UNRESOLVED
