@@ -136,7 +136,7 @@ def main() -> None:
     table_rows = {n: [n, f"{r['train']:.1f}", f"{r['test']:.1f}", f"{r['seconds']:.0f}", today] for n, r in rows}
     out = Path(args.out)
     # --only: the variants not run now keep their rows (and dates) from the file's last run
-    kept = {n: cells for n, cells in earlier_rows(out).items() if n in VARIANTS and n not in table_rows}
+    merged = {**earlier_rows(out), **table_rows}  # earlier_rows holds VARIANTS' rows only
     lines = [
         "# Supervised motion classification with the tiny video encoder",
         "",
@@ -150,7 +150,7 @@ def main() -> None:
         "| input embedding | train accuracy % | test accuracy % | training s | run on |",
         "|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(({**kept, **table_rows})[n]) + " |" for n in VARIANTS if n in kept or n in table_rows]
+    lines += ["| " + " | ".join(merged[n]) + " |" for n in VARIANTS if n in merged]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -67,9 +67,9 @@ def normal_flow(video: Tensor, eps: float = 1e-2) -> Tensor:
 
     The brightness-constancy constraint ``I_t + grad(I) . w = 0`` (Horn and
     Schunck 1981) fixes the velocity ``w`` along the image gradient only: the
-    normal flow ``-I_t grad(I) / |grad(I)|^2``, here with the colour channels
-    summed as one least-squares constraint per pixel (Lucas-Kanade's normal
-    equations over the channels instead of a window) and ``eps`` added to
+    normal flow ``-I_t grad(I) / |grad(I)|^2``, here with numerator and
+    denominator summed over the colour channels (one scalar normalisation per
+    pixel, not Lucas-Kanade's 2x2 solve over a window) and ``eps`` added to
     ``|grad(I)|^2`` so that flat regions give about zero. Unlike the raw
     frame differences it does not depend on the colours: a red square and
     a dark blue one moving left give the same signs, which the difference
