@@ -24,7 +24,9 @@ A claim of a tie ("matches or exceeds") holds unless the difference is below 0 w
 interval excluding 0. A claim about several comparisons holds when all of them hold and is
 contradicted when any is. What each paper reports is quoted from its text
 (``../shared/papers``): the ClusterSTM summary gives its ablations in words, MASCOT's
-Table 1 in numbers. Writes bench/results/claims.md.
+Table 1 in numbers. Writes bench/results/claims.md and, with ``--readme``, the same table into the
+README between its ``<!-- claims -->`` and ``<!-- /claims -->`` lines (:func:`replace_block`), so the
+README's table is always the one the runs give.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def fmt(deltas: list[float]) -> str:
         return "-"
     m = statistics.fmean(deltas)
     sign = "+" if m >= 0 else ""
-    return f"{sign}{m:.2f}" + (f" ± {ci_half(deltas):.2f}" if len(deltas) > 1 else "") + f" ({len(deltas)} seeds)"
+    seeds = f"{len(deltas)} seed" + ("s" if len(deltas) > 1 else "")
+    return f"{sign}{m:.2f}" + (f" ± {ci_half(deltas):.2f}" if len(deltas) > 1 else "") + f" ({seeds})"
 
 
 def lb_runs(folder: Path, recipe: str, recorded: dict[str, dict] | None = None) -> dict[int, dict]:
@@ -221,6 +224,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--mascot-ledger", default=str(RESULTS / "mascot-motion-runs.json"),
                     help="bench/mascot.py's record of finished runs; '' for none")
     ap.add_argument("--name", default="claims")
+    ap.add_argument("--readme", nargs="?", const=str(ROOT / "README.md"), default=None,
+                    help="also write the table into this README (default README.md), between its "
+                         "'<!-- claims -->' and '<!-- /claims -->' lines")
     args = ap.parse_args(argv)
     ledger = Path(args.ledger) if args.ledger else None
     rows = claims(Path(args.lb), Path(args.mascot), ledger, Path(args.mascot_ledger) if args.mascot_ledger else None)
@@ -233,7 +239,21 @@ def main(argv: list[str] | None = None) -> Path:
             "other side, not resolved when it includes 0 (a claim of a tie holds then); one seed / two seeds: "
             "no verdict before three; not run.\n\n"
             + table(["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
+    if args.readme:
+        readme = Path(args.readme)
+        readme.write_text(replace_block(readme.read_text(), "claims", table(
+            ["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows), readme))
     return write(f"{args.name}.md", "The papers' claims, tested", body)
+
+
+def replace_block(text: str, name: str, block: str, where: Path | str = "the README") -> str:
+    """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` replaced by ``block``."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"{where}: needs one '{start}' line and one '{end}' line after it, around the "
+                         f"table to replace; add them where the table belongs")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{block}\n{end}{rest.split(end, 1)[1]}"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,6 +60,29 @@ def test_table_from_finished_runs(tmp_path, monkeypatch):
     assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("one seed")
     assert rows["intra-frame clustering matters most"].rstrip(" |").endswith("not run")
     assert "not run yet: clusterstm-no-cluster" in rows["intra-frame clustering matters most"]
+
+
+def test_readme_table_is_replaced_between_its_markers(tmp_path, monkeypatch):
+    c = load_claims()
+    monkeypatch.setattr(c, "write", lambda name, title, body: body)
+    lb = tmp_path / "lb"
+    for seed in range(3):
+        fake_run(lb / f"clusterstm-s{seed}", 40.0 + seed, 70.0)
+        fake_run(lb / f"clusterstm-no-density-s{seed}", 37.0 + seed / 2, 70.0)
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\nbefore\n<!-- claims -->\n| an old | table |\n<!-- /claims -->\nafter\n")
+    args = ["--lb", str(lb), "--ledger", "", "--mascot", str(tmp_path / "none"), "--mascot-ledger", ""]
+    c.main(args + ["--readme", str(readme)])
+    text = readme.read_text()
+    assert "an old" not in text and text.startswith("# t\n\nbefore\n<!-- claims -->\n| paper | claim |")
+    assert text.endswith("<!-- /claims -->\nafter\n") and text.count("| ClusterSTM |") == 5
+    density = next(line for line in text.splitlines() if "temporal-density" in line)
+    assert "(3 seeds)" in density and density.rstrip(" |").endswith("holds")
+    c.main(args + ["--readme", str(readme)])
+    assert readme.read_text() == text  # written twice, the same README
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="<!-- claims -->"):
+        c.main(args + ["--readme", str(readme)])
 
 
 def test_leaderboard_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_path, monkeypatch):
@@ -243,3 +268,14 @@ def test_claims_group_recipes_of_one_setup_and_drop_changed_recipes(tmp_path):
         led.put(f"{name}-s0", {**base, "recipe": digest}, {"R@1": 1.0}, recipe=name)
     led.put("clusterstm-no-relevance-s0", {**base, "recipe": "000000000000"}, {"R@1": 1.0}, recipe="clusterstm-no-relevance")
     assert sorted(c.ledger_figures(led.path)) == ["clusterstm-no-density-s0", "clusterstm-s0"]
+
+
+def test_readme_claims_table_is_the_committed_ledgers(tmp_path, monkeypatch):
+    """The README's claims table is what bench/claims.py makes from the committed ledgers (run folders aside):
+    a run recorded without `bench/claims.py --readme` rerun fails here."""
+    c = load_claims()
+    monkeypatch.setattr(c, "write", lambda name, title, body: body)
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    c.main(["--lb", str(tmp_path / "no-runs"), "--mascot", str(tmp_path / "no-runs"), "--readme", str(readme)])
+    assert readme.read_text() == (ROOT / "README.md").read_text(), "run `python bench/claims.py --readme`"
