@@ -178,6 +178,29 @@ def summarise(results: dict[str, list[dict]], base: str, step_s: dict[str, float
     return rows
 
 
+def per_seed(results: dict[str, list[dict]], base: str, seeds: list[int]) -> list[list]:
+    """Table rows with each seed's own figures side by side ("s0 / s1 / s2", "-" where a seed has not run):
+    with two or three seeds a mean ± t interval says little, the figures themselves say more. The Δ column
+    is each seed's R@1 minus ``base``'s at the same seed."""
+    base_r1 = {r["seed"]: r["R@1"] for r in results.get(base, [])}
+
+    def cell(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    rows = []
+    for recipe, runs in results.items():
+        by_seed = {r["seed"]: r for r in runs}
+
+        def col(k: str, fmt: str) -> str:
+            return " / ".join(cell(by_seed[s][k] if s in by_seed else None, fmt) for s in seeds)
+
+        delta = "(reference)" if recipe == base else " / ".join(
+            cell(by_seed[s]["R@1"] - base_r1[s] if s in by_seed and s in base_r1 else None, "+.2f") for s in seeds)
+        rows.append([recipe, col("R@1", ".2f"), delta, col("motion", ".1f"), col("probe_motion", ".1f"),
+                     col("colour", ".1f")])
+    return rows
+
+
 def chart(results: dict[str, list[dict]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -270,7 +293,10 @@ def main() -> None:
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
-                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base)))
+                f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base))
+                + f"\n\n### Seed by seed ({' / '.join(f's{s}' for s in done_seeds)})\n\n"
+                + table(["recipe", "t2v R@1", f"Δ R@1 vs {base}", "motion twins %", "motion probe %",
+                         "colour twins %"], per_seed(done, base, done_seeds)))
         same_time = {k: v for k, v in (same_time or {}).items() if v}
         if same_time:
             seeds_done = max(len(v) for v in same_time.values())

@@ -279,3 +279,18 @@ def test_readme_claims_table_is_the_committed_ledgers(tmp_path, monkeypatch):
     shutil.copy(ROOT / "README.md", readme)
     c.main(["--lb", str(tmp_path / "no-runs"), "--mascot", str(tmp_path / "no-runs"), "--readme", str(readme)])
     assert readme.read_text() == (ROOT / "README.md").read_text(), "run `python bench/claims.py --readme`"
+
+
+def test_leaderboard_per_seed_table():
+    load_claims()
+    import leaderboard
+
+    def run(seed, r1, motion):
+        return {"seed": seed, "R@1": r1, "motion": motion, "probe_motion": motion / 2, "colour": 99.0}
+
+    results = {"random": [run(0, 20.0, 60.0), run(1, 19.5, 58.0)], "umt": [run(0, 35.5, 77.0)],
+               "tube": [run(1, 15.25, 54.0)]}
+    rows = {r[0]: r[1:] for r in leaderboard.per_seed(results, "random", [0, 1])}
+    assert rows["random"] == ["20.00 / 19.50", "(reference)", "60.0 / 58.0", "30.0 / 29.0", "99.0 / 99.0"]
+    assert rows["umt"][:3] == ["35.50 / -", "+15.50 / -", "77.0 / -"]  # seed 1 not run yet
+    assert rows["tube"][:2] == ["- / 15.25", "- / -4.25"]
