@@ -27,6 +27,18 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def write_readme(readme: Path, name: str, block: str) -> None:
+    """Replace the lines between ``<!-- name -->`` and ``<!-- /name -->`` in ``readme`` by ``block``: a README
+    table that a bench script writes, so that it is always the one the runs give."""
+    text = readme.read_text()
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"{readme}: needs one '{start}' line and one '{end}' line after it, around the "
+                         f"table to replace; add them where the table belongs")
+    head, rest = text.split(start, 1)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{rest.split(end, 1)[1]}")
+
+
 def write(name: str, title: str, body: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

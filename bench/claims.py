@@ -25,7 +25,7 @@ interval excluding 0. A claim about several comparisons holds when all of them h
 contradicted when any is. What each paper reports is quoted from its text
 (``../shared/papers``): the ClusterSTM summary gives its ablations in words, MASCOT's
 Table 1 in numbers. Writes bench/results/claims.md and, with ``--readme``, the same table into the
-README between its ``<!-- claims -->`` and ``<!-- /claims -->`` lines (:func:`replace_block`), so the
+README between its ``<!-- claims -->`` and ``<!-- /claims -->`` lines (``_common.write_readme``), so the
 README's table is always the one the runs give.
 """
 
@@ -38,7 +38,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from _common import RESULTS, table, write
+from _common import RESULTS, table, write, write_readme
 from _ledger import Ledger, config_digest
 from leaderboard import ci_half, read_run
 from mascot import MASCOT, masking, run_key
@@ -240,20 +240,10 @@ def main(argv: list[str] | None = None) -> Path:
             "no verdict before three; not run.\n\n"
             + table(["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
     if args.readme:
-        readme = Path(args.readme)
-        readme.write_text(replace_block(readme.read_text(), "claims", table(
-            ["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows), readme))
+        write_readme(Path(args.readme), "claims", table(
+            ["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
     return write(f"{args.name}.md", "The papers' claims, tested", body)
 
-
-def replace_block(text: str, name: str, block: str, where: Path | str = "the README") -> str:
-    """``text`` with the lines between ``<!-- name -->`` and ``<!-- /name -->`` replaced by ``block``."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise SystemExit(f"{where}: needs one '{start}' line and one '{end}' line after it, around the "
-                         f"table to replace; add them where the table belongs")
-    head, rest = text.split(start, 1)
-    return f"{head}{start}\n{block}\n{end}{rest.split(end, 1)[1]}"
 
 
 if __name__ == "__main__":

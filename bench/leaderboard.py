@@ -50,7 +50,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import RESULTS, run_vidmask, table, write
+from _common import RESULTS, run_vidmask, table, write, write_readme
 from _ledger import Ledger, config_digest, corpus_digest, file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,9 +196,20 @@ def per_seed(results: dict[str, list[dict]], base: str, seeds: list[int]) -> lis
 
         delta = "(reference)" if recipe == base else " / ".join(
             cell(by_seed[s]["R@1"] - base_r1[s] if s in by_seed and s in base_r1 else None, "+.2f") for s in seeds)
+        first = by_seed.get(seeds[0], {}).get("curve") or []
+        curve = ", ".join(f"{r1:g}" for _, r1 in first) or "-"
         rows.append([recipe, col("R@1", ".2f"), delta, col("motion", ".1f"), col("probe_motion", ".1f"),
-                     col("colour", ".1f")])
+                     col("colour", ".1f"), curve, f"{statistics.fmean(r['step_s'] for r in runs):.2f}"])
     return rows
+
+
+def per_seed_head(base: str, seeds: list[int], runs: dict[str, list[dict]]) -> list[str]:
+    """The columns of :func:`per_seed`'s rows (the curve's steps from the first run that has one)."""
+    curve = next((r["curve"] for rs in runs.values() for r in rs if r.get("curve")), [])
+    steps = f"{curve[0][0]}-{curve[-1][0]}" if curve else "-"
+    return ["recipe", f"t2v R@1 ({' / '.join(f's{s}' for s in seeds)})", f"Δ R@1 vs {base}, same seed",
+            "motion twins %", "motion probe %", "colour twins %", f"R@1 curve of s{seeds[0]} at steps {steps}",
+            "s / step"]
 
 
 def chart(results: dict[str, list[dict]], path: Path, title: str) -> None:
@@ -267,6 +278,9 @@ def main() -> None:
                     help="also evaluate on the test split every N steps and chart R@1 against the step")
     ap.add_argument("--report-only", action="store_true",
                     help="tabulate the runs already finished under --out (the seeds column counts them); train nothing")
+    ap.add_argument("--readme", nargs="?", const=str(ROOT / "README.md"), default=None,
+                    help="also write the seed-by-seed table into this README (default README.md), between its "
+                         "'<!-- NAME -->' and '<!-- /NAME -->' lines (NAME: --name)")
     args = ap.parse_args()
     out = Path(args.out)
     extra = (CORE if args.losses == "core" else []) + list(args.set)
@@ -295,8 +309,10 @@ def main() -> None:
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
                 f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base))
                 + f"\n\n### Seed by seed ({' / '.join(f's{s}' for s in done_seeds)})\n\n"
-                + table(["recipe", "t2v R@1", f"Δ R@1 vs {base}", "motion twins %", "motion probe %",
-                         "colour twins %"], per_seed(done, base, done_seeds)))
+                + table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds)))
+        if args.readme:
+            write_readme(Path(args.readme), args.name,
+                         table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds)))
         same_time = {k: v for k, v in (same_time or {}).items() if v}
         if same_time:
             seeds_done = max(len(v) for v in same_time.values())

@@ -286,11 +286,15 @@ def test_leaderboard_per_seed_table():
     import leaderboard
 
     def run(seed, r1, motion):
-        return {"seed": seed, "R@1": r1, "motion": motion, "probe_motion": motion / 2, "colour": 99.0}
+        return {"seed": seed, "R@1": r1, "motion": motion, "probe_motion": motion / 2, "colour": 99.0,
+                "curve": [(200, r1 / 4), (400, r1 / 2)], "step_s": 0.5 + seed}
 
     results = {"random": [run(0, 20.0, 60.0), run(1, 19.5, 58.0)], "umt": [run(0, 35.5, 77.0)],
                "tube": [run(1, 15.25, 54.0)]}
     rows = {r[0]: r[1:] for r in leaderboard.per_seed(results, "random", [0, 1])}
-    assert rows["random"] == ["20.00 / 19.50", "(reference)", "60.0 / 58.0", "30.0 / 29.0", "99.0 / 99.0"]
+    assert rows["random"] == ["20.00 / 19.50", "(reference)", "60.0 / 58.0", "30.0 / 29.0", "99.0 / 99.0", "5, 10",
+                              "1.00"]
     assert rows["umt"][:3] == ["35.50 / -", "+15.50 / -", "77.0 / -"]  # seed 1 not run yet
-    assert rows["tube"][:2] == ["- / 15.25", "- / -4.25"]
+    assert rows["tube"][:2] == ["- / 15.25", "- / -4.25"] and rows["tube"][5] == "-"  # no seed-0 curve
+    head = leaderboard.per_seed_head("random", [0, 1], results)
+    assert len(head) == len(rows["umt"]) + 1 and "steps 200-400" in head[6] and "(s0 / s1)" in head[1]
