@@ -196,8 +196,10 @@ def per_seed(results: dict[str, list[dict]], base: str, seeds: list[int]) -> lis
 
         delta = "(reference)" if recipe == base else " / ".join(
             cell(by_seed[s]["R@1"] - base_r1[s] if s in by_seed and s in base_r1 else None, "+.2f") for s in seeds)
-        first = by_seed.get(seeds[0], {}).get("curve") or []
-        curve = ", ".join(f"{r1:g}" for _, r1 in first) or "-"
+        # the first seed's curve; a run recorded before the ledger kept curves has none, then the next seed's
+        with_curve = [s for s in seeds if s in by_seed and by_seed[s].get("curve")]
+        curve = "-" if not with_curve else (f"s{with_curve[0]}: " if with_curve[0] != seeds[0] else "") + ", ".join(
+            f"{r1:g}" for _, r1 in by_seed[with_curve[0]]["curve"])
         rows.append([recipe, col("R@1", ".2f"), delta, col("motion", ".1f"), col("probe_motion", ".1f"),
                      col("colour", ".1f"), curve, f"{statistics.fmean(r['step_s'] for r in runs):.2f}"])
     return rows

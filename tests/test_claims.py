@@ -295,6 +295,8 @@ def test_leaderboard_per_seed_table():
     assert rows["random"] == ["20.00 / 19.50", "(reference)", "60.0 / 58.0", "30.0 / 29.0", "99.0 / 99.0", "5, 10",
                               "1.00"]
     assert rows["umt"][:3] == ["35.50 / -", "+15.50 / -", "77.0 / -"]  # seed 1 not run yet
-    assert rows["tube"][:2] == ["- / 15.25", "- / -4.25"] and rows["tube"][5] == "-"  # no seed-0 curve
+    assert rows["tube"][:2] == ["- / 15.25", "- / -4.25"] and rows["tube"][5] == "s1: 3.8125, 7.625"  # no s0
+    results["umt"][0]["curve"] = []  # recorded before the ledger kept curves
+    assert leaderboard.per_seed(results, "random", [0, 1])[1][6] == "-"
     head = leaderboard.per_seed_head("random", [0, 1], results)
     assert len(head) == len(rows["umt"]) + 1 and "steps 200-400" in head[6] and "(s0 / s1)" in head[1]
