@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     ledger = Path(args.ledger) if args.ledger else None
     rows = claims(Path(args.lb), Path(args.mascot), ledger, Path(args.mascot_ledger) if args.mascot_ledger else None)
+    claims_table = table(["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows)
     shown = f"`{ledger.relative_to(ROOT) if ledger.is_relative_to(ROOT) else ledger}`" if ledger else "none"
     body = (f"Leaderboard runs from `{args.lb}` and, for runs made on another machine, from {shown}; MASCOT fine-tuning runs from `{args.mascot}` (from whichever "
             "pretrained run bench/mascot.py was given as --init). Each comparison is "
@@ -237,13 +238,10 @@ def main(argv: list[str] | None = None) -> Path:
             "test video, `motion` the motion-twin accuracy, `probe_motion` the linear motion probe of the frozen "
             "video features. Verdicts: holds / contradicted when the interval excludes 0 on the claimed / the "
             "other side, not resolved when it includes 0 (a claim of a tie holds then); one seed / two seeds: "
-            "no verdict before three; not run.\n\n"
-            + table(["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
+            "no verdict before three; not run.\n\n" + claims_table)
     if args.readme:
-        write_readme(Path(args.readme), "claims", table(
-            ["paper", "claim", "what the paper reports", "what vidmask measures", "verdict"], rows))
+        write_readme(Path(args.readme), "claims", claims_table)
     return write(f"{args.name}.md", "The papers' claims, tested", body)
-
 
 
 if __name__ == "__main__":

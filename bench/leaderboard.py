@@ -197,9 +197,11 @@ def per_seed(results: dict[str, list[dict]], base: str, seeds: list[int]) -> lis
         delta = "(reference)" if recipe == base else " / ".join(
             cell(by_seed[s]["R@1"] - base_r1[s] if s in by_seed and s in base_r1 else None, "+.2f") for s in seeds)
         # the first seed's curve; a run recorded before the ledger kept curves has none, then the next seed's
-        with_curve = [s for s in seeds if s in by_seed and by_seed[s].get("curve")]
-        curve = "-" if not with_curve else (f"s{with_curve[0]}: " if with_curve[0] != seeds[0] else "") + ", ".join(
-            f"{r1:g}" for _, r1 in by_seed[with_curve[0]]["curve"])
+        shown = next((s for s in seeds if s in by_seed and by_seed[s].get("curve")), None)
+        curve = "-"
+        if shown is not None:
+            label = "" if shown == seeds[0] else f"s{shown}: "
+            curve = label + ", ".join(f"{r1:g}" for _, r1 in by_seed[shown]["curve"])
         rows.append([recipe, col("R@1", ".2f"), delta, col("motion", ".1f"), col("probe_motion", ".1f"),
                      col("colour", ".1f"), curve, f"{statistics.fmean(r['step_s'] for r in runs):.2f}"])
     return rows
@@ -306,15 +308,14 @@ def main() -> None:
             print(f"no finished run under {out} or in {ledger.path}: nothing to report", flush=True)
             return
         queries = next(iter(done.values()))[0]["queries"]
+        by_seed = table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds))
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
                 f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
                 f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base))
-                + f"\n\n### Seed by seed ({' / '.join(f's{s}' for s in done_seeds)})\n\n"
-                + table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds)))
+                + f"\n\n### Seed by seed ({' / '.join(f's{s}' for s in done_seeds)})\n\n" + by_seed)
         if args.readme:
-            write_readme(Path(args.readme), args.name,
-                         table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds)))
+            write_readme(Path(args.readme), args.name, by_seed)
         same_time = {k: v for k, v in (same_time or {}).items() if v}
         if same_time:
             seeds_done = max(len(v) for v in same_time.values())
