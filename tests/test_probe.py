@@ -42,3 +42,6 @@ def test_probe_command_on_a_small_corpus(tmp_path):
         assert all(0.0 <= v <= 100.0 for v in res[feature].values())
     assert res["chance"]["motion"] > 0 and res["train_clips"] > 0 and res["test_clips"] > 0
     assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
+    (run / "probe.json").unlink()
+    assert main(["eval", "probe", "--run", str(run), "--max-train", "3"]) == 0  # the same command under eval
+    assert json.loads((run / "probe.json").read_text())["train_clips"] == min(3, res["train_clips"])

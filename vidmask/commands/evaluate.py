@@ -1,4 +1,4 @@
-"""`vidmask eval retrieval|qa|caption`: evaluate a run's latest checkpoint."""
+"""`vidmask eval retrieval|qa|caption`: evaluate a run's latest checkpoint (`eval probe`: `vidmask probe`)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
             else:
                 r.add_argument(opt.flag, type=opt.type, help=f"{opt.help} (sets {opt.key})")
         r.set_defaults(func=run_eval)
+    from vidmask.commands import probe  # a probe of the frozen features, not a task's own evaluation
+
+    probe.add_arguments(tasks.add_parser("probe", help=probe.HELP, description=probe.DESCRIPTION))
 
 
 def find_run_dir(path):

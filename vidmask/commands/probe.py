@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 
 
+HELP = "linear probes of motion, colour and shape from a run's frozen video features"
+DESCRIPTION = ("Fit linear probes (logistic regression) of each object's motion, colour and shape on the frozen "
+               "video features of the motion-shapes corpus's single-object training clips, report held-out "
+               "accuracy on the test clips beside chance, with the retrieval twin accuracies; writes "
+               "RUN/probe.json and TensorBoard scalars (probe/...).")
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("probe", help="linear probes of motion, colour and shape from a run's frozen video features",
-                       description="Fit linear probes (logistic regression) of each object's motion, colour and "
-                       "shape on the frozen video features of the motion-shapes corpus's single-object training "
-                       "clips, report held-out accuracy on the test clips beside chance, with the retrieval twin "
-                       "accuracies; writes RUN/probe.json and TensorBoard scalars (probe/...).")
+    """`vidmask probe`; `vidmask eval probe` is the same command (vidmask/commands/evaluate.py)."""
+    add_arguments(sub.add_parser("probe", help=HELP, description=DESCRIPTION))
+
+
+def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="run folder (pretraining or fine-tuning)")
     p.add_argument("--corpus", help="motion-shapes corpus folder (default: the run's data.corpus)")
     p.add_argument("--max-train", type=int, default=0, help="fit on an even sample of this many clips (0: all)")
