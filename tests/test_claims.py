@@ -52,12 +52,17 @@ def test_table_from_finished_runs(tmp_path, monkeypatch):
     for seed, (r1, nd) in enumerate([(40.0, 37.0), (42.0, 40.5), (41.0, 39.0)]):
         fake_run(lb / f"clusterstm-s{seed}", r1, 70.0)
         fake_run(lb / f"clusterstm-no-density-s{seed}", nd, 70.0)
+        if seed < 2:
+            fake_run(lb / f"clusterstm-adjacent-s{seed}", nd + 1.5, 70.0)
     fake_run(lb / "clusterstm-no-relevance-s0", 39.0, 70.0)
     body = c.main(["--lb", str(lb), "--ledger", "", "--mascot", str(tmp_path / "none"), "--mascot-ledger", ""])
     rows = {line.split(" | ")[1]: line for line in body.splitlines() if line.startswith("| ClusterSTM")}
     density = rows["temporal-density selection beats random selection within clusters"]
     assert "+2.17 ± " in density and "(3 seeds)" in density and density.rstrip(" |").endswith("holds")
     assert rows["the relevance reconstruction helps"].rstrip(" |").endswith("one seed")
+    adjacent = next(line for name, line in rows.items() if name.startswith("the same, with the summary's"))
+    assert "clusterstm-adjacent − clusterstm-no-density, R@1: +1.50" in adjacent and "(2 seeds)" in adjacent
+    assert adjacent.rstrip(" |").endswith("two seeds")
     assert rows["intra-frame clustering matters most"].rstrip(" |").endswith("not run")
     assert "not run yet: clusterstm-no-cluster" in rows["intra-frame clustering matters most"]
 
@@ -75,7 +80,7 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path, monkeypatch):
     c.main(args + ["--readme", str(readme)])
     text = readme.read_text()
     assert "an old" not in text and text.startswith("# t\n\nbefore\n<!-- claims -->\n| paper | claim |")
-    assert text.endswith("<!-- /claims -->\nafter\n") and text.count("| ClusterSTM |") == 5
+    assert text.endswith("<!-- /claims -->\nafter\n") and text.count("| ClusterSTM |") == 6
     density = next(line for line in text.splitlines() if "temporal-density" in line)
     assert "(3 seeds)" in density and density.rstrip(" |").endswith("holds")
     c.main(args + ["--readme", str(readme)])
