@@ -115,3 +115,26 @@ def test_swap_accuracy_ignores_the_negative_weight():
     accs = [_swap(model, negative_weight=w)(_Ctx(model, ["a red circle moves left", "a blue square moves up"]))
             ["swap_acc"].item() for w in (1.0, 1e6)]
     assert accs[0] == accs[1]
+
+
+def test_word_drawn_on_the_host_from_the_steps_seed():
+    """The swapped word is a pure function of the step generator's seed, drawn from a CPU generator of that
+    seed: the step's generator (on the GPU in training) is neither read nor advanced."""
+    from vidmask.objectives.swap import host_generator
+
+    g = torch.Generator().manual_seed(1234)
+    state = g.get_state()
+    host = host_generator(g)
+    assert host.device.type == "cpu" and host is not g
+    fresh = torch.Generator().manual_seed(1234)
+    torch.testing.assert_close(torch.rand(5, generator=host), torch.rand(5, generator=fresh))
+    assert torch.equal(g.get_state(), state)
+    assert host_generator(None) is None
+
+    model = _model()
+    captions = ["a red circle moves left and a blue square moves up", "a cyan star grows"]
+    ctx = _Ctx(model, captions)
+    state = ctx.generator.get_state()
+    first = _swap(model)(ctx)["swap_loss"]
+    assert torch.equal(ctx.generator.get_state(), state)  # the step's generator untouched
+    torch.testing.assert_close(_swap(model)(ctx)["swap_loss"], first)  # the same seed, the same swapped words

@@ -19,7 +19,8 @@ Which word: one occurrence, drawn from the step's generator, so that a caption
 of several moving objects yields a negative that differs in a single word.
 
 Cost: the text side only (B more captions through the text tower, cached for a
-frozen one); the video encoder does no more work.
+frozen one); the video encoder does no more work, and the step does not wait
+on the device (the word is drawn on the host, :func:`host_generator`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def swap_word(caption: str, table: dict[str, str], choice: float) -> str | None:
     return caption[: m.start()] + word + caption[m.end():]
 
 
+def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator with ``generator``'s seed (its seed is a host value: nothing is read from the device);
+    None for None (the global CPU generator)."""
+    if generator is None:
+        return None
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 @dataclass
 class SwapConfig(ObjectiveConfig):
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_PAIRS))  # "a:b" both ways, "a>b" one way
@@ -99,9 +108,10 @@ class Swap(Objective):
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         video_feat, text_feat, model = ctx.video_feat, ctx.text_feat, ctx.model  # (B, E), (B, E)
         B, device = video_feat.shape[0], video_feat.device
-        # one draw per caption from the step's generator (on the step's device): the step's one host sync
-        # here, beside the text tower's own tokenising of the rewritten captions
-        choice = torch.rand(B, generator=ctx.generator, device=device).tolist()
+        # one draw per caption, made on the host (the strings are rewritten there): a CPU generator seeded as
+        # this step's, so the draw is a pure function of (seed, step, rank) and never waits for the device
+        # (reading back a draw of a GPU generator would block until the step's queued work is done)
+        choice = torch.rand(B, generator=host_generator(ctx.generator)).tolist()
         swapped = [swap_word(c, self.table, u) for c, u in zip(ctx.captions, choice)]
         rows = [i for i, s in enumerate(swapped) if s is not None]
         scale = model.temperature_scale()
