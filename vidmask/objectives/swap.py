@@ -15,7 +15,7 @@ apart. The swap is a word from a fixed English lexicon of opposites
 (:data:`DEFAULT_PAIRS`, ``loss.swap.pairs``), never the corpus's twin list or
 ground truth; a caption with none of its words has no extra candidate.
 
-Which word: one occurrence, drawn from the step's generator, so that a caption
+Which word: one occurrence, drawn with the step's seed, so that a caption
 of several moving objects yields a negative that differs in a single word.
 
 Cost: the text side only (B more captions through the text tower, cached for a
