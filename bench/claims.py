@@ -186,10 +186,11 @@ def claims(lb: Path, mascot: Path, ledger: Path | None = None, mascot_ledger: Pa
     row("ClusterSTM", "intra-frame clustering matters most", "w/o clustering (random masking): \"significant drop\", "
         "the largest of the three ablations", [ablations["no-cluster"]] + largest_drop(runs, "no-cluster",
                                                                                       ["no-density", "no-relevance"]))
-    row("ClusterSTM", "temporal-density selection beats random selection within clusters",
-        "\"consistently ... by approximately 1-2 %\"", [ablations["no-density"]])
+    density_reported = "\"consistently ... by approximately 1-2 %\""
+    row("ClusterSTM", "temporal-density selection beats random selection within clusters", density_reported,
+        [ablations["no-density"]])
     row("ClusterSTM", "the same, with the summary's temporal density (change against the same position in the "
-        "adjacent frames; the row above reads Algorithm II)", "\"consistently ... by approximately 1-2 %\"",
+        "adjacent frames; the row above reads Algorithm II)", density_reported,
         [comparison(runs, "clusterstm-adjacent", "clusterstm-no-density", "R@1")])
     row("ClusterSTM", "the relevance reconstruction helps", "w/o it: \"drop\"", [ablations["no-relevance"]])
     row("ClusterSTM", "85 % masking is best of 75 / 85 / 90 %", "\"85 % is optimal\"",
