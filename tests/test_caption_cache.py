@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 
 import pytest
 import torch
 
+from helpers.gloo import run_ranks
 from vidmask.config import TextConfig
 from vidmask.models.caption_cache import CaptionCache, cached_features
 from vidmask.models.text import TextEncoder
@@ -70,13 +69,11 @@ def test_the_warm_up_reads_no_further_than_the_captions_it_keeps():
     assert len(read) == 4 and len(text._cache) == 3  # "a clip" twice, then two more distinct captions
 
 
-def _warm_rank(rank, world, port, captions, out):
+def _warm_rank(rank, world, captions, out):
     import torch.distributed as dist
 
     from vidmask.train.distributed import all_gather_rows
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     text = TextEncoder(TextConfig(init="random"))
     encoded = []
@@ -84,19 +81,11 @@ def _warm_rank(rank, world, port, captions, out):
     text.encode_frozen = lambda c: encoded.extend(c) or pooled(c)
     text.warm_cache(captions, rank=rank, world=world, gather=all_gather_rows)
     out[rank] = (encoded, {c: text._cache.get(c) for c in captions})
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_two_ranks_warm_the_cache_each_its_share():
-    import torch.multiprocessing as mp
-
     captions = [f"a clip of thing {i}" for i in range(7)] * 2
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_warm_rank, args=(2, port, captions, out), nprocs=2, join=True)
+    out = run_ranks(_warm_rank, captions)
     todo = sorted(set(captions))
     assert out[0][0] == todo[:3] and out[1][0] == todo[3:]  # each rank encoded its contiguous share only
     torch.manual_seed(0)

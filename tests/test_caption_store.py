@@ -4,14 +4,13 @@ misses are encoded, a store is bound to its tower, an unfinished one is never re
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.gloo import run_ranks
 from vidmask.config import ConfigError, TextConfig, load_config
 from vidmask.models.caption_store import (CaptionStore, cached_or_built, caption_hashes, store_plan,
                                           stored_features)
@@ -145,32 +144,22 @@ def test_the_store_needs_the_training_annotations(tmp_path):
     assert caption_store_for(load_config(None, []), None) is None  # "": no store
 
 
-def _build_rank(rank, world, port, folder, out):
+def _build_rank(rank, world, folder, out):
     """One gloo rank of a sharded build: the captions it encoded, and its lookups of every caption."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     text = tower()
     encoded = []
     encode = text.encode_frozen
     text.encode_frozen = lambda c: encoded.extend(c) or encode(c)
     store = build(text, folder, rank=rank, world=world, barrier=dist.barrier)
     out[rank] = (encoded, store.lookup(CAPTIONS)[0])
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_build_the_store_each_its_share(tmp_path):
     """Rank r encodes its contiguous half of the distinct captions (in key order) into its part; both read the
     whole store, which equals the store one process builds."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_build_rank, args=(2, port, tmp_path / "two", out), nprocs=2, join=True)
+    out = run_ranks(_build_rank, tmp_path / "two")
     (folder,) = (tmp_path / "two").iterdir()
     index = json.loads((folder / "index.json").read_text())
     assert [(p["first"], p["rows"]) for p in index["parts"]] == [(0, 18), (18, 18)]

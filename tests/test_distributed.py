@@ -1,16 +1,12 @@
 """The contrastive loss over 2 gloo processes equals the loss of one process on the whole batch."""
 
-import os
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from helpers.gloo import run_ranks
 from vidmask.objectives import vtc_loss
 
 
-def _worker(rank, world, port, v, t, out, split, ids, known=False):
+def _worker(rank, world, v, t, split, ids, known, out):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from vidmask.objectives.vtc import known_rank_sizes
@@ -22,8 +18,6 @@ def _worker(rank, world, port, v, t, out, split, ids, known=False):
             Reads.n += func.overloadpacket.__name__ == "_local_scalar_dense"
             return func(*args, **(kwargs or {}))
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     lo, hi = split[rank], split[rank + 1]
     vl = v[lo:hi].clone().requires_grad_(True)
     tl = t[lo:hi].clone().requires_grad_(True)
@@ -34,8 +28,6 @@ def _worker(rank, world, port, v, t, out, split, ids, known=False):
     # each rank's loss is a mean over its rows; weighting by the row share gives the global mean
     (loss * (hi - lo) / v.shape[0]).backward()
     out[rank] = torch.cat([loss.detach().view(1), vl.grad.flatten(), tl.grad.flatten()])
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 import pytest
@@ -50,11 +42,7 @@ def test_gathered_vtc_equals_single_process(split, ids, known):
     torch.manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
     t = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, port, v, t, out, split, ids, known), nprocs=2, join=True)
+    out = run_ranks(_worker, v, t, split, ids, known)
     if known:  # the counts came from the step: nothing read back (without them: one read per rank's count)
         assert out["reads0"] == out["reads1"] == 0
     else:
@@ -81,11 +69,9 @@ def test_asking_for_cuda_without_one_is_a_config_error():
     assert pick_device("auto", 0).type == "cpu"
 
 
-def _gather_worker(rank, world, port, n, out):
+def _gather_worker(rank, world, n, out):
     from vidmask.data.shard import gather_ordered, my_share
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     share = my_share(n)  # (n/world,) this rank's items
     batch = torch.arange(n * 1000, dtype=torch.float32).view(n, 1000)[share]  # (n/world, 1000): one eval batch
     rows = list(batch)  # views into the batch's storage, as the evaluations collect them
@@ -98,8 +84,6 @@ def _gather_worker(rank, world, port, n, out):
             rank_sizes(3, torch.device("cpu"))
         except ValueError as e:
             out[f"mismatch{rank}"] = str(e)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_rows():
@@ -109,11 +93,7 @@ def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_r
     from vidmask.data.shard import compact
 
     n = 6
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_gather_worker, args=(2, port, n, out), nprocs=2, join=True)
+    out = run_ranks(_gather_worker, n)
     want = torch.arange(n * 1000, dtype=torch.float32).view(n, 1000)  # (n, 1000)
     assert "do not match the 3 rows" in out["mismatch0"] and "rank 1" in out["mismatch1"]
     for r in range(2):
@@ -128,13 +108,11 @@ def test_gather_ordered_puts_every_ranks_rows_in_item_order_and_sends_only_the_r
     assert compact({"a": (views[0], "x")})["a"][1] == "x"
 
 
-def _late_worker(rank, world, port, out):
+def _late_worker(rank, world, out):
     import time
 
     from vidmask.train.distributed import wait_for_ranks
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     if rank == 0:
         t0 = time.time()
         try:
@@ -149,11 +127,7 @@ def _late_worker(rank, world, port, out):
 
 
 def test_a_rank_that_does_not_arrive_in_time_is_named_with_the_key_to_raise():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_late_worker, args=(2, port, out), nprocs=2, join=True)
+    out = run_ranks(_late_worker, barrier=False)
     message = out[0]
     assert "waited for the other ranks to finish the test's cache" in message, message
     assert "train.dist_timeout_min=0.05" in message and "Rank 1 failed to pass" in message, message  # names it

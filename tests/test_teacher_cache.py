@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.gloo import run_ranks
 from vidmask.data import VideoTextDataset, collate_video_text, load_annotations
 from vidmask.data.transfer import to_device
 from vidmask.teachers import build_teacher
@@ -169,14 +170,10 @@ def test_cached_or_built_builds_once(tiny_set, tmp_path, clip_teacher, tiny_clip
     assert len(list(tmp_path.glob("hf-clip-64px-4f-*/index.json"))) == 1  # a grid is another cache
 
 
-def _build_rank(rank, world, port, folder, clip_dir, items_file, out):
+def _build_rank(rank, world, folder, clip_dir, items_file, out):
     """One gloo rank of a sharded build: which frames it encoded, and its lookups of every video."""
-    import os
-
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     teacher = build_teacher("hf-clip", path=clip_dir)
     encoded = []
     encode = teacher.encode_frames
@@ -186,25 +183,15 @@ def _build_rank(rank, world, port, folder, clip_dir, items_file, out):
                             batch_frames=8)
     index = torch.arange(len(items))
     out[rank] = (sum(encoded), cache.lookup(index, torch.arange(8).expand(len(items), 8)).fields())
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_two_gloo_ranks_build_the_cache_each_its_share(tiny_set, tmp_path, tiny_clip_dir):
     """Rank r encodes its contiguous half of the videos into its part; both read the whole cache, which
     equals the cache one process builds."""
     import json
-    import socket
-
-    import torch.multiprocessing as mp
 
     items = load_annotations(tiny_set / "train.json")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_build_rank, args=(2, port, tmp_path / "two", str(tiny_clip_dir), tiny_set / "train.json", out),
-             nprocs=2, join=True)
+    out = run_ranks(_build_rank, tmp_path / "two", str(tiny_clip_dir), tiny_set / "train.json")
     (folder,) = (tmp_path / "two").iterdir()
     index = json.loads((folder / "index.json").read_text())
     assert [(p["first"], p["videos"], p["rows"]) for p in index["parts"]] == [(0, 8, 64), (8, 8, 64)]
