@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vidmask.config import ConfigError, LossConfig, ModelConfig, TextConfig, load_config
 from vidmask.masking import build_masker
 from vidmask.models import VideoTextModel
-from vidmask.objectives.swap import DEFAULT_PAIRS, swap_candidates, swap_table, swap_word
+from vidmask.objectives.swap import DEFAULT_PAIRS, swap_candidates, swap_table, swap_word, swap_words
 from vidmask.tasks import PretrainTask
 
 
@@ -42,6 +42,25 @@ def test_one_word_swapped_case_kept():
     assert swap_word(caption, table, 0.99) == "Left of centre, a red circle moves left and a blue square shrinks"
     assert swap_word("a green star stays still", table, 0.3) is None
     assert swap_word("the leftover uptake", table, 0.0) is None  # whole words only
+
+
+def test_several_words_each_swapped_once_from_the_drawn_one_cyclically():
+    table = swap_table(DEFAULT_PAIRS)
+    caption = "a red circle moves left, a blue square grows and a green star sinks"
+    left, grows, sinks = ("a red circle moves right, a blue square grows and a green star sinks",
+                          "a red circle moves left, a blue square shrinks and a green star sinks",
+                          "a red circle moves left, a blue square grows and a green star rises")
+    assert swap_words(caption, table, 0.5, 1) == [grows] == [swap_word(caption, table, 0.5)]
+    assert swap_words(caption, table, 0.5, 2) == [grows, sinks]
+    assert swap_words(caption, table, 0.9, 2) == [sinks, left]  # from the drawn word on, wrapping round
+    assert swap_words(caption, table, 0.0, 0) == [left, grows, sinks] == swap_words(caption, table, 0.0, 7)
+    assert swap_words("a green star stays still", table, 0.3, 0) == []
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "true"])
+def test_a_count_that_is_not_a_whole_number_is_refused_naming_the_key(bad):
+    with pytest.raises(ConfigError, match="loss.swap.count"):
+        load_config(None, [f"loss.swap.count={bad}"])
 
 
 class _Ctx:
@@ -138,3 +157,28 @@ def test_word_drawn_on_the_host_from_the_steps_seed():
     first = _swap(model)(ctx)["swap_loss"]
     assert torch.equal(ctx.generator.get_state(), state)  # the step's generator untouched
     torch.testing.assert_close(_swap(model)(ctx)["swap_loss"], first)  # the same seed, the same swapped words
+
+
+def test_count_gives_each_clip_one_extra_candidate_per_swapped_word():
+    """count=2: a caption with two swappable words has both swaps as negatives of its clip, one with one word
+    has one, and the accuracy counts every swapped caption."""
+    model = _model()
+    captions = ["a red circle moves left and a blue square grows", "a cyan star sinks", "a dot stays still"]
+    ctx = _Ctx(model, captions)
+    out = _swap(model, count=2)(ctx)
+    s = model.temperature_scale()
+    v = ctx.video_feat  # (3, E)
+    logits = s * v @ ctx.text_feat.T  # (3, 3)
+    negs = [model.encode_text(["a red circle moves right and a blue square grows",
+                               "a red circle moves left and a blue square shrinks"]),
+            model.encode_text(["a cyan star rises"])]
+    extra = [s * negs[0] @ v[0], s * negs[1] @ v[1]]  # (2,), (1,)
+    rows = [torch.cat([logits[0], extra[0]]), torch.cat([logits[1], extra[1]]), logits[2]]
+    expected = sum(torch.logsumexp(r, 0) - logits[i, i] for i, r in enumerate(rows)) / 3
+    torch.testing.assert_close(out["swap_loss"], expected)
+    assert out["swap_share"].item() == pytest.approx(200.0 / 3)
+    wins = [(logits[0, 0] > e).item() for e in extra[0]] + [(logits[1, 1] > extra[1][0]).item()]
+    assert out["swap_acc"].item() == pytest.approx(100.0 * sum(wins) / 3)
+    # count=1 is the one-negative loss, whichever word was drawn
+    one = _swap(model, count=1)(ctx)["swap_loss"]
+    assert one.item() != pytest.approx(out["swap_loss"].item())

@@ -17,9 +17,13 @@ ground truth; a caption with none of its words has no extra candidate.
 
 Which word: one occurrence, drawn with the step's seed, so that a caption
 of several moving objects yields a negative that differs in a single word.
+``loss.swap.count=N`` gives each caption up to N such negatives, each with
+another of its words turned (the drawn one, then the next ones in the
+caption, cyclically; 0 = one per swappable word): a caption of three moving
+objects then has a negative for each object's motion, not one of them.
 
-Cost: the text side only (B more captions through the text tower, cached for a
-frozen one); the video encoder does no more work, and the step does not wait
+Cost: the text side only (B, or up to count x B, more captions through the text
+tower, cached for a frozen one); the video encoder does no more work, and the step does not wait
 on the device (the word is drawn on the host, :func:`host_generator`).
 """
 
@@ -65,14 +69,26 @@ def swap_candidates(caption: str, table: dict[str, str]) -> list[re.Match]:
 def swap_word(caption: str, table: dict[str, str], choice: float) -> str | None:
     """``caption`` with one swappable word (the one at ``choice`` in [0, 1) of its candidates) turned into
     its counterpart, capitalised as the original; None when it has none."""
+    out = swap_words(caption, table, choice, 1)
+    return out[0] if out else None
+
+
+def swap_words(caption: str, table: dict[str, str], choice: float, count: int = 1) -> list[str]:
+    """Up to ``count`` (0: every) copies of ``caption``, each with one swappable word turned into its
+    counterpart (capitalised as the original): the one at ``choice`` in [0, 1) of its candidates, then the
+    candidates after it, cyclically. ``[]`` when the caption has no swappable word."""
     found = swap_candidates(caption, table)
     if not found:
-        return None
-    m = found[min(int(choice * len(found)), len(found) - 1)]
-    word = table[m.group().lower()]
-    if m.group()[0].isupper():
-        word = word[0].upper() + word[1:]
-    return caption[: m.start()] + word + caption[m.end():]
+        return []
+    first = min(int(choice * len(found)), len(found) - 1)
+    out = []
+    for j in range(len(found) if count == 0 else min(count, len(found))):
+        m = found[(first + j) % len(found)]
+        word = table[m.group().lower()]
+        if m.group()[0].isupper():
+            word = word[0].upper() + word[1:]
+        out.append(caption[: m.start()] + word + caption[m.end():])
+    return out
 
 
 def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
@@ -87,6 +103,7 @@ def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
 class SwapConfig(ObjectiveConfig):
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_PAIRS))  # "a:b" both ways, "a>b" one way
     negative_weight: float = 1.0  # the swapped caption's logit is shifted by log(negative_weight)
+    count: int = 1  # swapped captions per caption, each with another word turned; 0 = one per swappable word
 
     def __post_init__(self):
         try:
@@ -95,15 +112,19 @@ class SwapConfig(ObjectiveConfig):
             raise ConfigError(str(e)) from None
         if not (math.isfinite(self.negative_weight) and self.negative_weight > 0):
             raise ConfigError(f"loss.swap.negative_weight must be a finite number > 0, got {self.negative_weight}")
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
+            raise ConfigError(f"loss.swap.count must be a whole number >= 0 (0 = every swappable word), "
+                              f"got {self.count!r}")
 
 
 @register_objective("swap", SwapConfig)
 class Swap(Objective):
-    """Video-to-text contrast with each clip's caption, one motion word swapped, as an extra negative."""
+    """Video-to-text contrast with each clip's caption, one motion word swapped (per negative), as extra
+    negatives."""
 
     def __init__(self, cfg: SwapConfig, env: ObjectiveEnv):
         super().__init__()
-        self.table, self.log_weight = swap_table(cfg.pairs), math.log(cfg.negative_weight)
+        self.table, self.log_weight, self.count = swap_table(cfg.pairs), math.log(cfg.negative_weight), cfg.count
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         video_feat, text_feat, model = ctx.video_feat, ctx.text_feat, ctx.model  # (B, E), (B, E)
@@ -112,24 +133,30 @@ class Swap(Objective):
         # this step's, so the draw is a pure function of (seed, step, rank) and never waits for the device
         # (reading back a draw of a GPU generator would block until the step's queued work is done)
         choice = torch.rand(B, generator=host_generator(ctx.generator)).tolist()
-        swapped = [swap_word(c, self.table, u) for c, u in zip(ctx.captions, choice)]
-        rows = [i for i, s in enumerate(swapped) if s is not None]
+        swapped = [swap_words(c, self.table, u, self.count) for c, u in zip(ctx.captions, choice)]
+        # one entry per swapped caption: its clip, its slot among that clip's extra candidates
+        rows = [i for i, s in enumerate(swapped) for _ in s]
+        slots = [k for s in swapped for k in range(len(s))]
+        width = max(map(len, swapped), default=0) or 1  # extra candidate columns (one -inf column when none)
         scale = model.temperature_scale()
         with float32_math(device.type):
             logits = scale.float() * video_feat.float() @ text_feat.float().T  # (B, B): clip i, caption j
             logits = drop_same_video(logits, ctx.pair_ids)  # another caption of one video is no negative
-            negative = torch.full((B,), float("-inf"), device=device)  # (B,): no extra candidate
+            negative = torch.full((B, width), float("-inf"), device=device)  # (B, W): no extra candidate
             if rows:
-                at = torch.tensor(rows, device=device)  # (b,)
-                feats = model.encode_text([swapped[i] for i in rows]).float()  # (b, E)
-                own = scale.float() * (video_feat.float()[at] * feats).sum(-1) + self.log_weight  # (b,)
-                negative = negative.index_put((at,), own)  # (B,)
-            logits = torch.cat([logits, negative.unsqueeze(1)], 1)  # (B, B+1)
+                at = torch.tensor(rows, device=device)  # (n,) the clip of each swapped caption
+                slot = torch.tensor(slots, device=device)  # (n,)
+                feats = model.encode_text([c for s in swapped for c in s]).float()  # (n, E)
+                own = scale.float() * (video_feat.float()[at] * feats).sum(-1) + self.log_weight  # (n,)
+                negative = negative.index_put((at, slot), own)  # (B, W)
+            logits = torch.cat([logits, negative], 1)  # (B, B+W)
             loss = F.cross_entropy(logits, torch.arange(B, device=device))
-            # share of clips (of those with a swapped caption) scoring their caption above the swap; 0 when
-            # none has one (swap_share says how many had)
+            # share of swapped captions that score below their clip's own caption; 0 when no caption has one
+            # (swap_share says how many had)
             acc = torch.zeros((), device=device)
             if rows:
                 # the similarities themselves, before the negative's log-weight shift
-                acc = 100.0 * (logits.diagonal()[at] > logits[at, -1] - self.log_weight).float().mean().detach()
-        return {"swap_loss": loss, "swap_acc": acc, "swap_share": torch.tensor(100.0 * len(rows) / B)}
+                beaten = logits.diagonal()[at] > logits[at, B + slot] - self.log_weight  # (n,)
+                acc = 100.0 * beaten.float().mean().detach()
+            with_swap = sum(1 for s in swapped if s)
+        return {"swap_loss": loss, "swap_acc": acc, "swap_share": torch.tensor(100.0 * with_swap / B)}
