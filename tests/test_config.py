@@ -211,3 +211,16 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     (tmp_path / "child.yaml").write_text("base: merge.yaml\ntrain:\n  <<: {steps: 5, seed: 2}\n  steps: 6\n")
     cfg = load_config(tmp_path / "child.yaml")
     assert cfg.train.steps == 6 and cfg.train.seed == 2 and cfg.train.lr == 1e-3
+
+
+def test_floats_written_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads "1e-3" as a string (YAML 1.1 wants "1.0e-3"); an override or a file means the number."""
+    assert load_config(None, ["train.lr=1e-3", "train.min_lr=5E-6"]).train.lr == 1e-3
+    assert load_config(None, ["train.min_lr=5E-6"]).train.min_lr == 5e-6
+    f = tmp_path / "r.yaml"
+    f.write_text("train: {lr: 2e-4, min_lr: 1e-6}\n")
+    cfg = load_config(f, [])
+    assert (cfg.train.lr, cfg.train.min_lr) == (2e-4, 1e-6)
+    assert load_config(None, ["name=run1e3"]).name == "run1e3"  # not a number: stays a string
+    with pytest.raises(ConfigError, match="train.steps must be int"):
+        load_config(None, ["train.steps=1e3"])  # a float where a whole number is wanted is still refused

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -717,6 +718,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:
                     pass  # an unhashable key: the base class names it
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's floats without a dot ("1e-3", "5E-4"), which PyYAML (YAML 1.1) reads as strings: train.lr=1e-3
+# on the command line or in a file is the number a user means
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _parse_yaml(text: str) -> Any:
