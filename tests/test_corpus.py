@@ -137,6 +137,35 @@ def test_twins_differ_in_exactly_one_attribute(corpus_dir):
         assert np.abs(frames_a.astype(int) - frames_b.astype(int)).mean(axis=(1, 2, 3)).max() > 1.0
 
 
+def test_retrieval_reports_each_twin_kind_by_objects_in_the_scene(corpus_dir):
+    """twin_pairs lists every twin of the annotations once under its kind and once under kind_{n}obj (n: its
+    scene's objects); the report's breakdown sums back to the kind's figure."""
+    import torch
+
+    from vidmask.data import load_annotations
+    from vidmask.metrics import twin_accuracy
+    from vidmask.tasks.retrieval import twin_lines, twin_pairs
+
+    corpus = _read(corpus_dir / CORPUS_FILE)
+    objects = {v["video"]: len(v["objects"]) for v in corpus["videos"]}
+    items = load_annotations(corpus_dir / "train.json", unique=True, nonempty=True)
+    pairs = twin_pairs(corpus_dir / "train.json", items)
+    plain = [p for p in pairs if p[2] in ("motion", "colour")]
+    assert plain and len(pairs) == 2 * len(plain)
+    name = {i: str(Path(it.path).relative_to(corpus_dir.resolve())) for i, it in enumerate(items)}
+    for a, b, kind in plain:
+        assert (a, b, f"{kind}_{objects[name[a]]}obj") in pairs
+    t2v = torch.tensor([i for i, it in enumerate(items) for _ in it.captions])  # (Nt,)
+    sim = torch.randn(len(t2v), len(items))  # (Nt, Nv)
+    acc = twin_accuracy(sim, t2v, pairs)
+    for kind in {k for _, _, k in plain}:
+        sizes = [k for k in acc if k.startswith(kind + "_") and k.endswith("obj")]
+        assert sizes and sum(acc[k + "_n"] for k in sizes) == acc[kind + "_n"]
+        assert sum(acc[k] * acc[k + "_n"] for k in sizes) == pytest.approx(acc[kind] * acc[kind + "_n"])
+    text = "\n".join(twin_lines(acc))
+    assert "twin accuracy (motion)" in text and "  by objects in the scene: " in text
+
+
 # -- scenes: every motion is visible --------------------------------------------------
 
 @pytest.mark.parametrize("size", [64, 128])

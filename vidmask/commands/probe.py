@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         for feature in ("joint", "mean_token"):
             for attr, acc in res[feature].items():
                 tb.add_scalar(f"probe/{feature}/{attr}", acc, step)
+        for kind, acc in res.get("twins", {}).items():  # motion, colour and each by scene size; not the counts
+            if not kind.endswith("_n"):
+                tb.add_scalar(f"probe/twins/{kind}", acc, step)
     print(probe_table(res))
     print(f"wrote {run_dir / 'probe.json'}")
     return 0

@@ -21,6 +21,7 @@ from vidmask.config import Config
 from vidmask.data import VideoText, eval_loader
 from vidmask.data.annotations import AnnotationError
 from vidmask.metrics.probe import probe_accuracy
+from vidmask.tasks.retrieval import twin_lines
 
 ATTRIBUTES = ("motion", "colour", "shape")
 FEATURES = ("joint", "mean_token")
@@ -81,8 +82,5 @@ def probe_table(res: dict) -> str:
     for f in FEATURES:
         lines.append(f"{f:12s}" + "".join(f"{res[f][a]:15.1f}%" for a in ATTRIBUTES))
     lines.append(f"{'chance':12s}" + "".join(f"{res['chance'][a]:15.1f}%" for a in ATTRIBUTES))
-    if "twins" in res:
-        for kind in ("motion", "colour"):
-            if kind in res["twins"]:
-                lines.append(f"twin accuracy ({kind}): {res['twins'][kind]:.1f} % (chance 50 %)")
+    lines += twin_lines(res.get("twins", {}))
     return "\n".join(lines)

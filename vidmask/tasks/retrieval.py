@@ -31,7 +31,11 @@ def encode_texts(model: VideoTextModel, texts: list[str], device, batch_size: in
 
 
 def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
-    """Twin pairs (as indices into `items`) from the corpus.json beside the annotations, if any."""
+    """Twin pairs (as indices into `items`) from the corpus.json beside the annotations, if any.
+
+    Each twin is listed as ``(a, b, kind)`` ("motion" or "colour") and, where the corpus records its
+    scene, again as ``(a, b, f"{kind}_{n}obj")`` with n its number of objects, so that twin_accuracy
+    also reports each kind by scene size (a motion among three objects is the hard case)."""
     meta = Path(anno_path).parent / "corpus.json"
     if not meta.is_file():
         return []
@@ -39,10 +43,13 @@ def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
     index = {Path(it.path).resolve(): i for i, it in enumerate(items)}
     pairs = []
     root = meta.parent
+    objects = {v["video"]: len(v["objects"]) for v in data.get("videos", []) if "objects" in v}
     for tw in data.get("twins", []):
         a, b = index.get((root / tw["a"]).resolve()), index.get((root / tw["b"]).resolve())
         if a is not None and b is not None:
             pairs.append((a, b, tw["differs"]))
+            if tw["a"] in objects:
+                pairs.append((a, b, f"{tw['differs']}_{objects[tw['a']]}obj"))
     return pairs
 
 
@@ -105,6 +112,22 @@ def score_report(sim, t2v, anno: Path, items, num_texts: int, cfg: Config) -> di
     return res
 
 
+def twin_lines(twins: dict) -> list[str]:
+    """The twin accuracies of a report (:func:`twin_pairs`' kinds), each with its breakdown by scene size."""
+    lines = []
+    for kind in ("motion", "colour"):
+        if kind not in twins:
+            continue
+        lines.append(f"twin accuracy ({kind}): {twins[kind]:.1f} % over {int(twins[kind + '_n'])} captions "
+                     f"(chance 50 %)")
+        sizes = sorted(int(k[len(kind) + 1:-3]) for k in twins
+                       if k.startswith(kind + "_") and k.endswith("obj") and k[len(kind) + 1:-3].isdigit())
+        if sizes:
+            lines.append("  by objects in the scene: " + ", ".join(
+                f"{n}: {twins[f'{kind}_{n}obj']:.1f} % of {int(twins[f'{kind}_{n}obj_n'])}" for n in sizes))
+    return lines
+
+
 def format_table(result: dict) -> str:
     """A plain-text table of one evaluation, with chance level beside it."""
     scored = f", scored by {result['similarity']}" if "similarity" in result else ""
@@ -124,8 +147,5 @@ def format_table(result: dict) -> str:
     if "dsl" in result:
         d = result["dsl"]
         lines.append(f"with DSL: t2v R@1 {d['t2v']['R@1']:.2f}, v2t R@1 {d['v2t']['R@1']:.2f}, Rsum {d['rsum']:.2f}")
-    for kind in ("motion", "colour"):
-        if kind in result.get("twins", {}):
-            lines.append(f"twin accuracy ({kind}): {result['twins'][kind]:.1f} % over "
-                         f"{int(result['twins'][kind + '_n'])} captions (chance 50 %)")
+    lines += twin_lines(result.get("twins", {}))
     return "\n".join(lines)
