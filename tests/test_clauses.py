@@ -96,3 +96,53 @@ def test_pretraining_step_with_clauses_reaches_the_encoder():
 def test_config_refuses_min_words_below_one():
     with pytest.raises(ConfigError, match="loss.clauses.min_words"):
         ClausesConfig(weight=1.0, min_words=0)
+
+
+def _ctx(model, captions, seed=0):
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.model, ctx.captions, ctx.pair_ids = model, captions, None
+    torch.manual_seed(seed)
+    ctx.video_tokens = torch.randn(len(captions), 6, 32)  # (B, K, C)
+    ctx.generator = torch.Generator().manual_seed(5)
+    return ctx
+
+
+def test_swap_scores_each_clause_against_its_turned_copy_on_its_own_clip():
+    """loss.clauses.swap: a clause with a word of the lexicon against itself with that word turned, each by its
+    best token of its own clip; clauses without such a word take no part."""
+    model = _model()
+    captions = ["a red circle moves left and a blue square spins", "a cyan star grows"]
+    ctx = _ctx(model, captions)
+    env = ObjectiveEnv(model=model, teacher=None, frames=2, grid=2)
+    plain = ClauseContrast(ClausesConfig(weight=1.0), env)(ctx)
+    out = ClauseContrast(ClausesConfig(weight=1.0, swap=0.5), env)(ctx)
+    torch.testing.assert_close(out["clauses_loss"], plain["clauses_loss"])  # the contrast itself unchanged
+    assert "clauses_swap_loss" not in plain
+    emb = F.normalize(model.vision_proj(ctx.video_tokens), dim=-1)  # (2, 6, E)
+
+    def best(text, clip):
+        return (model.encode_text([text])[0] @ emb[clip].T).max()
+
+    # "a blue square spins" has no word to turn; the other two clauses have one each
+    margins = torch.stack([best("a red circle moves left", 0) - best("a red circle moves right", 0),
+                           best("a cyan star grows", 1) - best("a cyan star shrinks", 1)])
+    expected = 0.5 * F.softplus(-model.temperature_scale() * margins).mean()
+    torch.testing.assert_close(out["clauses_swap_loss"], expected, rtol=1e-5, atol=1e-5)
+    assert out["clauses_swap_acc"].item() == pytest.approx(50.0 * float((margins > 0).sum()))
+
+
+def test_swap_without_a_word_to_turn_is_a_zero_that_keeps_the_graph():
+    model = _model()
+    ctx = _ctx(model, ["a red circle spins", "a dot stays still"])
+    out = ClauseContrast(ClausesConfig(weight=1.0, swap=1.0), ObjectiveEnv(model=model, teacher=None, frames=2,
+                                                                           grid=2))(ctx)
+    assert out["clauses_swap_loss"].item() == 0.0 and out["clauses_swap_loss"].requires_grad
+
+
+@pytest.mark.parametrize("bad", [{"swap": -1.0}, {"swap": float("nan")}, {"pairs": ["left"]}])
+def test_config_refuses_a_bad_swap_naming_the_key(bad):
+    with pytest.raises(ConfigError, match="loss.clauses." + next(iter(bad))):
+        ClausesConfig(weight=1.0, **bad)

@@ -91,12 +91,12 @@ def swap_words(caption: str, table: dict[str, str], choice: float, count: int = 
     return out
 
 
-def host_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    """A CPU generator with ``generator``'s seed (its seed is a host value: nothing is read from the device);
-    None for None (the global CPU generator)."""
+def host_generator(generator: torch.Generator | None, salt: int = 0) -> torch.Generator | None:
+    """A CPU generator with ``generator``'s seed plus ``salt`` (its seed is a host value: nothing is read from
+    the device; another salt, another stream); None for None (the global CPU generator)."""
     if generator is None:
         return None
-    return torch.Generator().manual_seed(generator.initial_seed())
+    return torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**64)
 
 
 @dataclass
