@@ -146,3 +146,49 @@ def test_swap_without_a_word_to_turn_is_a_zero_that_keeps_the_graph():
 def test_config_refuses_a_bad_swap_naming_the_key(bad):
     with pytest.raises(ConfigError, match="loss.clauses." + next(iter(bad))):
         ClausesConfig(weight=1.0, **bad)
+
+
+def test_chunked_similarity_is_the_scores():
+    torch.manual_seed(1)
+    clauses = F.normalize(torch.randn(9, 4), dim=-1)
+    tokens = F.normalize(torch.randn(5, 3, 4), dim=-1)
+    owner = torch.tensor([0, 0, 1, 2, 2, 2, 3, 3, 3])
+    from vidmask.objectives.clauses import clause_similarity
+
+    for chunk in (1, 4, 256):
+        torch.testing.assert_close(clause_similarity(clauses, owner, tokens, 4, chunk), clause_scores(
+            clauses, owner, tokens, 4))
+
+
+def test_retrieval_scored_by_clauses(tiny_set, monkeypatch):
+    """finetune.similarity=clauses: each caption's clauses against every clip's tokens in the joint space."""
+    import vidmask.tasks.retrieval as retrieval
+    from vidmask.config import load_config
+    from vidmask.data import load_annotations
+    from vidmask.train.wiring import build_model
+
+    from test_train import TINY
+
+    cfg = load_config(None, [*TINY, f"data.corpus={tiny_set}", "finetune.similarity=clauses"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    seen = {}
+    report = retrieval.score_report
+
+    def capture(sim, *args):
+        seen["sim"] = sim  # (Nt, Nv)
+        return report(sim, *args)
+
+    monkeypatch.setattr(retrieval, "score_report", capture)
+    res = retrieval.evaluate_retrieval(model, tiny_set / "test.json", cfg, "cpu")
+    assert res["similarity"] == "clauses"
+    items = load_annotations(tiny_set / "test.json", unique=True, nonempty=True)
+    with torch.no_grad():
+        emb = torch.cat([F.normalize(model.vision_proj(model.video_tokens(b["video"])), dim=-1)
+                         for b in retrieval.config_loader(items, cfg, "cpu")])  # (Nv, K, E)
+        for t, caption in [(0, items[0].captions[0]), (5, items[5].captions[0])]:
+            clauses = model.encode_text(split_clauses(caption))  # (m, E)
+            want = torch.einsum("me,vke->mvk", clauses, emb).amax(-1).mean(0)  # (Nv,)
+            torch.testing.assert_close(seen["sim"][t], want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="finetune.similarity=clauses"):
+        load_config(None, ["finetune.task=retrieval", "finetune.method=mascot", "finetune.similarity=clauses"])

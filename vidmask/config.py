@@ -413,7 +413,9 @@ class FinetuneConfig:
     paragraph: bool = False  # retrieval: join all captions of a video into one query (DiDeMo, ActivityNet)
     dsl: bool = False  # retrieval: also report dual-softmax re-weighted scores
     method: str = ""  # retrieval: "" = the dual encoder with cfg.loss; "mascot" = MASCOT (finetune.mascot)
-    similarity: str = "mean"  # retrieval scores: mean (pooled features) | wti (weighted token interaction, mascot)
+    # retrieval scores: mean (pooled features) | wti (weighted token interaction, mascot) | clauses (dual encoder:
+    # each caption clause's best token of the clip, averaged over the clauses; loss.clauses's late interaction)
+    similarity: str = "mean"
     mascot: MascotConfig = field(default_factory=MascotConfig)
 
     def __post_init__(self):
@@ -422,8 +424,11 @@ class FinetuneConfig:
                               f"{HF_CLIP}/path/to/clip-vit-base-patch32")
         if self.method not in ("", "mascot"):
             raise ConfigError(f"finetune.method must be '' or 'mascot', got {self.method!r}")
-        if self.similarity not in ("mean", "wti"):
-            raise ConfigError(f"finetune.similarity must be mean or wti, got {self.similarity!r}")
+        if self.similarity not in ("mean", "wti", "clauses"):
+            raise ConfigError(f"finetune.similarity must be mean, wti or clauses, got {self.similarity!r}")
+        if self.similarity == "clauses" and self.method:
+            raise ConfigError(f"finetune.similarity=clauses scores a dual encoder's tokens; finetune.method="
+                              f"{self.method} has its own (wti or mean)")
         if self.similarity == "wti" and self.method != "mascot":
             raise ConfigError("finetune.similarity=wti needs finetune.method=mascot (the token-weight heads "
                               "are MASCOT's); the dual encoder scores with mean")

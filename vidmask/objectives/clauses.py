@@ -77,6 +77,17 @@ def clause_scores(clauses: Tensor, owner: Tensor, tokens: Tensor, captions: int)
     return total / count[:, None]  # (captions, B)
 
 
+def clause_similarity(clauses: Tensor, owner: Tensor, tokens: Tensor, captions: int, chunk: int = 256) -> Tensor:
+    """:func:`clause_scores` of every caption against every clip, ``chunk`` clauses at a time (an evaluation's
+    [clauses, clips, tokens] product does not fit at once): float[M,E], long[M], float[Nv,K,E] -> float[captions,Nv]."""
+    total = tokens.new_zeros(captions, tokens.shape[0])  # (captions, Nv)
+    for s in range(0, clauses.shape[0], chunk):
+        best = torch.einsum("me,vke->mvk", clauses[s : s + chunk], tokens).amax(-1)  # (m, Nv)
+        total.index_add_(0, owner[s : s + chunk], best)
+    count = torch.bincount(owner, minlength=captions).clamp_min(1).to(total.dtype)  # (captions,)
+    return total / count[:, None]  # (captions, Nv)
+
+
 def own_clip_scores(clauses: Tensor, clip: Tensor, tokens: Tensor) -> Tensor:
     """clauses float[M,E] unit, clip long[M] the clip of each, tokens float[B,K,E] unit -> float[M]: each
     clause's best cosine over its own clip's tokens."""

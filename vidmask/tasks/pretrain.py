@@ -244,6 +244,7 @@ register_task("retrieval", help="text-video retrieval with vtc (+ vtm re-ranking
                              "(DiDeMo / ActivityNet paragraph retrieval)", bool),
                   EvalOption("--rerank-k", "finetune.rerank_k", "re-rank each query's top-k with the matching head "
                              "(0: off)"),
-                  EvalOption("--similarity", "finetune.similarity", "MASCOT runs: score by wti (weighted token "
-                             "interaction) or mean (pooled features)", str),
+                  EvalOption("--similarity", "finetune.similarity", "score by mean (pooled features), wti "
+                             "(MASCOT runs: weighted token interaction) or clauses (each caption clause's best "
+                             "token, averaged over its clauses)", str),
               ))(build_retrieval)

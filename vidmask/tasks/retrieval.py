@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vidmask.config import Config
 from vidmask.data import eval_loader, flatten_captions, load_annotations
 from vidmask.data.shard import gather_ordered, my_share
 from vidmask.metrics import dual_softmax, retrieval_metrics, twin_accuracy
 from vidmask.models.video_text import VideoTextModel
+from vidmask.objectives.clauses import clause_similarity, split_clauses
 from vidmask.tasks.rerank import rerank
 
 log = logging.getLogger("vidmask")
@@ -66,23 +68,34 @@ def evaluate_retrieval(model: VideoTextModel, anno: str | Path, cfg: Config, dev
     anno = Path(anno)
     items = items if items is not None else load_annotations(anno, root=cfg.data.root(), unique=True, nonempty=True)
     model.eval()
-    toks, feats = [], []
+    toks, feats, units = [], [], []
     keep_tokens = reranker is not None and cfg.finetune.rerank_k > 0
+    by_clauses = cfg.finetune.similarity == "clauses"
     share = my_share(len(items))  # under torchrun each rank encodes its share of the videos
     for batch in config_loader([items[i] for i in share], cfg, device):
         f = model.video_tokens(batch["video"])  # (b, K, C)
         feats += list(model.project_video(f).cpu())  # b x (E,)
         if keep_tokens:
             toks += list(f.cpu())  # b x (K, C)
+        if by_clauses:  # each token in the joint space, as loss.clauses scores them
+            units += list(F.normalize(model.vision_proj(f).float(), dim=-1).cpu())  # b x (K, E)
     vfeat = torch.stack(gather_ordered(feats, len(items)))  # (Nv, E)
     if cfg.finetune.paragraph:
         texts, t2v = [" ".join(it.captions) for it in items], list(range(len(items)))
     else:
         texts, t2v = flatten_captions(items)
-    tfeat = encode_texts(model, texts, device)  # (Nt, E)
-    sim = tfeat @ vfeat.T  # (Nt, Nv)
+    if by_clauses:
+        pieces = [split_clauses(t) for t in texts]
+        owner = torch.tensor([i for i, p in enumerate(pieces) for _ in p])  # (M,)
+        clauses = encode_texts(model, [c for p in pieces for c in p], device)  # (M, E) unit
+        sim = clause_similarity(clauses, owner, torch.stack(gather_ordered(units, len(items))), len(texts))
+    else:
+        tfeat = encode_texts(model, texts, device)  # (Nt, E)
+        sim = tfeat @ vfeat.T  # (Nt, Nv)
     t2v_t = torch.tensor(t2v)
     res = score_report(sim, t2v_t, anno, items, len(texts), cfg)
+    if by_clauses:
+        res["similarity"] = "clauses"
     if keep_tokens:
         vtok = torch.stack(gather_ordered(toks, len(items))).to(device)  # (Nv, K, C)
         enc = model.text.tokenize(texts, device)  # one padding for all queries
