@@ -38,8 +38,8 @@ own clip's tokens only); the video encoder does no more work.
 
 from __future__ import annotations
 
-import re
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -127,8 +127,7 @@ class ClauseContrast(Objective):
         B, device = tokens.shape[0], tokens.device
         pieces = [split_clauses(c, self.min_words) for c in ctx.captions]
         flat = [c for p in pieces for c in p]
-        owner_list = [i for i, p in enumerate(pieces) for _ in p]
-        owner = torch.tensor(owner_list, device=device)  # (M,)
+        owner = torch.tensor([i for i, p in enumerate(pieces) for _ in p], device=device)  # (M,)
         turned: list[str | None] = []
         if self.swap > 0:
             # one word per clause, drawn on the host from the step's seed (salted: not loss.swap's draws)
