@@ -158,5 +158,5 @@ class Swap(Objective):
                 # the similarities themselves, before the negative's log-weight shift
                 beaten = logits.diagonal()[at] > logits[at, B + slot] - self.log_weight  # (n,)
                 acc = 100.0 * beaten.float().mean().detach()
-            with_swap = sum(1 for s in swapped if s)
+        with_swap = sum(1 for s in swapped if s)  # clips with at least one swapped caption
         return {"swap_loss": loss, "swap_acc": acc, "swap_share": torch.tensor(100.0 * with_swap / B)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -133,8 +134,7 @@ def twin_lines(twins: dict) -> list[str]:
             continue
         lines.append(f"twin accuracy ({kind}): {twins[kind]:.1f} % over {int(twins[kind + '_n'])} captions "
                      f"(chance 50 %)")
-        sizes = sorted(int(k[len(kind) + 1:-3]) for k in twins
-                       if k.startswith(kind + "_") and k.endswith("obj") and k[len(kind) + 1:-3].isdigit())
+        sizes = sorted(int(m[1]) for k in twins if (m := re.fullmatch(rf"{kind}_(\d+)obj", k)))
         if sizes:
             lines.append("  by objects in the scene: " + ", ".join(
                 f"{n}: {twins[f'{kind}_{n}obj']:.1f} % of {int(twins[f'{kind}_{n}obj_n'])}" for n in sizes))
