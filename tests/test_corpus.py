@@ -138,32 +138,52 @@ def test_twins_differ_in_exactly_one_attribute(corpus_dir):
 
 
 def test_retrieval_reports_each_twin_kind_by_objects_in_the_scene(corpus_dir):
-    """twin_pairs lists every twin of the annotations once under its kind and once under kind_{n}obj (n: its
-    scene's objects); the report's breakdown sums back to the kind's figure."""
+    """twin_pairs lists every twin of the annotations once under its kind, once under kind_{n}obj (n: its
+    scene's objects) and once under kind:x/y (the changed object's two values); each breakdown sums back
+    to the kind's figure."""
     import torch
 
     from vidmask.data import load_annotations
     from vidmask.metrics import twin_accuracy
-    from vidmask.tasks.retrieval import twin_lines, twin_pairs
+    from vidmask.tasks.retrieval import hardest_pairs, twin_lines, twin_pairs
 
     corpus = _read(corpus_dir / CORPUS_FILE)
     objects = {v["video"]: len(v["objects"]) for v in corpus["videos"]}
     items = load_annotations(corpus_dir / "train.json", unique=True, nonempty=True)
     pairs = twin_pairs(corpus_dir / "train.json", items)
     plain = [p for p in pairs if p[2] in ("motion", "colour")]
-    assert plain and len(pairs) == 2 * len(plain)
+    assert plain and len(pairs) == 3 * len(plain)
     name = {i: str(Path(it.path).relative_to(corpus_dir.resolve())) for i, it in enumerate(items)}
+    scene = {v["video"]: v["objects"] for v in corpus["videos"]}
+    changed = {(tw["a"], tw["b"]): tw["object"] for tw in corpus["twins"]}
     for a, b, kind in plain:
         assert (a, b, f"{kind}_{objects[name[a]]}obj") in pairs
+        o = changed[(name[a], name[b])]
+        x, y = scene[name[a]][o][kind], scene[name[b]][o][kind]
+        assert (a, b, f"{kind}:{min(x, y)}/{max(x, y)}") in pairs
     t2v = torch.tensor([i for i, it in enumerate(items) for _ in it.captions])  # (Nt,)
     sim = torch.randn(len(t2v), len(items))  # (Nt, Nv)
     acc = twin_accuracy(sim, t2v, pairs)
     for kind in {k for _, _, k in plain}:
         sizes = [k for k in acc if k.startswith(kind + "_") and k.endswith("obj")]
-        assert sizes and sum(acc[k + "_n"] for k in sizes) == acc[kind + "_n"]
-        assert sum(acc[k] * acc[k + "_n"] for k in sizes) == pytest.approx(acc[kind] * acc[kind + "_n"])
+        values = [k for k in acc if k.startswith(kind + ":") and not k.endswith("_n")]
+        for parts in (sizes, values):
+            assert parts and sum(acc[k + "_n"] for k in parts) == acc[kind + "_n"]
+            assert sum(acc[k] * acc[k + "_n"] for k in parts) == pytest.approx(acc[kind] * acc[kind + "_n"])
     text = "\n".join(twin_lines(acc))
     assert "twin accuracy (motion)" in text and "  by objects in the scene: " in text
+    hardest = hardest_pairs(acc, "motion")
+    assert hardest and f"  hardest pairs: {hardest[0].split(':', 1)[1]} {acc[hardest[0]]:.1f} % of" in text
+    assert [acc[k] for k in hardest] == sorted(acc[k] for k in hardest)
+
+
+def test_hardest_pairs_prefer_pairs_scored_often():
+    from vidmask.tasks.retrieval import hardest_pairs
+
+    twins = {"motion": 70.0, "motion_n": 40.0, "motion:a/b": 0.0, "motion:a/b_n": 2.0, "motion:c/d": 60.0,
+             "motion:c/d_n": 20.0, "motion:e/f": 90.0, "motion:e/f_n": 18.0, "colour:x/y": 1.0, "colour:x/y_n": 50.0}
+    assert hardest_pairs(twins, "motion") == ["motion:c/d", "motion:e/f"]  # a/b: 2 captions, too few to rank
+    assert hardest_pairs(twins, "motion", least=100) == ["motion:a/b", "motion:c/d", "motion:e/f"]
 
 
 # -- scenes: every motion is visible --------------------------------------------------

@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         for feature in ("joint", "mean_token"):
             for attr, acc in res[feature].items():
                 tb.add_scalar(f"probe/{feature}/{attr}", acc, step)
-        for kind, acc in res.get("twins", {}).items():  # motion, colour and each by scene size; not the counts
-            if not kind.endswith("_n"):
+        for kind, acc in res.get("twins", {}).items():  # motion, colour, each by scene size; not the counts
+            if not kind.endswith("_n") and ":" not in kind:  # nor each pair of values (probe.json has them)
                 tb.add_scalar(f"probe/twins/{kind}", acc, step)
     print(probe_table(res))
     print(f"wrote {run_dir / 'probe.json'}")

@@ -38,7 +38,9 @@ def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
 
     Each twin is listed as ``(a, b, kind)`` ("motion" or "colour") and, where the corpus records its
     scene, again as ``(a, b, f"{kind}_{n}obj")`` with n its number of objects, so that twin_accuracy
-    also reports each kind by scene size (a motion among three objects is the hard case)."""
+    also reports each kind by scene size (a motion among three objects is the hard case), and as
+    ``(a, b, f"{kind}:{x}/{y}")`` with x, y the changed object's two values in alphabetical order
+    ("motion:enter/leave"), so that it reports which pairs of motions or colours are told apart."""
     meta = Path(anno_path).parent / "corpus.json"
     if not meta.is_file():
         return []
@@ -46,13 +48,18 @@ def twin_pairs(anno_path: Path, items) -> list[tuple[int, int, str]]:
     index = {Path(it.path).resolve(): i for i, it in enumerate(items)}
     pairs = []
     root = meta.parent
-    objects = {v["video"]: len(v["objects"]) for v in data.get("videos", []) if "objects" in v}
+    objects = {v["video"]: v["objects"] for v in data.get("videos", []) if "objects" in v}
     for tw in data.get("twins", []):
         a, b = index.get((root / tw["a"]).resolve()), index.get((root / tw["b"]).resolve())
         if a is not None and b is not None:
-            pairs.append((a, b, tw["differs"]))
-            if tw["a"] in objects:
-                pairs.append((a, b, f"{tw['differs']}_{objects[tw['a']]}obj"))
+            kind = tw["differs"]
+            pairs.append((a, b, kind))
+            if tw["a"] in objects and tw["b"] in objects:
+                pairs.append((a, b, f"{kind}_{len(objects[tw['a']])}obj"))
+                o = tw.get("object")
+                if o is not None and o < len(objects[tw["a"]]) and o < len(objects[tw["b"]]):
+                    values = sorted(str(objects[tw[s]][o].get(kind)) for s in "ab")
+                    pairs.append((a, b, f"{kind}:{values[0]}/{values[1]}"))
     return pairs
 
 
@@ -138,7 +145,19 @@ def twin_lines(twins: dict) -> list[str]:
         if sizes:
             lines.append("  by objects in the scene: " + ", ".join(
                 f"{n}: {twins[f'{kind}_{n}obj']:.1f} % of {int(twins[f'{kind}_{n}obj_n'])}" for n in sizes))
+        hardest = hardest_pairs(twins, kind)
+        if hardest:
+            lines.append("  hardest pairs: " + ", ".join(
+                f"{k.split(':', 1)[1]} {twins[k]:.1f} % of {int(twins[k + '_n'])}" for k in hardest))
     return lines
+
+
+def hardest_pairs(twins: dict, kind: str, count: int = 3, least: int = 10) -> list[str]:
+    """The ``count`` pairs of values (``kind:x/y`` keys) of lowest twin accuracy among those scored on at
+    least ``least`` captions (all of them when none is), lowest first."""
+    keys = [k for k in twins if k.startswith(kind + ":") and not k.endswith("_n")]
+    enough = [k for k in keys if twins[k + "_n"] >= least] or keys
+    return sorted(enough, key=lambda k: (twins[k], k))[:count]
 
 
 def format_table(result: dict) -> str:
