@@ -176,6 +176,11 @@ class ModelConfig:
     # differently), hiding the share eval_ratio
     eval_tokens: str = "all"
     eval_ratio: float = 0.75  # eval_tokens=motion: share of each frame's tokens hidden
+    # the video feature: mean = a Linear on the mean kept token; segments = that plus a Linear (zero at init) on
+    # how each of pool_segments consecutive time segments of the tokens differs from the mean, in order
+    # (vidmask.models.pooling: TSN's segments concatenated as TRN's, so "in view first" and "in view last" differ)
+    pool: str = "mean"
+    pool_segments: int = 2
     text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self):
@@ -196,6 +201,10 @@ class ModelConfig:
                               "model.text.trainable_layers=0 or another model.proj_head")
         if self.eval_tokens not in ("all", "motion"):
             raise ConfigError(f"model.eval_tokens must be 'all' or 'motion', got {self.eval_tokens!r}")
+        if self.pool not in ("mean", "segments"):
+            raise ConfigError(f"model.pool must be 'mean' or 'segments', got {self.pool!r}")
+        if self.pool_segments < 2:
+            raise ConfigError(f"model.pool_segments must be >= 2 (one segment is the mean), got {self.pool_segments}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ConfigError(f"model.eval_ratio must be in [0, 1), got {self.eval_ratio}")
         if self.whiten_captions < 2:
@@ -529,6 +538,9 @@ class Config:
             raise ConfigError(f"teacher.cache stores the features of the centre crop; data.crop_scale="
                               f"{self.data.crop_scale} crops elsewhere: set data.crop_scale=1 or teacher.cache='' "
                               "(run the teacher every step, on the crop)")
+        if self.model.pool != "mean" and self.finetune.method == "mascot":
+            raise ConfigError(f"finetune.method=mascot pools its video tokens its own way (frame tokens, WTI); "
+                              f"model.pool={self.model.pool} would train a head it never reads: set model.pool=mean")
         if 0 < self.teacher.cache_frames_per_video < self.data.num_frames:
             raise ConfigError(f"teacher.cache_frames_per_video={self.teacher.cache_frames_per_video} is below "
                               f"data.num_frames={self.data.num_frames}: cache at least as many frames per video "

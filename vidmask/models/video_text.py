@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vidmask.config import ModelConfig
 from vidmask.models.blocks import init_weights
+from vidmask.models.pooling import segment_offsets
 from vidmask.models.text import TextEncoder
 from vidmask.models.video_vit import VideoViT
 from vidmask.models.whiten import WhitenedHead
@@ -47,6 +48,10 @@ class VideoTextModel(nn.Module):
             self.text_proj = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, cfg.embed_dim))
         init_weights(self.vision_proj)
         init_weights(self.text_proj)
+        self.order_proj = None
+        if cfg.pool == "segments":  # zero at init: a new model starts as the mean-pooled one
+            self.order_proj = nn.Linear(cfg.pool_segments * cfg.dim, self.vision_proj.out_features, bias=False)
+            nn.init.zeros_(self.order_proj.weight)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
 
     def video_tokens(self, video: Tensor, ids_keep: Tensor | None = None,
@@ -70,8 +75,12 @@ class VideoTextModel(nn.Module):
         return self.project_video(self.video_tokens(video, ids_keep, token_weight))
 
     def project_video(self, feats: Tensor) -> Tensor:
-        """Encoder output [B,K,C] -> unit features [B,E] (mean over the kept tokens)."""
-        return F.normalize(self.vision_proj(feats.mean(1)).float(), dim=-1)  # (B, E)
+        """Encoder output [B,K,C], tokens in time order -> unit features [B,E] (mean over the kept tokens;
+        with ``model.pool=segments`` plus the projected offsets of its time segments)."""
+        out = self.vision_proj(feats.mean(1))  # (B, E)
+        if self.order_proj is not None:
+            out = out + self.order_proj(segment_offsets(feats, self.cfg.pool_segments))  # (B, E)
+        return F.normalize(out.float(), dim=-1)  # (B, E)
 
     def encode_text(self, captions: list[str]) -> Tensor:
         """captions -> unit features [B,E]."""
