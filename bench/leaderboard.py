@@ -99,12 +99,25 @@ def last_checkpoint_step(out: Path) -> int:
     return max(steps, default=0)
 
 
+SETUP_FILE = "bench_setup.json"  # in a run folder: the leaderboard setup it was started under
+
+
 def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str],
                curve_every: int = 0, ledger: Ledger | None = None, setup: dict | None = None) -> dict:
     """Train (or resume), evaluate and probe one run; its figures (:func:`read_run`).
 
     With a ``ledger``: a run it holds under ``setup`` is not trained again when its folder is absent (made
-    on another machine); a run finished here is recorded in it."""
+    on another machine); a run finished here is recorded in it. A run folder made under another setup (its
+    ``bench_setup.json``, or for a folder older than that file the ledger's record) is refused, not resumed
+    or read: its figures would be recorded under a setup they were not made with."""
+    if setup is not None and (out / "config.yaml").is_file():
+        stamp = out / SETUP_FILE
+        made = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if (made is not None and made != setup) or (made is None and ledger is not None
+                                                     and ledger.other_setup(out.name, setup)):
+            raise SystemExit(f"{out}: this run folder was made under another setup than the one asked for now "
+                             f"(steps, --set, --losses, the corpus or the recipe file's settings changed); move "
+                             f"it aside, or give the new setup its own --out and --name")
     if ledger is not None and not (out / "eval_all.json").is_file():
         figures = ledger.get(out.name, setup)
         if figures is not None:
@@ -122,6 +135,9 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
         # curve_every: retrieval on the test split every so many steps, logged to metrics.csv (the R@1 curve)
         curve = ([f"train.eval_every={curve_every}", "data.test_anno=test_retrieval.json"] if curve_every
                  else ["data.test_anno="])
+        if setup is not None:  # what the folder is made under, checked when it is resumed or read again
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SETUP_FILE).write_text(json.dumps(setup, indent=1, sort_keys=True) + "\n")
         vidmask("pretrain", "--config", str(ROOT / f"configs/recipes/{recipe}.yaml"), f"data.corpus={corpus}",
                 f"train.seed={seed}", f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}",
                 f"run_dir={out}", *curve, *extra,

@@ -37,7 +37,7 @@ def test_verdicts():
 
 
 def fake_run(folder: Path, r1: float, motion: float) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "eval_all.json").write_text(json.dumps(
         {"t2v": {"R@1": r1, "R@5": 50.0}, "rsum": 300.0, "num_texts": 100, "twins": {"motion": motion, "colour": 99.0}}))
     (folder / "probe.json").write_text(json.dumps({"joint": {"motion": motion / 2, "shape": 20.0, "colour": 99.0}}))
@@ -305,3 +305,38 @@ def test_leaderboard_per_seed_table():
     assert leaderboard.per_seed(results, "random", [0, 1])[1][6] == "-"
     head = leaderboard.per_seed_head("random", [0, 1], results)
     assert len(head) == len(rows["umt"]) + 1 and "steps 200-400" in head[6] and "(s0 / s1)" in head[1]
+
+
+def test_leaderboard_refuses_a_run_folder_made_under_another_setup(tmp_path, monkeypatch):
+    """A finished or interrupted folder is read or resumed only under the setup it was started with (its
+    bench_setup.json; the ledger's record for a folder older than that file), so a changed recipe file or
+    --set never files an old run's figures under the new setup."""
+    load_claims()
+    import leaderboard
+    from _ledger import Ledger
+
+    calls = []
+
+    def fake_vidmask(*args):
+        calls.append(args[:2])
+        if args[0] == "pretrain":
+            out = Path(next(a for a in args if a.startswith("run_dir=")).split("=", 1)[1])
+            assert json.loads((out / leaderboard.SETUP_FILE).read_text()) == setup  # stamped before training
+            fake_run(out, 40.0, 70.0)
+            (out / "config.yaml").write_text("name: random\n")
+
+    monkeypatch.setattr(leaderboard, "vidmask", fake_vidmask)
+    ledger = Ledger(tmp_path / "lb-runs.json")
+    setup = {"steps": 1000, "losses": "core", "set": [], "curve_every": 0, "corpus": "abc", "recipe": "r1"}
+    out = tmp_path / "runs" / "random-s0"
+    leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger, setup=setup)
+    assert calls == [("pretrain", "--config")]
+    changed = {**setup, "recipe": "r2"}  # the recipe file's settings changed since
+    with pytest.raises(SystemExit, match="random-s0: this run folder was made under another setup"):
+        leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger, setup=changed)
+    (out / leaderboard.SETUP_FILE).unlink()  # a folder from before the stamp: the ledger's record decides
+    with pytest.raises(SystemExit, match="another setup"):
+        leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger, setup=changed)
+    assert leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger,
+                                  setup=setup)["R@1"] == 40.0
+    assert calls == [("pretrain", "--config")]  # nothing trained again
