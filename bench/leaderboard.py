@@ -102,6 +102,17 @@ def last_checkpoint_step(out: Path) -> int:
 SETUP_FILE = "bench_setup.json"  # in a run folder: the leaderboard setup it was started under
 
 
+def made_under_other_setup(out: Path, setup: dict, ledger: Ledger | None) -> bool:
+    """True when the run folder ``out`` exists and was started under another setup than ``setup``: its
+    ``bench_setup.json`` says so, or, in a folder older than that file, the ledger's record of it does."""
+    if not (out / "config.yaml").is_file():
+        return False
+    stamp = out / SETUP_FILE
+    if stamp.is_file():
+        return json.loads(stamp.read_text()) != setup
+    return ledger is not None and ledger.other_setup(out.name, setup)
+
+
 def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teacher: str, extra: list[str],
                curve_every: int = 0, ledger: Ledger | None = None, setup: dict | None = None) -> dict:
     """Train (or resume), evaluate and probe one run; its figures (:func:`read_run`).
@@ -110,12 +121,8 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
     on another machine); a run finished here is recorded in it. A run folder made under another setup (its
     ``bench_setup.json``, or for a folder older than that file the ledger's record) is refused, not resumed
     or read: its figures would be recorded under a setup they were not made with."""
-    if setup is not None and (out / "config.yaml").is_file():
-        stamp = out / SETUP_FILE
-        made = json.loads(stamp.read_text()) if stamp.is_file() else None
-        if (made is not None and made != setup) or (made is None and ledger is not None
-                                                     and ledger.other_setup(out.name, setup)):
-            raise SystemExit(f"{out}: this run folder was made under another setup than the one asked for now "
+    if setup is not None and made_under_other_setup(out, setup, ledger):
+        raise SystemExit(f"{out}: this run folder was made under another setup than the one asked for now "
                              f"(steps, --set, --losses, the corpus or the recipe file's settings changed); move "
                              f"it aside, or give the new setup its own --out and --name")
     if ledger is not None and not (out / "eval_all.json").is_file():
@@ -360,6 +367,9 @@ def main() -> None:
     def finished(run: Path, run_setup: dict) -> bool:
         if ledger.other_setup(run.name, run_setup):
             print(f"{run.name}: {ledger.path.name} holds it under another setup; not used", flush=True)
+        if args.report_only and made_under_other_setup(run, run_setup, ledger):
+            print(f"{run}: made under another setup; left out of the report", flush=True)
+            return False
         return (not args.report_only or (run / "eval_all.json").is_file()
                 or ledger.get(run.name, run_setup) is not None)
 

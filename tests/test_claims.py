@@ -332,6 +332,8 @@ def test_leaderboard_refuses_a_run_folder_made_under_another_setup(tmp_path, mon
     leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger, setup=setup)
     assert calls == [("pretrain", "--config")]
     changed = {**setup, "recipe": "r2"}  # the recipe file's settings changed since
+    assert leaderboard.made_under_other_setup(out, changed, ledger)  # --report-only leaves it out
+    assert not leaderboard.made_under_other_setup(out, setup, ledger)
     with pytest.raises(SystemExit, match="random-s0: this run folder was made under another setup"):
         leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger, setup=changed)
     (out / leaderboard.SETUP_FILE).unlink()  # a folder from before the stamp: the ledger's record decides
