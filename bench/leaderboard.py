@@ -123,8 +123,8 @@ def run_recipe(recipe: str, seed: int, steps: int, corpus: str, out: Path, teach
     or read: its figures would be recorded under a setup they were not made with."""
     if setup is not None and made_under_other_setup(out, setup, ledger):
         raise SystemExit(f"{out}: this run folder was made under another setup than the one asked for now "
-                             f"(steps, --set, --losses, the corpus or the recipe file's settings changed); move "
-                             f"it aside, or give the new setup its own --out and --name")
+                         f"(steps, --set, --losses, the corpus or the recipe file's settings changed); move "
+                         f"it aside, or give the new setup its own --out and --name")
     if ledger is not None and not (out / "eval_all.json").is_file():
         figures = ledger.get(out.name, setup)
         if figures is not None:

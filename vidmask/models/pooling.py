@@ -5,7 +5,7 @@ to the order of the frames: whatever the encoder did not fold into each token,
 "present in the first frames, gone in the last" and "absent first, present last"
 pool to the same vector. On the motion-shapes corpus that is where the motion
 control's twins fail (``runs/lb-motion/motion-s1`` on the training split: enters
-against leaves 61 % of 90 captions, every other pair of directions 90-98 %): an
+against leaves 61 % of 90 captions; up/down, left/right and grow/shrink 90-98 %): an
 object that enters from the top and one that leaves toward the bottom move the
 same way in every frame; only *when* the object is in view differs.
 
