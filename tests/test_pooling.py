@@ -51,3 +51,30 @@ def test_pool_config_is_checked():
     cfg.finetune.method = "mascot"
     with pytest.raises(ConfigError, match="model.pool=segments"):
         cfg.__post_init__()
+
+
+def test_mascot_finetunes_a_run_pooled_by_segments(tiny_set, tmp_path):
+    """MASCOT pools frame tokens its own way: from a run trained with model.pool=segments it keeps
+    model.pool=mean, says so, and loads every weight but the order head (which it has no place for)."""
+    from test_train import TINY, vidmask
+
+    from vidmask.config import load_config
+    from vidmask.train import checkpoint as ckpt
+    from vidmask.train.wiring import build_model, init_model, resolve_init
+
+    pre = tmp_path / "pre"
+    vidmask("pretrain", f"data.corpus={tiny_set}", *TINY, "model.pool=segments", "model.pool_segments=2",
+            "train.steps=1", f"run_dir={pre}")
+    cfg = load_config("configs/finetune/mascot.yaml", [f"finetune.init={pre}", f"data.corpus={tiny_set}", *TINY])
+    changes = resolve_init(cfg)
+    assert cfg.model.pool == "mean" and cfg.model.dim == 32
+    assert any(c.startswith("model.pool: kept mean") for c in changes)
+    model = init_model(cfg, "cpu")
+    saved = ckpt.read_weights(pre)
+    assert "model.order_proj.weight" in saved
+    for k, v in model.state_dict().items():  # every weight the model has comes from the run
+        assert torch.equal(v, saved[f"model.{k}"]), k
+    plain = load_config(pre / "config.yaml", ["finetune.task=retrieval"])  # any other fine-tune keeps the head
+    assert build_model(plain).order_proj is not None
+    with pytest.raises(ValueError, match="order_proj"):  # and a model without one still refuses it
+        ckpt.load_model_weights(build_model(cfg), pre)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from vidmask.config import ConfigError, LossConfig, ModelConfig, TextConfig, load_config
 from vidmask.masking import build_masker
 from vidmask.models import VideoTextModel
-from vidmask.objectives.swap import DEFAULT_PAIRS, swap_candidates, swap_table, swap_word, swap_words
+from vidmask.objectives.swap import COLOURS, DEFAULT_PAIRS, swap_candidates, swap_table, swap_word, swap_words
 from vidmask.tasks import PretrainTask
 
 
@@ -55,6 +55,26 @@ def test_several_words_each_swapped_once_from_the_drawn_one_cyclically():
     assert swap_words(caption, table, 0.9, 2) == [sinks, left]  # from the drawn word on, wrapping round
     assert swap_words(caption, table, 0.0, 0) == [left, grows, sinks] == swap_words(caption, table, 0.0, 7)
     assert swap_words("a green star stays still", table, 0.3, 0) == []
+
+
+def test_a_group_word_turns_into_each_other_member_by_the_rest_of_the_draw():
+    table = swap_table(["left:right"], ["red|green|blue"])
+    assert table["red"] == ("green", "blue") and table["blue"] == ("red", "green") and table["left"] == "right"
+    caption = "a red circle moves left"  # candidates: red (draws in [0, 0.5)), left ([0.5, 1))
+    assert swap_words(caption, table, 0.1, 1) == ["a green circle moves left"]
+    assert swap_words(caption, table, 0.3, 1) == ["a blue circle moves left"]
+    assert swap_words(caption, table, 0.6, 1) == ["a red circle moves right"]
+    assert swap_words(caption, table, 0.6, 2) == ["a red circle moves right", "a green circle moves left"]  # within 0.2
+    assert swap_word("Red star", table, 0.0) == "Green star"  # capitalised as the original
+    colours = swap_table((), [COLOURS])
+    turned = {swap_word("a grey cat", colours, u / 1000) for u in range(1000)}
+    assert turned == {f"a {c} cat" for c in COLOURS.split("|") if c != "grey"}  # every other colour, never itself
+
+
+@pytest.mark.parametrize("bad", [["red"], ["red|red"], ["red|gr een"], ["left|up"], ["red|blue", "blue|green"]])
+def test_malformed_or_overlapping_groups_refused_naming_the_key(bad):
+    with pytest.raises(ConfigError, match="loss.swap.groups"):
+        load_config(None, [f"loss.swap.groups={bad!r}"])
 
 
 @pytest.mark.parametrize("bad", ["-1", "1.5", "true"])

@@ -22,6 +22,14 @@ another of its words turned (the drawn one, then the next ones in the
 caption, cyclically; 0 = one per swappable word): a caption of three moving
 objects then has a negative for each object's motion, not one of them.
 
+Attributes have no opposite: ``loss.swap.groups`` lists words that may stand
+for each other ("red|green|blue": any member turns into another one, drawn
+with the same seed), as SVLC (Doveh et al., CVPR 2023) replaces a colour word
+with another colour from a fixed list. :data:`COLOURS` is the basic English
+colour terms; with ``loss.swap.groups=[COLOURS]`` a caption's colour words join
+its motion words as candidates, so the feature must keep which object has
+which colour too. Empty by default.
+
 Cost: the text side only (B, or up to count x B, more captions through the text
 tower, cached for a frozen one); the video encoder does no more work, and the step does not wait
 on the device (the word is drawn on the host, :func:`host_generator`).
@@ -55,36 +63,60 @@ DEFAULT_PAIRS = (
     "pushes:pulls", "push:pull", "appears:disappears", "starts:stops", "start:stop",
 )
 
-def swap_table(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """``["a:b", "c>d"]`` -> ``{"a": "b", "b": "a", "c": "d"}`` (lower case). Raises ValueError on a
-    malformed entry or a word given two counterparts (:func:`vidmask.lexicon.pair_table`)."""
-    return pair_table(pairs, source="loss.swap.pairs")
+# Basic colour terms of English (Berlin and Kay's eleven, and cyan), one spelling each: a synonym in the same
+# group ("grey|gray") would make a "negative" that is the caption itself.
+COLOURS = "red|orange|yellow|green|cyan|blue|purple|pink|brown|black|white|grey"
 
 
-def swap_candidates(caption: str, table: dict[str, str]) -> list[re.Match]:
+def swap_table(pairs: list[str] | tuple[str, ...],
+               groups: list[str] | tuple[str, ...] = ()) -> dict[str, str | tuple[str, ...]]:
+    """``["a:b", "c>d"]`` -> ``{"a": "b", "b": "a", "c": "d"}`` (lower case); each of ``groups``
+    (``"x|y|z"``) adds ``{"x": ("y", "z"), "y": ("x", "z"), ...}``: a word and what it may turn into.
+    Raises ValueError on a malformed entry or a word given two counterparts
+    (:func:`vidmask.lexicon.pair_table`), a group of fewer than two words, or a word in two places."""
+    table: dict[str, str | tuple[str, ...]] = dict(pair_table(pairs, source="loss.swap.pairs"))
+    for entry in groups:
+        words = [w.strip().lower() for w in str(entry).split("|")]
+        if len(words) < 2 or not all(WORD.fullmatch(w) for w in words) or len(set(words)) != len(words):
+            raise ValueError(f"loss.swap.groups: {entry!r} is not two or more different words joined by '|' "
+                             f"(as {COLOURS!r})")
+        for w in words:
+            if w in table:
+                raise ValueError(f"loss.swap.groups: {w!r} (in {entry!r}) is already in loss.swap.pairs or "
+                                 f"another group: give each word one place")
+            table[w] = tuple(x for x in words if x != w)
+    return table
+
+
+def swap_candidates(caption: str, table: dict[str, str | tuple[str, ...]]) -> list[re.Match]:
     """The words of ``caption`` that ``table`` can swap, in order."""
     return [m for m in WORD.finditer(caption) if m.group().lower() in table]
 
 
-def swap_word(caption: str, table: dict[str, str], choice: float) -> str | None:
+def swap_word(caption: str, table: dict[str, str | tuple[str, ...]], choice: float) -> str | None:
     """``caption`` with one swappable word (the one at ``choice`` in [0, 1) of its candidates) turned into
     its counterpart, capitalised as the original; None when it has none."""
     out = swap_words(caption, table, choice, 1)
     return out[0] if out else None
 
 
-def swap_words(caption: str, table: dict[str, str], choice: float, count: int = 1) -> list[str]:
+def swap_words(caption: str, table: dict[str, str | tuple[str, ...]], choice: float, count: int = 1) -> list[str]:
     """Up to ``count`` (0: every) copies of ``caption``, each with one swappable word turned into its
     counterpart (capitalised as the original): the one at ``choice`` in [0, 1) of its candidates, then the
-    candidates after it, cyclically. ``[]`` when the caption has no swappable word."""
+    candidates after it, cyclically. A word of a group turns into the member that the rest of ``choice``
+    picks (where it falls within the drawn candidate's share of [0, 1)). ``[]`` when the caption has no
+    swappable word."""
     found = swap_candidates(caption, table)
     if not found:
         return []
     first = min(int(choice * len(found)), len(found) - 1)
+    within = min(max(choice * len(found) - first, 0.0), 1.0 - 1e-9)  # uniform in [0, 1) again
     out = []
     for j in range(len(found) if count == 0 else min(count, len(found))):
         m = found[(first + j) % len(found)]
         word = table[m.group().lower()]
+        if isinstance(word, tuple):  # a group: one of the other members
+            word = word[int(within * len(word))]
         if m.group()[0].isupper():
             word = word[0].upper() + word[1:]
         out.append(caption[: m.start()] + word + caption[m.end():])
@@ -102,12 +134,13 @@ def host_generator(generator: torch.Generator | None, salt: int = 0) -> torch.Ge
 @dataclass
 class SwapConfig(ObjectiveConfig):
     pairs: list[str] = field(default_factory=lambda: list(DEFAULT_PAIRS))  # "a:b" both ways, "a>b" one way
+    groups: list[str] = field(default_factory=list)  # "x|y|z": each member turns into another (COLOURS)
     negative_weight: float = 1.0  # the swapped caption's logit is shifted by log(negative_weight)
     count: int = 1  # swapped captions per caption, each with another word turned; 0 = one per swappable word
 
     def __post_init__(self):
         try:
-            swap_table(self.pairs)
+            swap_table(self.pairs, self.groups)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if not (math.isfinite(self.negative_weight) and self.negative_weight > 0):
@@ -124,7 +157,8 @@ class Swap(Objective):
 
     def __init__(self, cfg: SwapConfig, env: ObjectiveEnv):
         super().__init__()
-        self.table, self.log_weight, self.count = swap_table(cfg.pairs), math.log(cfg.negative_weight), cfg.count
+        self.table, self.log_weight, self.count = (swap_table(cfg.pairs, cfg.groups), math.log(cfg.negative_weight),
+                                                   cfg.count)
 
     def forward(self, ctx: StepContext) -> dict[str, Tensor]:
         video_feat, text_feat, model = ctx.video_feat, ctx.text_feat, ctx.model  # (B, E), (B, E)

@@ -227,11 +227,15 @@ def _few(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "model.") -> None:
+def load_model_weights(model: torch.nn.Module, path: str | Path, prefix: str = "model.",
+                       leave: tuple[str, ...] = ()) -> None:
     """Load only the dual encoder (keys under `prefix`) from a task checkpoint: what
-    evaluation and fine-tuning need, without the pretraining heads or the teacher."""
+    evaluation and fine-tuning need, without the pretraining heads or the teacher. Keys starting
+    with one of `leave` (after the prefix) are not loaded: a part the new model has no place for
+    on purpose; any other key that does not fit is an error."""
     weights = read_weights(path)
-    sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    sub = {k[len(prefix):]: v for k, v in weights.items()
+           if k.startswith(prefix) and not k[len(prefix):].startswith(leave)}
     if not sub:
         raise ValueError(f"{path}: no weights under {prefix!r}; is it a vidmask checkpoint?")
     result = model.load_state_dict(sub, strict=False)

@@ -65,7 +65,8 @@ def resolve_init(cfg: Config, explicit: tuple[str, ...] | list[str] = ()) -> lis
     - a vidmask run (its folder, a checkpoint folder or a weights file in one): the run's whole ``model``
       section (architecture, text head, evaluation tokens), so that ``vidmask finetune --init RUN`` builds
       the model that RUN trained; a key named in ``explicit`` (the command line's ``model.KEY=VALUE``
-      overrides) keeps its value.
+      overrides) keeps its value. With ``finetune.method=mascot`` the run's ``model.pool`` is not taken
+      (MASCOT pools frame tokens its own way; :func:`init_model` leaves a segment-pooled run's order head out).
     """
     folder = clip_init_folder(cfg)
     if folder is None:
@@ -81,6 +82,12 @@ def resolve_init(cfg: Config, explicit: tuple[str, ...] | list[str] = ()) -> lis
         tree = to_dict(cfg)
         ours = _flat(tree["model"], "model")
         changes = []
+        if cfg.finetune.method == "mascot" and theirs.get("model.pool", "mean") != "mean":
+            # MASCOT pools frame tokens its own way (WTI): the run's order head has no reader, so it stays out
+            # (init_model leaves its weights behind) and the model keeps model.pool=mean
+            changes.append(f"model.pool: kept mean, not the run's {theirs['model.pool']} (finetune.method=mascot "
+                           f"pools frame tokens its own way; the run's order head is not loaded)")
+            theirs = {k: v for k, v in theirs.items() if k not in ("model.pool", "model.pool_segments")}
         for key, want in theirs.items():
             if key in explicit or ours.get(key) == want:
                 continue
@@ -120,7 +127,9 @@ def init_model(cfg: Config, device, evaluating: bool = False) -> VideoTextModel:
                  "joint space %d)", folder, cfg.model.patch, cfg.model.dim, cfg.model.depth, model.text.width,
                  cfg.model.embed_dim)
     elif cfg.finetune.init:
-        ckpt.load_model_weights(model, cfg.finetune.init)
+        # a MASCOT fine-tune of a run pooled by segments: the order head is left behind (resolve_init)
+        leave = ("order_proj.",) if cfg.finetune.method == "mascot" and model.order_proj is None else ()
+        ckpt.load_model_weights(model, cfg.finetune.init, leave=leave)
         log.info("initialised from %s", cfg.finetune.init)
     elif cfg.finetune.task and not evaluating:
         log.info("no finetune.init: training from scratch")
