@@ -73,10 +73,18 @@ class Ledger:
         return name in self.records and self.records[name]["setup"] != setup
 
     def put(self, name: str, setup: dict, figures: dict, **extra) -> None:
-        """Record run ``name`` (replacing an older record) and rewrite the file atomically."""
-        self.records[name] = {"setup": setup, "figures": figures,
-                              "finished": time.strftime("%Y-%m-%d"), **extra}
+        """Record run ``name`` (replacing an older record) and rewrite the file atomically. The file is read
+        again under a lock first, so two benches writing one ledger (two seeds run side by side) keep each
+        other's records."""
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        with open(self.path.with_suffix(".json.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.path.is_file():
+                self.records = {**self.records, **json.loads(self.path.read_text())}
+            self.records[name] = {"setup": setup, "figures": figures,
+                                  "finished": time.strftime("%Y-%m-%d"), **extra}
+            tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)

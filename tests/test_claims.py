@@ -117,6 +117,21 @@ def test_leaderboard_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_pa
     assert calls == []  # finished: read, not run
 
 
+def test_two_benches_writing_one_ledger_keep_each_others_records(tmp_path):
+    load_claims()  # puts bench/ on the path
+    from _ledger import Ledger
+
+    setup = {"steps": 10}
+    first, second = Ledger(tmp_path / "lb-runs.json"), Ledger(tmp_path / "lb-runs.json")  # both read it empty
+    first.put("motion-s0", setup, {"R@1": 1.0})
+    second.put("motion-s1", setup, {"R@1": 2.0})  # the other process's record is read again, not overwritten
+    first.put("motion-s2", setup, {"R@1": 3.0})
+    again = Ledger(tmp_path / "lb-runs.json")
+    assert {k: again.get(k, setup) for k in again.records} == {
+        "motion-s0": {"R@1": 1.0}, "motion-s1": {"R@1": 2.0}, "motion-s2": {"R@1": 3.0}}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_leaderboard_ledger_carries_finished_runs_to_a_fresh_clone(tmp_path, monkeypatch):
     """A finished run's figures go into the ledger; with its folder gone (another machine) the same setup
     reuses them without training, another setup trains again, and claims.py reads them."""
