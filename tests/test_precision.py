@@ -38,26 +38,23 @@ def test_vtc_logits_are_float32_under_bf16_autocast():
     assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
-def test_cpu_slowdown_is_measured_and_a_slow_half_precision_is_warned_of(monkeypatch, caplog):
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_half_precision_the_cpu_lacks_is_warned_of(native, monkeypatch, caplog):
     import logging
-    import math
 
     from vidmask.config import Config
-    from vidmask.precision import cpu_matmul_slowdown
-    from vidmask.train import run
+    from vidmask.train import engine, run
 
-    ratio = cpu_matmul_slowdown(torch.bfloat16, size=32, repeats=1)
-    assert math.isfinite(ratio) and ratio > 0
-    cfg = Config()
-    cfg.train.precision = "bf16"
+    assert isinstance(engine.cpu_half_is_native("bf16"), bool) and isinstance(engine.cpu_half_is_native("fp16"), bool)
     asked = []
-    for measured, warned in ((run.SLOW_CPU_AUTOCAST * 10, True), (1.0, False)):
-        monkeypatch.setattr(run, "cpu_matmul_slowdown", lambda dtype, m=measured: asked.append(dtype) or m)
+    monkeypatch.setattr(run, "cpu_half_is_native", lambda p: asked.append(p) or native)
+    cfg = Config()
+    for precision in ("bf16", "fp16", "fp32"):
+        cfg.train.precision = precision
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger=run.log.name):
             run.speed_settings(cfg, torch.nn.Linear(2, 2), torch.device("cpu"))
-        assert ("set train.precision=fp32" in caplog.text) == warned, caplog.text
-    assert asked == [torch.bfloat16, torch.bfloat16]
-    cfg.train.precision = "fp32"  # nothing measured for fp32
-    run.speed_settings(cfg, torch.nn.Linear(2, 2), torch.device("cpu"))
-    assert len(asked) == 2
+        warned = "set train.precision=fp32" in caplog.text and f"train.precision={precision}" in caplog.text
+        assert warned == (precision != "fp32" and not native), (precision, caplog.text)
+    assert asked == ["bf16", "fp16"]  # nothing to ask for fp32

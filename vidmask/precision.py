@@ -29,23 +29,3 @@ def float32_math(device_type: str):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 
-
-def cpu_matmul_slowdown(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
-    """How many times as long a (size x size) @ (size x size) matmul takes in ``dtype`` as in float32
-    on this CPU (the best of ``repeats`` each). About 1 or less on a CPU with native instructions for
-    it (AVX512-BF16, AMX; AVX512-FP16); 20-200x on one without (AVX2 only), where the kernels fall back
-    to a slow path and a step under CPU autocast slows about as much."""
-    import time
-
-    a = torch.randn(size, size)
-
-    def best(x: torch.Tensor) -> float:
-        x @ x  # warm-up: the first call picks and may compile a kernel
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            x @ x
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(a.to(dtype)) / max(best(a), 1e-9)

@@ -78,9 +78,17 @@ class LoopHooks(Protocol):
 def cpu_bf16_is_native() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX, through oneDNN), where
     bf16 autocast trains faster than float32 (1.2-1.25x for the tiny model here); elsewhere it is
-    emulated and slower."""
+    emulated and far slower (a 256 x 256 matmul 50x, a 2048 x 2048 one 200x float32's time on an
+    AVX2-only EPYC, 2026-11-29)."""
+    return cpu_half_is_native("bf16")
+
+
+def cpu_half_is_native(precision: str) -> bool:
+    """Whether this CPU multiplies train.precision's half type ("bf16" / "fp16") in hardware
+    (AVX-512 BF16 or AMX; AVX-512 FP16 or AMX-FP16, through oneDNN)."""
+    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(getattr(torch.ops.mkldnn, probe)())
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return False
 

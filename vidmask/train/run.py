@@ -26,12 +26,11 @@ from vidmask.data import BadSampleTracker, TooManyBadSamples, VideoTextDataset, 
 from vidmask.data.shards import ShardError, ShardStream
 from vidmask.data.transfer import loader_options
 from vidmask.models.whiten import WhitenedHead, fit_whitening
-from vidmask.precision import cpu_matmul_slowdown
 from vidmask.tasks import Job, task_info
 from vidmask.train import checkpoint as ckpt
 from vidmask.train import runlock
 from vidmask.train.distributed import DistInfo, barrier, init_distributed, teardown
-from vidmask.train.engine import LoopSpec, autocast_dtype, train
+from vidmask.train.engine import LoopSpec, cpu_half_is_native, train
 from vidmask.train.hard_batches import run_neighbours
 from vidmask.train.optim import param_groups
 from vidmask.train.runlog import MetricsWriter, git_revision, setup_logging, write_json
@@ -393,20 +392,14 @@ def _loop_spec(cfg: Config, task: torch.nn.Module, device: torch.device, dataset
                     video_mean=dataset.transform.mean, video_std=dataset.transform.std)
 
 
-# a CPU whose half-precision matmul is this many times slower than float32 gets a warning for train.precision
-SLOW_CPU_AUTOCAST = 4.0
-
-
 def speed_settings(cfg: Config, model: torch.nn.Module, device: torch.device) -> None:
     """TF32 on CUDA (train.tf32) and torch.compile of the video encoder (train.compile); a warning when
     train.precision asks a CPU for a half precision it has no instructions for."""
-    if device.type == "cpu" and cfg.train.precision != "fp32":
-        slow = cpu_matmul_slowdown(autocast_dtype(cfg.train.precision))
-        if slow > SLOW_CPU_AUTOCAST:
-            log.warning("train.precision=%s on this CPU (torch capability %s): a %s matmul takes %.0fx as long as "
-                        "in fp32 (no native instructions for it, such as AVX512-BF16 or AMX), and every step slows "
-                        "about as much: set train.precision=fp32 here", cfg.train.precision,
-                        torch.backends.cpu.get_cpu_capability(), cfg.train.precision, slow)
+    if device.type == "cpu" and cfg.train.precision != "fp32" and not cpu_half_is_native(cfg.train.precision):
+        log.warning("train.precision=%s: this CPU (torch capability %s) has no %s instructions (AVX-512 BF16 or "
+                    "AMX; AVX-512 FP16), so autocast emulates them and every step takes many times as long as in "
+                    "fp32 (a bf16 matmul 50-200x on an AVX2 CPU): set train.precision=fp32 here",
+                    cfg.train.precision, torch.backends.cpu.get_cpu_capability(), cfg.train.precision)
     if device.type == "cuda" and cfg.train.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
