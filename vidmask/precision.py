@@ -28,4 +28,3 @@ def float32_math(device_type: str):
             yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
-
