@@ -334,7 +334,8 @@ def main() -> None:
         by_seed = table(per_seed_head(base, done_seeds, done), per_seed(done, base, done_seeds))
         body = (f"Motion-shapes corpus `{args.corpus}`, {queries} text queries (every caption of every test "
                 f"video), seeds {done_seeds}; mean ± 95 % interval over seeds (t distribution). Losses: "
-                f"{losses}. `s / step` is the median step time of a run (batch 32, 2 CPU threads).\n\n"
+                f"{losses}. `s / step` is the median step time of a run (batch 32), on the machine and with the "
+                f"threads it ran with (the line above gives this report's).\n\n"
                 f"## Same training steps ({args.steps})\n\n" + table(head, summarise(done, base))
                 + f"\n\n### Seed by seed ({' / '.join(f's{s}' for s in done_seeds)})\n\n" + by_seed)
         if args.readme:
