@@ -26,7 +26,7 @@ Attributes have no opposite: ``loss.swap.groups`` lists words that may stand
 for each other ("red|green|blue": any member turns into another one, drawn
 with the same seed), as SVLC (Doveh et al., CVPR 2023) replaces a colour word
 with another colour from a fixed list. :data:`COLOURS` is the basic English
-colour terms; with ``loss.swap.groups=[COLOURS]`` a caption's colour words join
+colour terms; with it in ``loss.swap.groups`` (written out) a caption's colour words join
 its motion words as candidates, so the feature must keep which object has
 which colour too. Empty by default.
 
