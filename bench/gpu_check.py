@@ -5,7 +5,7 @@
 
 Sections:
 1. every ``configs/recipes/base/*`` recipe at batch 64, 8 frames of 224 px, bf16
-   (``--tiny``: batch 4, 2 frames of 32 px, a 2-block model): ms per training
+   (``--precision``; ``--tiny``: batch 4, 2 frames of 32 px, a 2-block model): ms per training
    step (median), peak accelerator memory, and the masker's time as a share of
    the step (the mask is computed inside the step; its time is measured
    separately on the same inputs, synchronised), and the reads from the
@@ -104,8 +104,9 @@ def step(task, opt, batch, cfg, device, i: int) -> torch.Tensor:
     return loss.detach()  # () on the device: read it when needed, the step itself reads nothing
 
 
-def time_recipe(path: Path, tiny: bool, device: torch.device, steps: int, clip: str) -> list:
-    cfg = recipe_config(path, tiny, "bf16", clip)
+def time_recipe(path: Path, tiny: bool, device: torch.device, steps: int, clip: str,
+                precision: str = "bf16") -> list:
+    cfg = recipe_config(path, tiny, precision, clip)
     task, opt, batch = build(cfg, device)
     for i in range(2):  # warm-up (allocator, kernels)
         step(task, opt, batch, cfg, device, i)
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--tiny", action="store_true", help="toy sizes (what the test suite runs)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per recipe (median)")
     ap.add_argument("--recipes", nargs="*", help="base recipe names to check (default: every one)")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                    help="the timed steps' precision (section 1; section 2 runs both). fp32 on a CPU that "
+                         "emulates bf16: there a bf16 step of the lit-effnet teacher takes minutes")
     ap.add_argument("--clip", default="", help="a local CLIPModel folder for the hf-clip recipes (else lit-effnet)")
     ap.add_argument("--out", default="gpu.md", help="file name under bench/results/, or a path elsewhere")
     args = ap.parse_args(argv)
@@ -265,14 +269,14 @@ def main(argv: list[str] | None = None) -> Path:
         recipes = [p for p in recipes if p.stem in args.recipes]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     scale = ("tiny: batch 4, 2 frames of 32 px, a 2-block model" if args.tiny
-             else "batch 64, 8 frames of 224 px, ViT-B/16, bf16")
+             else "batch 64, 8 frames of 224 px, ViT-B/16") + f"; timed steps in {args.precision}"
     teacher = f"hf-clip from {args.clip}" if args.clip else "lit-effnet with untrained heads for every recipe"
     head = (f"Device: {name}; {scale}; median of {args.steps} steps after 2 warm-up steps; synthetic clips; "
             f"teacher: {teacher}.")
     sections = [  # (title, columns, rows of one section: one list per row)
         ("Training step per recipe", ["recipe", "mask", "ms / step", "peak memory", "masker share of the step",
                                       "host reads / step (where)"],
-         lambda p: [time_recipe(p, args.tiny, device, args.steps, args.clip)], recipes),
+         lambda p: [time_recipe(p, args.tiny, device, args.steps, args.clip, args.precision)], recipes),
         ("First-step loss, fp32 against bf16", ["recipe", "fp32", "bf16", "relative difference"],
          lambda p: [bf16_vs_fp32(p, args.tiny, device, args.clip)], recipes),
         ("clusterstm masks, CPU against the device", ["tokens", "device", "identical"],

@@ -11,6 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_precision() -> str:
+    """bf16 where this CPU multiplies it in hardware, else fp32: on an AVX2-only CPU oneDNN emulates
+    bf16, and the lit-effnet teacher's depthwise convolutions under bf16 autocast take minutes there
+    (measured on one: 142 s for one clip, against about 2 s for four in float32), which made this file
+    half of the suite's 27 minutes."""
+    from vidmask.train.engine import cpu_half_is_native
+
+    return "bf16" if cpu_half_is_native("bf16") else "fp32"
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_tiny(tmp_path, monkeypatch):
     gpu_check = load("gpu_check")
@@ -24,8 +34,9 @@ def test_gpu_check_runs_on_cpu_tiny(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gpu_check, "bf16_vs_fp32", umt_fails)
     out = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "1", "--recipes", *recipes,
-                          "--out", str(tmp_path / "gpu.md")])
+                          "--precision", cpu_precision(), "--out", str(tmp_path / "gpu.md")])
     text = out.read_text()
+    assert f"timed steps in {cpu_precision()}" in text
     assert text.count("`clusterstm`") == 2  # a timing row and a precision row
     assert "host reads / step (where)" in text
     assert "bench/gpu_check.py" in text  # counted with their sites: on CPU the reference AdamW reads its steps
@@ -60,12 +71,13 @@ def test_a_training_step_reads_nothing_back_on_the_accelerator_path(recipe, monk
     sys.path.insert(0, str(ROOT / "bench"))  # gpu_check imports its neighbours
     gpu_check, masking = load("gpu_check"), load("masking")
     monkeypatch.setattr(mlm, "mlm_loss", functools.partial(mlm.mlm_loss, dense=True))
-    cfg = gpu_check.recipe_config(ROOT / "configs" / "recipes" / "base" / f"{recipe}.yaml", True, "bf16")
+    precision = cpu_precision()  # the syncs counted do not depend on it; bf16 where it is not emulated
+    cfg = gpu_check.recipe_config(ROOT / "configs" / "recipes" / "base" / f"{recipe}.yaml", True, precision)
     task, _, batch = gpu_check.build(cfg, torch.device("cpu"))
     if hasattr(task.masker, "impl"):
         task.masker.impl = "batched"  # the ClusterSTM family's accelerator path
     with masking.OpLog() as log:
-        with autocast_ctx(torch.device("cpu"), "bf16"):
+        with autocast_ctx(torch.device("cpu"), precision):
             losses, _ = task(batch, torch.Generator().manual_seed(0))
         sum(losses.values()).backward()
     assert log.syncs == 0, log.syncs
