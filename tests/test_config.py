@@ -224,3 +224,10 @@ def test_floats_written_without_a_dot_are_numbers(tmp_path):
     assert load_config(None, ["name=run1e3"]).name == "run1e3"  # not a number: stays a string
     with pytest.raises(ConfigError, match="train.steps must be int"):
         load_config(None, ["train.steps=1e3"])  # a float where a whole number is wanted is still refused
+
+
+def test_stop_at_is_a_step_of_the_schedule():
+    assert load_config(None, ["train.steps=20", "train.stop_at=8"]).train.stop_at == 8
+    for bad in ("21", "-1"):
+        with pytest.raises(ConfigError, match="train.stop_at"):
+            load_config(None, ["train.steps=20", f"train.stop_at={bad}"])

@@ -289,3 +289,14 @@ def test_a_plot_that_fails_is_logged_not_raised(tmp_path, caplog):
     assert m.plot() is None
     assert "loss.png not drawn" in caplog.text
     m.close()
+
+
+def test_stop_at_then_resume_gives_the_uninterrupted_losses(tiny_set, tmp_path):
+    """train.stop_at: the first steps of the schedule, then `--resume RUN train.stop_at=0` to the end."""
+    common = [f"data.corpus={tiny_set}", *TINY, "train.steps=6", "data.test_anno="]
+    vidmask("pretrain", *common, f"run_dir={tmp_path / 'full'}")
+    p = vidmask("pretrain", *common, "train.stop_at=2", f"run_dir={tmp_path / 'part'}")
+    assert "by train.stop_at=2" in p.stderr + p.stdout
+    assert sorted(losses(tmp_path / "part")) == [1, 2]
+    vidmask("pretrain", "--resume", str(tmp_path / "part"), "train.stop_at=0")
+    assert losses(tmp_path / "part") == pytest.approx(losses(tmp_path / "full"), rel=1e-6)

@@ -470,6 +470,9 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between checkpoints (and one at the end)
     eval_every: int = 0  # steps between retrieval evaluations on the test split; 0 = only at the end
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes on rank 0's clock; 0 = no limit
+    # stop (with a checkpoint, then the evaluation) at this step of the train.steps schedule, whose learning
+    # rates are unchanged: the first part of a long run, continued by `--resume RUN train.stop_at=0`; 0 = none
+    stop_at: int = 0
     dist_timeout_min: float = 30.0  # a collective (or the ranks building the teacher cache) waited on longer fails
     # on CUDA: TF32 matmuls and convolutions for the fp32 parts (Ampere and later); contrastive logits and
     # ClusterSTM's Grams stay float32 (vidmask.precision)
@@ -494,6 +497,9 @@ class TrainConfig:
         _require("train.weight_decay", self.weight_decay, 0)
         _require("train.grad_clip", self.grad_clip, 0, note=" (0 = no clipping)")
         _require("train.time_limit_min", self.time_limit_min, 0, note=" (0 = no limit)")
+        if not 0 <= self.stop_at <= self.steps:
+            raise ConfigError(f"train.stop_at must be between 0 (no stop) and train.steps ({self.steps}), "
+                              f"got {self.stop_at}")
         for key in ("log_every", "ckpt_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")

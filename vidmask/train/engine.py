@@ -52,6 +52,7 @@ class LoopSpec:
     ckpt_every: int
     eval_every: int
     time_limit_s: float = 0.0
+    stop_at: int = 0  # the last step this part of the schedule runs (train.stop_at); 0 = total_steps
     params: list = field(default_factory=list)  # parameters to clip
     # what the batches' uint8 clips are normalised with on the device (the dataset's transform.mean / std)
     video_mean: tuple[float, ...] = CLIP_MEAN
@@ -174,7 +175,8 @@ def step_unless_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: Tensor) -
 def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, batches,
           start_step: int, spec: LoopSpec, device: torch.device, rank: int, hooks: LoopHooks,
           show_progress: bool) -> int:
-    """Run optimizer steps until `spec.total_steps`, the time limit or a stop request; return the last step.
+    """Run optimizer steps until `spec.total_steps` (or `spec.stop_at`), the time limit or a stop request;
+    return the last step.
 
     batches: iterable of (step, batch dict) starting at start_step."""
     task.train()
@@ -184,6 +186,10 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
                desc="train")
     step = saved = start_step  # saved: the step of the newest checkpoint
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first step with a non-finite norm
+    last = min(spec.stop_at or spec.total_steps, spec.total_steps)  # a step count: every rank stops there
+    if spec.stop_at and start_step >= last:  # resumed at or past train.stop_at: nothing to train
+        bar.close()
+        return start_step
 
     def check_finite() -> None:  # reads the device-side record: only at logging steps and checkpoints
         if scaler is None and not spec.check_every_step and int(first_bad) >= 0:
@@ -214,7 +220,7 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
             clips_window += inputs["video"].shape[0]
         step += 1
         bar.update(1)
-        if updated and (step % spec.log_every == 0 or step == spec.total_steps):
+        if updated and (step % spec.log_every == 0 or step == last):
             check_finite()
             dt = max(time.time() - t_window, 1e-9)
             row = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()},
@@ -226,11 +232,11 @@ def train(task: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
         if spec.eval_every and step % spec.eval_every == 0 and step < spec.total_steps:
             hooks.on_eval(step)
             task.train()
-        if step % spec.ckpt_every == 0 or step == spec.total_steps:
+        if step % spec.ckpt_every == 0 or step == last:
             check_finite()  # never a checkpoint of weights a non-finite update touched
             hooks.on_checkpoint(step)
             saved = step
-        if step >= spec.total_steps:
+        if step >= last:
             break
     bar.close()
     return step

@@ -387,6 +387,7 @@ def _loop_spec(cfg: Config, task: torch.nn.Module, device: torch.device, dataset
     return LoopSpec(total_steps=t.steps, peak_lr=t.lr, min_lr=t.min_lr, warmup=t.warmup_steps,
                     grad_clip=t.grad_clip, seed=t.seed, precision=t.precision, log_every=t.log_every,
                     ckpt_every=t.ckpt_every, eval_every=t.eval_every, time_limit_s=t.time_limit_min * 60.0,
+                    stop_at=t.stop_at,
                     params=[p for p in task.parameters() if p.requires_grad],
                     check_every_step=device.type == "cpu",  # a host read per step costs nothing on a CPU
                     video_mean=dataset.transform.mean, video_std=dataset.transform.std)
@@ -417,8 +418,11 @@ def _finish(cfg: Config, run_dir: Path, job: Job, last: int, seconds: float, sto
                         last, cfg.train.steps, run_dir)
         return  # the scheduler's kill follows: no evaluation
     if main and last < cfg.train.steps:
-        log.warning("stopped at step %d of %d by train.time_limit_min=%g; `--resume %s` continues it",
-                    last, cfg.train.steps, cfg.train.time_limit_min, run_dir)
+        why = (f"train.stop_at={cfg.train.stop_at}" if cfg.train.stop_at and last >= cfg.train.stop_at
+               else f"train.time_limit_min={cfg.train.time_limit_min:g}")
+        more = " train.stop_at=0" if cfg.train.stop_at else ""
+        log.warning("stopped at step %d of %d by %s; `--resume %s%s` continues it", last, cfg.train.steps, why,
+                    run_dir, more)
     if cfg.data.test_anno:
         res = job.evaluate()
         if main:
