@@ -83,8 +83,12 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             if self.path.is_file():
                 self.records = {**self.records, **json.loads(self.path.read_text())}
-            self.records[name] = {"setup": setup, "figures": figures,
-                                  "finished": time.strftime("%Y-%m-%d"), **extra}
+            record = {"setup": setup, "figures": figures, **extra}
+            old = self.records.get(name, {})
+            # a run read back again (its folder still here) keeps the day it finished
+            same = old and {k: v for k, v in old.items() if k != "finished"} == json.loads(json.dumps(record))
+            record["finished"] = old["finished"] if same else time.strftime("%Y-%m-%d")
+            self.records[name] = record
             tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.records, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, self.path)

@@ -357,3 +357,18 @@ def test_leaderboard_refuses_a_run_folder_made_under_another_setup(tmp_path, mon
     assert leaderboard.run_recipe("random", 0, 1000, "corpus", out, "t.safetensors", [], ledger=ledger,
                                   setup=setup)["R@1"] == 40.0
     assert calls == [("pretrain", "--config")]  # nothing trained again
+
+
+def test_a_run_recorded_again_keeps_the_day_it_finished(tmp_path):
+    load_claims()  # puts bench/ on the path
+    from _ledger import Ledger
+
+    ledger = Ledger(tmp_path / "lb-runs.json")
+    ledger.put("motion-s0", {"steps": 10}, {"R@1": 1.0})
+    data = json.loads(ledger.path.read_text())
+    data["motion-s0"]["finished"] = "2000-01-01"  # as if it finished long ago
+    ledger.path.write_text(json.dumps(data))
+    ledger.put("motion-s0", {"steps": 10}, {"R@1": 1.0})  # its folder read back: the same record
+    assert Ledger(ledger.path).records["motion-s0"]["finished"] == "2000-01-01"
+    ledger.put("motion-s0", {"steps": 10}, {"R@1": 2.0})  # a new result is a new record, dated today
+    assert Ledger(ledger.path).records["motion-s0"]["finished"] != "2000-01-01"
